@@ -1,0 +1,117 @@
+//! Connecting to RabbitMQ with an error a person can act on, and keeping
+//! the password in an AMQP URL out of every message.
+
+use lapin::{Connection, ConnectionProperties, ErrorKind};
+use std::fmt;
+
+/// The default broker: a local RabbitMQ with the default vhost.
+pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
+
+/// Why connecting to the broker failed, worded for the person running the
+/// command.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach RabbitMQ at {url}: {cause}; {hint}")]
+pub struct ConnectError {
+    url: Redacted,
+    cause: String,
+    hint: &'static str,
+    // Not named `source`, which thiserror would chain: `cause` already
+    // says what it says, and printing the chain (`{:#}`) would repeat it.
+    client_error: lapin::Error,
+}
+
+/// Opens a connection to `url`.
+pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|source| {
+            let (cause, hint) = match source.kind() {
+                // "connection refused" reads better than the raw
+                // "Connection refused (os error 111)".
+                ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
+                    io.kind().to_string(),
+                    "is the broker running? (`rabbitmq-server -detached` starts a local one)",
+                ),
+                _ => (
+                    source.to_string(),
+                    "check the URL, the user name and the password",
+                ),
+            };
+            ConnectError {
+                url: Redacted(url.to_owned()),
+                cause,
+                hint,
+                client_error: source,
+            }
+        })
+}
+
+impl ConnectError {
+    /// The underlying client error.
+    pub fn lapin_error(&self) -> &lapin::Error {
+        &self.client_error
+    }
+
+    /// The connection opened but setting up a channel or queue on it
+    /// failed (for example a missing vhost permission).
+    pub(crate) fn setup(url: &str, source: lapin::Error) -> Self {
+        ConnectError {
+            url: Redacted(url.to_owned()),
+            cause: source.to_string(),
+            hint: "check that the user may declare and consume queues",
+            client_error: source,
+        }
+    }
+}
+
+/// An AMQP URL that displays with its password replaced by `***`.
+#[derive(Clone, Debug)]
+pub struct Redacted(pub String);
+
+impl fmt::Display for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(&self.0))
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn hides_passwords_and_nothing_else() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("amqp://user@host/"), "amqp://user@host/");
+        assert_eq!(
+            redact("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqps://a:p@ss:w@h/v?x=@"), "amqps://a:***@h/v?x=@");
+    }
+}

@@ -1,0 +1,31 @@
+//! `center 10 20 30`: call compute nodes and print the results. Exits 0
+//! when every request succeeded, 1 when any failed, 2 when the run itself
+//! could not proceed (usage, connection). See `center --help`.
+
+use clap::Parser as _;
+use compute_host::cli::{self, center::CenterArgs};
+use std::{io, process::ExitCode};
+use tokio::io::BufReader;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = CenterArgs::parse();
+    cli::init_tracing("warn");
+    let stdin = BufReader::new(tokio::io::stdin());
+    match cli::center::run(args, stdin, io::stdout().lock()).await {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        // `center ... | head` closing the pipe early is not an error.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("center: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}

@@ -1,0 +1,19 @@
+//! `compute --module modules/increase.wasm`: a compute node. See
+//! `compute --help` and the README.
+
+use clap::Parser as _;
+use compute_host::cli::{self, compute::ComputeArgs};
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = ComputeArgs::parse();
+    cli::init_tracing("info");
+    match cli::compute::run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("compute: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

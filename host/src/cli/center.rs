@@ -1,0 +1,192 @@
+//! `center`: send inputs to compute nodes and print each result, in input
+//! order.
+
+use crate::{
+    amqp,
+    center::{CallError, Center, CenterOptions, Reply},
+};
+use anyhow::Context as _;
+use clap::Parser;
+use futures_util::{StreamExt as _, stream};
+use std::{io::Write, num::NonZeroUsize, time::Duration};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
+
+/// Sends each input to a compute node and prints each result.
+#[derive(Debug, Parser)]
+#[command(name = "center", version)]
+pub struct CenterArgs {
+    /// The inputs, one request each. Without any, reads one input per line
+    /// from standard input.
+    #[arg(value_name = "INPUT", allow_negative_numbers = true)]
+    pub inputs: Vec<String>,
+
+    /// The queue the compute nodes consume.
+    #[arg(long, value_name = "NAME", default_value = "compute_queue")]
+    pub queue: String,
+
+    /// The broker to connect to.
+    #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// How long each request waits for its reply, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
+    pub timeout: Duration,
+
+    /// Requests in flight at once.
+    #[arg(long, value_name = "K", default_value = "256")]
+    pub concurrency: NonZeroUsize,
+
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a run went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Requests that got a result.
+    pub ok: u64,
+    /// Requests that got an error reply, timed out or were lost.
+    pub failed: u64,
+}
+
+/// Sends every input (from the arguments, or else one per line of
+/// `input`) and writes one line per input to `output`, in input order.
+///
+/// Inputs are read as requests go out, with at most `--concurrency` in
+/// flight, so a long input needs no more memory than a short one.
+///
+/// # Errors
+///
+/// When the broker cannot be reached or reading or writing fails; a
+/// request that fails is counted in the [`Summary`] instead.
+pub async fn run(
+    args: CenterArgs,
+    input: impl AsyncBufRead + Unpin + Send,
+    mut output: impl Write,
+) -> anyhow::Result<Summary> {
+    let options = CenterOptions {
+        queue: args.queue,
+        timeout: args.timeout,
+    };
+    let center = Center::connect_with(&args.amqp_url, options).await?;
+
+    let inputs = if args.inputs.is_empty() {
+        stream::unfold(input.lines(), |mut lines| async move {
+            lines
+                .next_line()
+                .await
+                .transpose()
+                .map(|line| (line, lines))
+        })
+        .boxed()
+    } else {
+        stream::iter(args.inputs.into_iter().map(Ok)).boxed()
+    };
+    let mut results = inputs
+        .map(|line| {
+            let center = center.clone();
+            async move {
+                let input = line?;
+                let result = center.call(&input).await;
+                Ok::<_, std::io::Error>((input, result))
+            }
+        })
+        .buffered(args.concurrency.get());
+
+    let mut summary = Summary::default();
+    while let Some(next) = results.next().await {
+        let (input, result) = next.context("cannot read standard input")?;
+        match &result {
+            Ok(_) => summary.ok += 1,
+            Err(_) => summary.failed += 1,
+        }
+        let line = if args.json {
+            json_line(&input, &result)
+        } else {
+            text_line(&input, &result)
+        };
+        writeln!(output, "{line}")
+            .and_then(|()| output.flush())
+            .context("cannot write the results")?;
+    }
+    center.close().await;
+    Ok(summary)
+}
+
+/// `increase(10) = 11`, or `increase(x) failed: bad-request: ...`. The
+/// function's name comes from the reply; without one (a timeout, or a
+/// node that does not send `x-function`) it reads `compute`.
+fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
+    let name = |function: &Option<String>| function.clone().unwrap_or_else(|| "compute".into());
+    match result {
+        Ok(reply) => format!(
+            "{}({input}) = {}",
+            name(&reply.function),
+            String::from_utf8_lossy(&reply.body)
+        ),
+        Err(err @ CallError::Remote { function, .. }) => {
+            format!("{}({input}) failed: {err}", name(function))
+        }
+        Err(err) => format!("{}({input}) failed: {err}", name(&None)),
+    }
+}
+
+/// `{"input":"10","output":"11"}` or `{"input":"x","error":"bad-request: ..."}`.
+fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
+    let value = match result {
+        Ok(reply) => serde_json::json!({
+            "input": input,
+            "output": String::from_utf8_lossy(&reply.body),
+        }),
+        Err(err) => serde_json::json!({ "input": input, "error": err.to_string() }),
+    };
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        CenterArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn negative_numbers_are_inputs_not_flags() {
+        let args = CenterArgs::try_parse_from(["center", "-5", "10"]).unwrap();
+        assert_eq!(args.inputs, ["-5", "10"]);
+    }
+
+    #[test]
+    fn lines_name_the_function_and_the_error() {
+        let ok = Ok(Reply {
+            body: b"11".to_vec(),
+            function: Some("increase".into()),
+        });
+        assert_eq!(text_line("10", &ok), "increase(10) = 11");
+        assert_eq!(json_line("10", &ok), r#"{"input":"10","output":"11"}"#);
+
+        let failed = Err(CallError::Remote {
+            kind: "bad-request".into(),
+            message: "not a number".into(),
+            function: Some("increase".into()),
+        });
+        assert_eq!(
+            text_line("x", &failed),
+            "increase(x) failed: bad-request: not a number"
+        );
+        assert_eq!(
+            json_line("x", &failed),
+            r#"{"error":"bad-request: not a number","input":"x"}"#
+        );
+
+        let timeout = Err(CallError::Timeout(Duration::from_secs(2)));
+        assert_eq!(
+            text_line("1", &timeout),
+            "compute(1) failed: timeout: no reply within 2 s"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `compute`: serve a compute module on a queue.
+
+use crate::{
+    amqp,
+    node::{self, NodeConfig},
+    sandbox::Limits,
+};
+use clap::Parser;
+use std::{path::PathBuf, time::Duration};
+
+/// A compute node: answers RabbitMQ requests with a WebAssembly function.
+#[derive(Debug, Parser)]
+#[command(name = "compute", version)]
+pub struct ComputeArgs {
+    /// The compute module (a WebAssembly component) to serve.
+    #[arg(long, value_name = "PATH", default_value = "modules/increase.wasm")]
+    pub module: PathBuf,
+
+    /// The queue to take requests from.
+    #[arg(long, value_name = "NAME", default_value = "compute_queue")]
+    pub queue: String,
+
+    /// The broker to connect to.
+    #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
+    pub amqp_url: String,
+
+    /// Requests taken from the broker and computed at once.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// CPU time one request may use in the guest, in seconds; past it the
+    /// request gets a `timeout` error reply.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::parse_seconds)]
+    pub guest_timeout: Duration,
+
+    /// Memory one request may use in the guest, in MiB; past it the request
+    /// gets a `compute-failed` error reply.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub guest_memory: u32,
+}
+
+impl ComputeArgs {
+    /// The node configuration these arguments describe.
+    pub fn config(&self) -> NodeConfig {
+        NodeConfig {
+            module: self.module.clone(),
+            queue: self.queue.clone(),
+            amqp_url: self.amqp_url.clone(),
+            prefetch: self.prefetch,
+            limits: Limits {
+                timeout: self.guest_timeout,
+                memory: (self.guest_memory as usize) << 20,
+            },
+        }
+    }
+}
+
+/// Serves until Ctrl-C or SIGTERM, then drains and exits.
+pub async fn run(args: ComputeArgs) -> anyhow::Result<()> {
+    node::run(args.config(), super::shutdown_signal()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        ComputeArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_python_examples() {
+        let args = ComputeArgs::try_parse_from(["compute"]).unwrap();
+        assert_eq!(args.queue, "compute_queue");
+        assert_eq!(args.config().limits.memory, 64 << 20);
+    }
+}

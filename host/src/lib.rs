@@ -1,0 +1,32 @@
+//! A RabbitMQ request/reply compute node whose compute step runs in a
+//! WebAssembly sandbox, and the center that calls it.
+//!
+//! # Layout
+//!
+//! - [`wire`]: the wire format every peer shares (bodies, headers, error
+//!   kinds), compatible with the classic Python `pika` RPC examples.
+//! - [`sandbox`]: the WebAssembly side. Compiles a compute module once and
+//!   runs each request in a fresh instance under a CPU deadline and a
+//!   memory cap.
+//! - [`node`]: the compute node. Consumes the request queue, hands each
+//!   delivery to its own task, drains in-flight work on shutdown.
+//! - `request` (private): what happens to one delivery: compute, reply,
+//!   then ack, or reject when there is nobody to reply to.
+//! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
+//!   connection and one reply queue, matched by correlation id.
+//! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
+//!   and keeping passwords out of messages.
+//! - [`cli`]: the arguments and the `run` functions behind the thin
+//!   `compute` and `center` binaries.
+
+pub mod amqp;
+pub mod center;
+pub mod cli;
+pub mod node;
+mod request;
+pub mod sandbox;
+pub mod wire;
+
+pub use center::{CallError, Center, CenterOptions, Reply};
+pub use node::{ComputeNode, NodeConfig};
+pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

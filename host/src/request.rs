@@ -1,0 +1,128 @@
+//! What happens to one request: compute, reply, then ack.
+//!
+//! A request is only acked once the broker has confirmed its reply, so a
+//! reply lost on the way out leaves the request to be redelivered. A
+//! request that cannot be answered at all (no `reply_to`) is rejected
+//! without requeue: redelivering it could never help, and in the article
+//! this project grew from it crashed the node at every redelivery.
+
+use crate::{sandbox::ComputeModule, wire};
+use lapin::{
+    Channel, Confirmation,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions},
+    types::ShortString,
+};
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// Why a reply did not reach the broker.
+#[derive(Debug, thiserror::Error)]
+enum ReplyError {
+    #[error("publishing failed: {0}")]
+    Publish(#[from] lapin::Error),
+    #[error("the broker refused the reply (negative confirm)")]
+    Refused,
+}
+
+/// Handles the requests of one node. Shared by all request tasks.
+pub(crate) struct Handler {
+    pub(crate) module: ComputeModule,
+    /// The channel the requests arrive on; replies go out on it too, so
+    /// that a confirm and the matching ack travel on one channel.
+    pub(crate) channel: Channel,
+}
+
+impl Handler {
+    /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
+    /// every outcome is logged here.
+    pub(crate) async fn handle(&self, delivery: Delivery) {
+        let correlation_id = delivery
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(ShortString::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+            warn!(
+                %correlation_id,
+                delivery_tag = delivery.delivery_tag,
+                "request has no reply_to, so nobody can get an answer; rejecting it without requeue"
+            );
+            let rejected = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            log_ack_failure(rejected, &correlation_id);
+            return;
+        };
+
+        let started = Instant::now();
+        let outcome = self.module.compute(&delivery.data).await;
+        let (body, error) = match outcome {
+            Ok(body) => (body, None),
+            Err(err) => (err.to_string().into_bytes(), Some(err.kind())),
+        };
+        debug!(
+            %correlation_id,
+            reply_to = %reply_to,
+            function = self.module.name(),
+            error = error.map(|kind| kind.as_str()),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            redelivered = delivery.redelivered,
+            "request"
+        );
+
+        let properties = wire::reply_properties(&delivery.properties, self.module.name(), error);
+        match self.reply(reply_to, &body, properties).await {
+            Ok(()) => {
+                let acked = delivery.acker.ack(BasicAckOptions::default()).await;
+                log_ack_failure(acked, &correlation_id);
+            }
+            Err(err) => {
+                warn!(%correlation_id, cause = %err, "reply not delivered; requeueing the request");
+                let nacked = delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await;
+                log_ack_failure(nacked, &correlation_id);
+            }
+        }
+    }
+
+    /// Publishes a reply and waits for the broker's confirm.
+    async fn reply(
+        &self,
+        reply_to: ShortString,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), ReplyError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(""),
+                reply_to,
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        match confirm {
+            Confirmation::Nack(_) => Err(ReplyError::Refused),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
+    }
+}
+
+/// An ack, nack or reject that fails means the channel is gone; the broker
+/// will redeliver the request, so a warning is all there is to do.
+fn log_ack_failure(result: lapin::Result<bool>, correlation_id: &str) {
+    if let Err(err) = result {
+        warn!(%correlation_id, cause = %err, "could not settle the request; the broker will redeliver it");
+    }
+}

@@ -1,0 +1,324 @@
+//! The WebAssembly sandbox: a compute module is compiled and type-checked
+//! once, then every request runs in a fresh instance of it, under a CPU
+//! deadline and a memory cap, with no capabilities (no files, environment,
+//! arguments or network; output goes nowhere).
+//!
+//! The expensive parts ([`Engine`], the linker, the pre-instantiated
+//! component) are shared; only the [`Store`] is per request, so no state
+//! leaks from one request to the next.
+
+use crate::wire::ErrorKind;
+use anyhow::Context as _;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+use wasmtime::{
+    Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    component::{Component, Linker, ResourceTable},
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod gen_ {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "compute-function",
+        exports: { default: async },
+    });
+}
+use gen_::{ComputeFunctionPre, Failure};
+
+/// How often the engine's epoch advances; the granularity of the deadline.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// What one request may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// CPU time the guest may run for one request (instantiation included).
+    pub timeout: Duration,
+    /// Linear memory the guest may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(1),
+            memory: 64 << 20,
+        }
+    }
+}
+
+/// Why a request produced no reply body. Each case maps to one
+/// [`ErrorKind`] on the wire; the `Display` text becomes the reply body.
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    /// The function rejected its input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The function reported that it could not compute a result.
+    #[error("{0}")]
+    Failed(String),
+    /// The function ran past the deadline and was stopped.
+    #[error("the compute function ran longer than {0:?} and was stopped")]
+    Timeout(Duration),
+    /// The function trapped (a panic, a stack overflow, memory past the
+    /// cap, ...).
+    #[error("the compute function crashed: {0}")]
+    Crashed(String),
+}
+
+impl ComputeError {
+    /// The kind of error reply this becomes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ComputeError::BadRequest(_) => ErrorKind::BadRequest,
+            ComputeError::Failed(_) | ComputeError::Crashed(_) => ErrorKind::ComputeFailed,
+            ComputeError::Timeout(_) => ErrorKind::Timeout,
+        }
+    }
+}
+
+/// The shared engine and linker that compute modules are loaded into.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    limits: Limits,
+    _epoch: Arc<EpochTicker>,
+}
+
+impl Sandbox {
+    /// A sandbox whose requests run under `limits`.
+    pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // Rust's standard library imports WASI even for a pure function
+        // (its panic path writes to stderr). Each request gets a WASI
+        // context with nothing in it, so these imports grant nothing.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Ok(Sandbox {
+            _epoch: Arc::new(EpochTicker::start(engine.clone())),
+            engine,
+            linker: Arc::new(linker),
+            limits,
+        })
+    }
+
+    /// Compiles the component at `path` and checks that it provides the
+    /// compute contract. The function's name is the file stem.
+    pub fn load(&self, path: &Path) -> anyhow::Result<ComputeModule> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "compute".to_owned());
+        self.load_bytes(&name, &bytes)
+            .with_context(|| format!("{} is not a usable compute module", path.display()))
+    }
+
+    /// Compiles `bytes` (a component, binary or WAT) as function `name`.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> anyhow::Result<ComputeModule> {
+        let component = Component::new(&self.engine, bytes)?;
+        let pre = ComputeFunctionPre::new(self.linker.instantiate_pre(&component)?)?;
+        Ok(ComputeModule {
+            name: name.into(),
+            pre,
+            sandbox: self.clone(),
+        })
+    }
+
+    /// Epoch ticks that make up the per-request deadline.
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self
+            .limits
+            .timeout
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// A compiled, type-checked compute function, ready to run requests.
+/// Cheap to clone; clones share the compiled code.
+#[derive(Clone)]
+pub struct ComputeModule {
+    name: Arc<str>,
+    pre: ComputeFunctionPre<GuestState>,
+    sandbox: Sandbox,
+}
+
+impl ComputeModule {
+    /// The function's name (the module's file stem), sent in `x-function`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs one request in a fresh instance.
+    pub async fn compute(&self, request: &[u8]) -> Result<Vec<u8>, ComputeError> {
+        let limits = self.sandbox.limits;
+        let mut store = Store::new(&self.sandbox.engine, GuestState::new(limits.memory));
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(self.sandbox.deadline_ticks());
+        store.epoch_deadline_trap();
+
+        let outcome = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance.call_compute(&mut store, request).await,
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(Failure::BadRequest(message))) => Err(ComputeError::BadRequest(message)),
+            Ok(Err(Failure::ComputeFailed(message))) => Err(ComputeError::Failed(message)),
+            Err(err) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
+                Err(ComputeError::Timeout(limits.timeout))
+            }
+            Err(err) => Err(ComputeError::Crashed(format!("{err:#}"))),
+        }
+    }
+}
+
+/// What a guest's store holds: an empty WASI context and the memory cap.
+struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl GuestState {
+    fn new(memory: usize) -> Self {
+        GuestState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory)
+                // A failed grow would otherwise surface as a bare
+                // `unreachable` from the guest's allocator; trapping here
+                // names the real reason in the error reply.
+                .trap_on_grow_failure(true)
+                .build(),
+        }
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] so that guests past
+/// their deadline trap. Stops when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("cannot start the epoch ticker thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn increase() -> ComputeModule {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm");
+        Sandbox::new(Limits::default())
+            .unwrap()
+            .load(&path)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_the_default_module() {
+        let module = increase();
+        assert_eq!(module.name(), "increase");
+        assert_eq!(module.compute(b"41").await.unwrap(), b"42");
+    }
+
+    #[tokio::test]
+    async fn maps_guest_failures_to_error_kinds() {
+        let module = increase();
+        let err = module.compute(b"forty").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadRequest);
+        let err = module
+            .compute(i64::MAX.to_string().as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ComputeFailed);
+    }
+
+    #[tokio::test]
+    async fn stops_a_guest_that_never_returns() {
+        let sandbox = Sandbox::new(Limits {
+            timeout: Duration::from_millis(50),
+            ..Limits::default()
+        })
+        .unwrap();
+        let spin = sandbox.load_bytes("spin", SPIN_FOREVER.as_bytes()).unwrap();
+        let err = spin.compute(b"1").await.unwrap_err();
+        assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
+    }
+
+    #[test]
+    fn rejects_bytes_that_are_not_a_component() {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        assert!(sandbox.load_bytes("junk", b"not wasm").is_err());
+        assert!(sandbox.load_bytes("core", b"(module)").is_err());
+    }
+
+    /// A component that exports `compute` with the right type and loops
+    /// forever.
+    const SPIN_FOREVER: &str = r#"
+        (component
+          (core module $m
+            (memory (export "memory") 1)
+            (func (export "compute") (param i32 i32) (result i32) (loop $l (br $l)) unreachable)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
+          (core instance $i (instantiate $m))
+          (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
+          (export $f "failure" (type $failure))
+          (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
+            (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+    "#;
+}

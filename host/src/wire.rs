@@ -1,0 +1,120 @@
+//! The wire format, shared with every peer (including the Python `pika`
+//! examples this project grew from).
+//!
+//! - A request is published through the default exchange to the compute
+//!   queue. Its body is the input (for `increase`, the decimal text of n);
+//!   `reply_to` names the queue for the reply; `correlation_id` is
+//!   optional and opaque.
+//! - The reply is published through the default exchange to `reply_to`,
+//!   carries the request's `correlation_id` (none if the request had
+//!   none), and its body is the result (for `increase`, decimal text).
+//! - A failed request still gets a reply: its `x-error` header holds one of
+//!   the [`ErrorKind`] names and its body a message for a person.
+//! - Every reply from this node names the function that computed it in an
+//!   `x-function` header (the module's file stem). Peers may ignore it.
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+use std::fmt;
+
+/// Header that marks a reply as an error and says which kind.
+pub const ERROR_HEADER: &str = "x-error";
+
+/// Header that names the function that computed a reply.
+pub const FUNCTION_HEADER: &str = "x-function";
+
+/// The machine-readable kinds of error reply, as they appear in the
+/// `x-error` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `bad-request`: the body is not a valid input for the function.
+    /// Sending the same request again cannot succeed.
+    BadRequest,
+    /// `compute-failed`: the input was valid but the function failed (it
+    /// reported an error such as an overflow, trapped, or ran out of
+    /// memory).
+    ComputeFailed,
+    /// `timeout`: the function ran past the node's CPU deadline and was
+    /// stopped.
+    Timeout,
+}
+
+impl ErrorKind {
+    /// The name carried in the `x-error` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::ComputeFailed => "compute-failed",
+            ErrorKind::Timeout => "timeout",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The properties of the reply to a request with `request` properties.
+pub fn reply_properties(
+    request: &BasicProperties,
+    function: &str,
+    error: Option<ErrorKind>,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(FUNCTION_HEADER.into(), text_value(function));
+    if let Some(kind) = error {
+        headers.insert(ERROR_HEADER.into(), text_value(kind.as_str()));
+    }
+    let properties = BasicProperties::default().with_headers(headers);
+    match request.correlation_id() {
+        Some(id) => properties.with_correlation_id(id.clone()),
+        None => properties,
+    }
+}
+
+/// A text header value as `pika` writes strings, so Python peers read
+/// them as `str`/`bytes` without surprises.
+fn text_value(text: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(text))
+}
+
+/// The text of header `name`, if present and textual.
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
+        AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_echoes_the_correlation_id_and_marks_errors() {
+        let request = BasicProperties::default().with_correlation_id("abc".into());
+        let reply = reply_properties(&request, "increase", Some(ErrorKind::BadRequest));
+        assert_eq!(reply.correlation_id().as_ref().unwrap().as_str(), "abc");
+        assert_eq!(
+            header_text(&reply, ERROR_HEADER).as_deref(),
+            Some("bad-request")
+        );
+        assert_eq!(
+            header_text(&reply, FUNCTION_HEADER).as_deref(),
+            Some("increase")
+        );
+    }
+
+    #[test]
+    fn reply_to_a_request_without_correlation_id_has_none() {
+        let reply = reply_properties(&BasicProperties::default(), "increase", None);
+        assert!(reply.correlation_id().is_none());
+        assert_eq!(header_text(&reply, ERROR_HEADER), None);
+    }
+}
