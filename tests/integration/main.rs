@@ -1,1 +1,9 @@
-fn main() {}
+//! End-to-end tests against a real RabbitMQ (`AMQP_URL`, or the local
+//! default). Every test uses its own uniquely named queues, so they run in
+//! parallel.
+
+mod center_cli;
+mod python;
+mod rpc;
+mod support;
+mod wire;

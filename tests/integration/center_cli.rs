@@ -1,0 +1,103 @@
+//! The `center` command as a user runs it.
+
+use crate::support::{RunningNode, amqp_url, delete_queue, unique_queue};
+use clap::Parser as _;
+use compute_host::cli::center::{self, CenterArgs, Summary};
+use std::time::{Duration, Instant};
+
+/// Runs `center` with `args` and empty stdin; returns what it printed.
+async fn run_center(args: &[&str]) -> (anyhow::Result<Summary>, String) {
+    let url = amqp_url();
+    let argv = ["center", "--amqp-url", &url]
+        .into_iter()
+        .chain(args.iter().copied());
+    let args = CenterArgs::try_parse_from(argv).expect("valid arguments");
+    let mut output = Vec::new();
+    let result = center::run(args, tokio::io::empty(), &mut output).await;
+    (result, String::from_utf8(output).unwrap())
+}
+
+/// `center 10 20 30` prints the three results, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_prints_each_result_in_input_order() {
+    let node = RunningNode::start(&unique_queue("cli-order")).await;
+
+    let (summary, output) = run_center(&["--queue", &node.queue, "10", "20", "30"]).await;
+    assert_eq!(
+        output,
+        "increase(10) = 11\nincrease(20) = 21\nincrease(30) = 31\n"
+    );
+    assert_eq!(summary.unwrap(), Summary { ok: 3, failed: 0 });
+
+    node.stop().await;
+}
+
+/// `--json` prints one object per input, errors included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_json_prints_one_object_per_input() {
+    let node = RunningNode::start(&unique_queue("cli-json")).await;
+
+    let (summary, output) = run_center(&["--queue", &node.queue, "--json", "1", "x"]).await;
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], r#"{"input":"1","output":"2"}"#);
+    assert!(
+        lines[1].starts_with(r#"{"error":"bad-request: "#),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].ends_with(r#""input":"x"}"#), "{}", lines[1]);
+    assert_eq!(summary.unwrap(), Summary { ok: 1, failed: 1 });
+
+    node.stop().await;
+}
+
+/// With no compute node, each request times out after `--timeout`, in
+/// about that time (they wait in parallel), and the run counts as failed
+/// (exit status 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_without_a_node_times_out_each_request() {
+    let queue = unique_queue("cli-no-node");
+    let started = Instant::now();
+    let (summary, output) = run_center(&["--queue", &queue, "--timeout", "1", "1", "2", "3"]).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(
+        output,
+        "compute(1) failed: timeout: no reply within 1 s\n\
+         compute(2) failed: timeout: no reply within 1 s\n\
+         compute(3) failed: timeout: no reply within 1 s\n"
+    );
+    assert_eq!(summary.unwrap(), Summary { ok: 0, failed: 3 });
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "timeouts should run in parallel: {elapsed:?}"
+    );
+    delete_queue(&queue).await;
+}
+
+/// An unreachable broker is a clear, one-line error, with no password in
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_explains_an_unreachable_broker() {
+    let args = CenterArgs::try_parse_from([
+        "center",
+        "--amqp-url",
+        "amqp://user:hunter2@127.0.0.1:1/%2f",
+        "1",
+    ])
+    .unwrap();
+    let err = center::run(args, tokio::io::empty(), Vec::new())
+        .await
+        .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(
+        message.starts_with(
+            "cannot reach RabbitMQ at amqp://user:***@127.0.0.1:1/%2f: connection refused"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("is the broker running?"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+}

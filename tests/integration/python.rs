@@ -1,0 +1,93 @@
+//! The classic Python `pika` examples from the seed article talk to our
+//! node and our center unchanged.
+
+use crate::support::{RunningNode, amqp_url, delete_queue, unique_queue};
+use clap::Parser as _;
+use compute_host::cli::center::{self, CenterArgs, Summary};
+use std::{path::PathBuf, process::Stdio, time::Duration};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::Command,
+};
+
+/// The Python with pika that `scripts/ensure-pika.sh` found (`PYTHON`).
+fn python(script: &str) -> Command {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut command = Command::new(python);
+    command
+        .arg(path)
+        .env("AMQP_URL", amqp_url())
+        .kill_on_drop(true);
+    command
+}
+
+/// The seed's Python center gets its answers from our node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_center_calls_our_node() {
+    let node = RunningNode::start(&unique_queue("py-center")).await;
+
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        python("seed_center.py")
+            .args([&node.queue, "10", "20", "30"])
+            .output(),
+    )
+    .await
+    .expect("the Python center finishes")
+    .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "11\n21\n31\n");
+
+    node.stop().await;
+}
+
+/// Our center gets its answers from the seed's Python compute node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_center_calls_the_python_node() {
+    let queue = unique_queue("py-node");
+    let mut node = python("seed_compute.py")
+        .args([&queue, &amqp_url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
+    let mut ready = BufReader::new(node.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), ready.next_line()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(ref line))) if line == "ready"),
+        "{first:?}"
+    );
+
+    let url = amqp_url();
+    let args = CenterArgs::try_parse_from([
+        "center",
+        "--amqp-url",
+        &url,
+        "--queue",
+        &queue,
+        "10",
+        "20",
+        "30",
+    ])
+    .unwrap();
+    let mut output = Vec::new();
+    let summary = center::run(args, tokio::io::empty(), &mut output)
+        .await
+        .unwrap();
+    // The Python node sends no `x-function` header, so the center names
+    // the function generically.
+    assert_eq!(
+        String::from_utf8(output).unwrap(),
+        "compute(10) = 11\ncompute(20) = 21\ncompute(30) = 31\n"
+    );
+    assert_eq!(summary, Summary { ok: 3, failed: 0 });
+
+    node.kill().await.unwrap();
+    delete_queue(&queue).await;
+}
