@@ -1,0 +1,3 @@
+//! `double(n) = 2n`.
+
+guest::integer_function!(Double, guest::functions::double);

@@ -1,0 +1,3 @@
+//! `fib(n)`, the RabbitMQ tutorial's Fibonacci.
+
+guest::integer_function!(Fib, guest::functions::fib);

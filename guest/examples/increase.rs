@@ -1,0 +1,3 @@
+//! `increase(n) = n + 1`, the default compute module.
+
+guest::integer_function!(Increase, guest::functions::increase);
