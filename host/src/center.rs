@@ -53,8 +53,18 @@ impl Default for CenterOptions {
 pub struct Reply {
     /// The reply body: the function's result.
     pub body: Vec<u8>,
-    /// The function that computed it (`x-function`), when the node says.
+    /// What computed it.
+    pub origin: Origin,
+}
+
+/// What answered a call, as far as the node says (a Python node says
+/// nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The function's name (`x-function`).
     pub function: Option<String>,
+    /// The exact module version (`x-module-digest`, `sha256:<hex>`).
+    pub module: Option<String>,
 }
 
 /// Why a call produced no result.
@@ -70,8 +80,8 @@ pub enum CallError {
         kind: String,
         /// The message for a person, from the reply body.
         message: String,
-        /// The function that answered (`x-function`), when the node says.
-        function: Option<String>,
+        /// What answered.
+        origin: Origin,
     },
     /// The request could not be published.
     #[error("could not publish the request: {0}")]
@@ -262,16 +272,19 @@ async fn route_replies(mut replies: Consumer, pending: Arc<Pending>) {
 }
 
 fn into_reply(delivery: Delivery) -> Result<Reply, CallError> {
-    let function = wire::header_text(&delivery.properties, wire::FUNCTION_HEADER);
+    let origin = Origin {
+        function: wire::header_text(&delivery.properties, wire::FUNCTION_HEADER),
+        module: wire::header_text(&delivery.properties, wire::MODULE_HEADER),
+    };
     match wire::header_text(&delivery.properties, wire::ERROR_HEADER) {
         None => Ok(Reply {
             body: delivery.data,
-            function,
+            origin,
         }),
         Some(kind) => Err(CallError::Remote {
             kind,
             message: String::from_utf8_lossy(&delivery.data).into_owned(),
-            function,
+            origin,
         }),
     }
 }

@@ -10,6 +10,9 @@
 //!   memory cap.
 //! - [`node`]: the compute node. Consumes the request queue, hands each
 //!   delivery to its own task, drains in-flight work on shutdown.
+//! - [`reload`]: live code swaps. Watches the module file and swaps each
+//!   new version that compiles and checks out into the [`LiveModule`] that
+//!   requests read, without a lock and without failing a request.
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
@@ -23,10 +26,12 @@ pub mod amqp;
 pub mod center;
 pub mod cli;
 pub mod node;
+pub mod reload;
 mod request;
 pub mod sandbox;
 pub mod wire;
 
-pub use center::{CallError, Center, CenterOptions, Reply};
+pub use center::{CallError, Center, CenterOptions, Origin, Reply};
 pub use node::{ComputeNode, NodeConfig};
+pub use reload::LiveModule;
 pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

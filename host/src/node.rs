@@ -8,6 +8,7 @@
 
 use crate::{
     amqp::{self, Redacted},
+    reload::{self, LiveModule},
     request::Handler,
     sandbox::{Limits, Sandbox},
 };
@@ -21,8 +22,8 @@ use lapin::{
     },
     types::FieldTable,
 };
-use std::{future::Future, path::PathBuf, sync::Arc};
-use tokio_util::task::TaskTracker;
+use std::{future::Future, path::PathBuf, sync::Arc, time::Instant};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tracing::{info, warn};
 
 /// Everything a node needs to start.
@@ -60,14 +61,18 @@ pub struct ComputeNode {
     channel: Channel,
     consumer: Consumer,
     handler: Arc<Handler>,
+    _reloader: AbortOnDropHandle<()>,
 }
 
 impl ComputeNode {
     /// Loads the module, connects, declares the queue and starts
-    /// consuming. Requests published after this returns are served.
+    /// consuming. Requests published after this returns are served, and
+    /// new versions of the module file are swapped in as they appear.
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(config.limits)?;
+        let started = Instant::now();
         let module = sandbox.load(&config.module)?;
+        let compile_ms = started.elapsed().as_millis();
 
         let connection = amqp::connect(&config.amqp_url).await?;
         let channel = connection.create_channel().await?;
@@ -98,20 +103,29 @@ impl ComputeNode {
         info!(
             module = %config.module.display(),
             function = module.name(),
+            digest = module.digest(),
+            compile_ms,
             queue = %config.queue,
             broker = %Redacted(config.amqp_url.clone()),
             prefetch = config.prefetch,
             "waiting for requests"
         );
+        let live = Arc::new(LiveModule::new(module));
         Ok(ComputeNode {
             connection,
+            _reloader: reload::watch(&config.module, sandbox, live.clone()),
             handler: Arc::new(Handler {
-                module,
+                live,
                 channel: channel.clone(),
             }),
             channel,
             consumer,
         })
+    }
+
+    /// The module versions this node serves, for watching swaps.
+    pub fn live_module(&self) -> Arc<LiveModule> {
+        self.handler.live.clone()
     }
 
     /// Serves requests until `shutdown` completes or the broker cancels the

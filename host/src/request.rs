@@ -6,14 +6,14 @@
 //! without requeue: redelivering it could never help, and in the article
 //! this project grew from it crashed the node at every redelivery.
 
-use crate::{sandbox::ComputeModule, wire};
+use crate::{reload::LiveModule, wire};
 use lapin::{
     Channel, Confirmation,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions},
     types::ShortString,
 };
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 use tracing::{debug, warn};
 
 /// Why a reply did not reach the broker.
@@ -27,7 +27,8 @@ enum ReplyError {
 
 /// Handles the requests of one node. Shared by all request tasks.
 pub(crate) struct Handler {
-    pub(crate) module: ComputeModule,
+    /// The module version new requests run on; swapped by the reloader.
+    pub(crate) live: Arc<LiveModule>,
     /// The channel the requests arrive on; replies go out on it too, so
     /// that a confirm and the matching ack travel on one channel.
     pub(crate) channel: Channel,
@@ -58,8 +59,11 @@ impl Handler {
             return;
         };
 
+        // This request runs on this version to the end, even if another
+        // is swapped in meanwhile.
+        let module = self.live.current();
         let started = Instant::now();
-        let outcome = self.module.compute(&delivery.data).await;
+        let outcome = module.compute(&delivery.data).await;
         let (body, error) = match outcome {
             Ok(body) => (body, None),
             Err(err) => (err.to_string().into_bytes(), Some(err.kind())),
@@ -67,14 +71,16 @@ impl Handler {
         debug!(
             %correlation_id,
             reply_to = %reply_to,
-            function = self.module.name(),
+            function = module.name(),
+            module = module.digest(),
             error = error.map(|kind| kind.as_str()),
             elapsed_us = started.elapsed().as_micros() as u64,
             redelivered = delivery.redelivered,
             "request"
         );
 
-        let properties = wire::reply_properties(&delivery.properties, self.module.name(), error);
+        let properties =
+            wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
         match self.reply(reply_to, &body, properties).await {
             Ok(()) => {
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;

@@ -9,6 +9,7 @@
 
 use crate::wire::ErrorKind;
 use anyhow::Context as _;
+use sha2::{Digest as _, Sha256};
 use std::{
     path::Path,
     sync::{
@@ -126,12 +127,16 @@ impl Sandbox {
             .with_context(|| format!("{} is not a usable compute module", path.display()))
     }
 
-    /// Compiles `bytes` (a component, binary or WAT) as function `name`.
+    /// Compiles `bytes` (a binary component) as function `name` and checks
+    /// that it provides the compute contract with nothing but the imports
+    /// the sandbox offers.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> anyhow::Result<ComputeModule> {
-        let component = Component::new(&self.engine, bytes)?;
+        anyhow::ensure!(!bytes.is_empty(), "the file is empty");
+        let component = Component::from_binary(&self.engine, bytes)?;
         let pre = ComputeFunctionPre::new(self.linker.instantiate_pre(&component)?)?;
         Ok(ComputeModule {
             name: name.into(),
+            digest: digest(bytes).into(),
             pre,
             sandbox: self.clone(),
         })
@@ -153,6 +158,7 @@ impl Sandbox {
 #[derive(Clone)]
 pub struct ComputeModule {
     name: Arc<str>,
+    digest: Arc<str>,
     pre: ComputeFunctionPre<GuestState>,
     sandbox: Sandbox,
 }
@@ -161,6 +167,12 @@ impl ComputeModule {
     /// The function's name (the module's file stem), sent in `x-function`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The digest of the module's bytes (`sha256:<hex>`), sent in
+    /// `x-module-digest` so a caller can tell which version answered.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     /// Runs one request in a fresh instance.
@@ -185,6 +197,11 @@ impl ComputeModule {
             Err(err) => Err(ComputeError::Crashed(format!("{err:#}"))),
         }
     }
+}
+
+/// `sha256:<hex>` of `bytes`: the name of one exact module version.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// What a guest's store holds: an empty WASI context and the memory cap.
@@ -295,16 +312,41 @@ mod tests {
             ..Limits::default()
         })
         .unwrap();
-        let spin = sandbox.load_bytes("spin", SPIN_FOREVER.as_bytes()).unwrap();
+        let spin = sandbox
+            .load_bytes("spin", &wat::parse_str(SPIN_FOREVER).unwrap())
+            .unwrap();
         let err = spin.compute(b"1").await.unwrap_err();
         assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn every_built_module_computes_its_function() {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules");
+        for (name, input, output) in [
+            ("increase", "7", "8"),
+            ("double", "7", "14"),
+            ("square", "7", "49"),
+            ("fib", "10", "55"),
+        ] {
+            let module = sandbox.load(&modules.join(format!("{name}.wasm"))).unwrap();
+            assert_eq!(
+                module.compute(input.as_bytes()).await.unwrap(),
+                output.as_bytes(),
+                "{name}"
+            );
+            assert!(module.digest().starts_with("sha256:") && module.digest().len() == 71);
+        }
     }
 
     #[test]
     fn rejects_bytes_that_are_not_a_component() {
         let sandbox = Sandbox::new(Limits::default()).unwrap();
         assert!(sandbox.load_bytes("junk", b"not wasm").is_err());
-        assert!(sandbox.load_bytes("core", b"(module)").is_err());
+        let empty = sandbox.load_bytes("empty", b"").err().unwrap();
+        assert_eq!(empty.to_string(), "the file is empty");
+        let core = wat::parse_str("(module)").unwrap();
+        assert!(sandbox.load_bytes("core", &core).is_err());
     }
 
     /// A component that exports `compute` with the right type and loops

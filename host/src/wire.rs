@@ -11,7 +11,9 @@
 //! - A failed request still gets a reply: its `x-error` header holds one of
 //!   the [`ErrorKind`] names and its body a message for a person.
 //! - Every reply from this node names the function that computed it in an
-//!   `x-function` header (the module's file stem). Peers may ignore it.
+//!   `x-function` header (the module's file stem) and the exact module
+//!   version in `x-module-digest` (`sha256:<hex>` of the module file).
+//!   Peers may ignore both.
 
 use lapin::{
     BasicProperties,
@@ -24,6 +26,9 @@ pub const ERROR_HEADER: &str = "x-error";
 
 /// Header that names the function that computed a reply.
 pub const FUNCTION_HEADER: &str = "x-function";
+
+/// Header that names the exact module version that computed a reply.
+pub const MODULE_HEADER: &str = "x-module-digest";
 
 /// The machine-readable kinds of error reply, as they appear in the
 /// `x-error` header.
@@ -62,10 +67,12 @@ impl fmt::Display for ErrorKind {
 pub fn reply_properties(
     request: &BasicProperties,
     function: &str,
+    module_digest: &str,
     error: Option<ErrorKind>,
 ) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(FUNCTION_HEADER.into(), text_value(function));
+    headers.insert(MODULE_HEADER.into(), text_value(module_digest));
     if let Some(kind) = error {
         headers.insert(ERROR_HEADER.into(), text_value(kind.as_str()));
     }
@@ -99,7 +106,12 @@ mod tests {
     #[test]
     fn reply_echoes_the_correlation_id_and_marks_errors() {
         let request = BasicProperties::default().with_correlation_id("abc".into());
-        let reply = reply_properties(&request, "increase", Some(ErrorKind::BadRequest));
+        let reply = reply_properties(
+            &request,
+            "increase",
+            "sha256:00",
+            Some(ErrorKind::BadRequest),
+        );
         assert_eq!(reply.correlation_id().as_ref().unwrap().as_str(), "abc");
         assert_eq!(
             header_text(&reply, ERROR_HEADER).as_deref(),
@@ -113,7 +125,7 @@ mod tests {
 
     #[test]
     fn reply_to_a_request_without_correlation_id_has_none() {
-        let reply = reply_properties(&BasicProperties::default(), "increase", None);
+        let reply = reply_properties(&BasicProperties::default(), "increase", "sha256:00", None);
         assert!(reply.correlation_id().is_none());
         assert_eq!(header_text(&reply, ERROR_HEADER), None);
     }

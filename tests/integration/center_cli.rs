@@ -1,6 +1,6 @@
 //! The `center` command as a user runs it.
 
-use crate::support::{RunningNode, amqp_url, delete_queue, unique_queue};
+use crate::support::{RunningNode, amqp_url, delete_queue, increase_module, unique_queue};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs, Summary};
 use std::time::{Duration, Instant};
@@ -38,14 +38,21 @@ async fn center_json_prints_one_object_per_input() {
     let node = RunningNode::start(&unique_queue("cli-json")).await;
 
     let (summary, output) = run_center(&["--queue", &node.queue, "--json", "1", "x"]).await;
+    let digest = compute_host::sandbox::digest(&std::fs::read(increase_module()).unwrap());
     let lines: Vec<&str> = output.lines().collect();
-    assert_eq!(lines[0], r#"{"input":"1","output":"2"}"#);
-    assert!(
-        lines[1].starts_with(r#"{"error":"bad-request: "#),
-        "{}",
-        lines[1]
+    assert_eq!(
+        lines[0],
+        format!(r#"{{"input":"1","output":"2","module":"{digest}"}}"#)
     );
-    assert!(lines[1].ends_with(r#""input":"x"}"#), "{}", lines[1]);
+    let error = lines[1];
+    assert!(
+        error.starts_with(r#"{"input":"x","error":"bad-request: "#),
+        "{error}"
+    );
+    assert!(
+        error.ends_with(&format!(r#","module":"{digest}"}}"#)),
+        "{error}"
+    );
     assert_eq!(summary.unwrap(), Summary { ok: 1, failed: 1 });
 
     node.stop().await;

@@ -6,4 +6,5 @@ mod center_cli;
 mod python;
 mod rpc;
 mod support;
+mod swap;
 mod wire;

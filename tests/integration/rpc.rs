@@ -108,11 +108,11 @@ async fn remote_errors_carry_their_kind_and_message() {
         Err(CallError::Remote {
             kind,
             message,
-            function,
+            origin,
         }) => {
             assert_eq!(kind, "bad-request");
             assert!(message.contains("\"seven\""), "{message}");
-            assert_eq!(function.as_deref(), Some("increase"));
+            assert_eq!(origin.function.as_deref(), Some("increase"));
         }
         other => panic!("expected a bad-request reply, got {other:?}"),
     }

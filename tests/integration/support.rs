@@ -2,7 +2,7 @@
 //! compute node running in the test, and a raw AMQP client for checking
 //! the wire format byte by byte.
 
-use compute_host::{Center, CenterOptions, ComputeNode, NodeConfig, amqp};
+use compute_host::{Center, CenterOptions, ComputeNode, LiveModule, NodeConfig, amqp};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -10,7 +10,11 @@ use lapin::{
     options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::FieldTable,
 };
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 use tokio::{sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
@@ -26,12 +30,53 @@ pub fn unique_queue(test: &str) -> String {
 
 /// The default compute module, as built into `modules/`.
 pub fn increase_module() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm")
+    built_module("increase")
+}
+
+/// A compute module built from `guest/examples/NAME.rs` into `modules/`.
+pub fn built_module(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../modules/{name}.wasm"))
+}
+
+/// A private directory for one test's module files, removed on drop.
+pub struct ModuleDir {
+    pub path: PathBuf,
+}
+
+impl ModuleDir {
+    /// A new directory holding `work.wasm`, a copy of `module`.
+    pub fn with_working_copy(module: &Path) -> Self {
+        let path = std::env::temp_dir().join(format!("compute-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::copy(module, path.join("work.wasm")).unwrap();
+        ModuleDir { path }
+    }
+
+    /// The working copy the node serves.
+    pub fn working_copy(&self) -> PathBuf {
+        self.path.join("work.wasm")
+    }
+
+    /// Publishes `bytes` the safe way: written to a temporary name in the
+    /// same directory, then renamed over the working copy.
+    pub fn publish(&self, bytes: &[u8]) {
+        let temporary = self.path.join(format!(".work.wasm.{}", Uuid::new_v4()));
+        std::fs::write(&temporary, bytes).unwrap();
+        std::fs::rename(&temporary, self.working_copy()).unwrap();
+    }
+}
+
+impl Drop for ModuleDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 /// A compute node serving in the background of a test.
 pub struct RunningNode {
     pub queue: String,
+    /// The versions it serves and rejects.
+    pub live: Arc<LiveModule>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -40,18 +85,25 @@ impl RunningNode {
     /// Starts a node on `queue` with the default module; requests
     /// published after this returns are served.
     pub async fn start(queue: &str) -> Self {
+        Self::start_module(queue, &increase_module()).await
+    }
+
+    /// Starts a node on `queue` serving (and watching) `module`.
+    pub async fn start_module(queue: &str, module: &Path) -> Self {
         let config = NodeConfig {
             queue: queue.to_owned(),
             amqp_url: amqp_url(),
-            ..NodeConfig::new(increase_module())
+            ..NodeConfig::new(module)
         };
         let node = ComputeNode::start(&config).await.expect("node starts");
+        let live = node.live_module();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async move {
             let _ = stopped.await;
         }));
         RunningNode {
             queue: queue.to_owned(),
+            live,
             stop,
             task,
         }

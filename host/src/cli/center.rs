@@ -3,7 +3,7 @@
 
 use crate::{
     amqp,
-    center::{CallError, Center, CenterOptions, Reply},
+    center::{CallError, Center, CenterOptions, Origin, Reply},
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -114,33 +114,45 @@ pub async fn run(
     Ok(summary)
 }
 
+/// What answered `result`, when anything did.
+fn origin(result: &Result<Reply, CallError>) -> Option<&Origin> {
+    match result {
+        Ok(reply) => Some(&reply.origin),
+        Err(CallError::Remote { origin, .. }) => Some(origin),
+        Err(_) => None,
+    }
+}
+
 /// `increase(10) = 11`, or `increase(x) failed: bad-request: ...`. The
 /// function's name comes from the reply; without one (a timeout, or a
 /// node that does not send `x-function`) it reads `compute`.
 fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
-    let name = |function: &Option<String>| function.clone().unwrap_or_else(|| "compute".into());
+    let function = origin(result)
+        .and_then(|origin| origin.function.as_deref())
+        .unwrap_or("compute");
     match result {
         Ok(reply) => format!(
-            "{}({input}) = {}",
-            name(&reply.function),
+            "{function}({input}) = {}",
             String::from_utf8_lossy(&reply.body)
         ),
-        Err(err @ CallError::Remote { function, .. }) => {
-            format!("{}({input}) failed: {err}", name(function))
-        }
-        Err(err) => format!("{}({input}) failed: {err}", name(&None)),
+        Err(err) => format!("{function}({input}) failed: {err}"),
     }
 }
 
-/// `{"input":"10","output":"11"}` or `{"input":"x","error":"bad-request: ..."}`.
+/// `{"input":"10","output":"11","module":"sha256:..."}` or
+/// `{"input":"x","error":"bad-request: ...","module":"sha256:..."}`;
+/// `module` only when the node named its module version.
 fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
-    let value = match result {
+    let mut value = match result {
         Ok(reply) => serde_json::json!({
             "input": input,
             "output": String::from_utf8_lossy(&reply.body),
         }),
         Err(err) => serde_json::json!({ "input": input, "error": err.to_string() }),
     };
+    if let Some(module) = origin(result).and_then(|origin| origin.module.as_deref()) {
+        value["module"] = module.into();
+    }
     value.to_string()
 }
 
@@ -162,17 +174,24 @@ mod tests {
 
     #[test]
     fn lines_name_the_function_and_the_error() {
+        let origin = Origin {
+            function: Some("increase".into()),
+            module: Some("sha256:ab".into()),
+        };
         let ok = Ok(Reply {
             body: b"11".to_vec(),
-            function: Some("increase".into()),
+            origin: origin.clone(),
         });
         assert_eq!(text_line("10", &ok), "increase(10) = 11");
-        assert_eq!(json_line("10", &ok), r#"{"input":"10","output":"11"}"#);
+        assert_eq!(
+            json_line("10", &ok),
+            r#"{"input":"10","output":"11","module":"sha256:ab"}"#
+        );
 
         let failed = Err(CallError::Remote {
             kind: "bad-request".into(),
             message: "not a number".into(),
-            function: Some("increase".into()),
+            origin,
         });
         assert_eq!(
             text_line("x", &failed),
@@ -180,7 +199,7 @@ mod tests {
         );
         assert_eq!(
             json_line("x", &failed),
-            r#"{"error":"bad-request: not a number","input":"x"}"#
+            r#"{"input":"x","error":"bad-request: not a number","module":"sha256:ab"}"#
         );
 
         let timeout = Err(CallError::Timeout(Duration::from_secs(2)));
@@ -188,5 +207,20 @@ mod tests {
             text_line("1", &timeout),
             "compute(1) failed: timeout: no reply within 2 s"
         );
+        assert_eq!(
+            json_line("1", &timeout),
+            r#"{"input":"1","error":"timeout: no reply within 2 s"}"#
+        );
+    }
+
+    /// A Python node names neither function nor module.
+    #[test]
+    fn lines_from_a_silent_node_use_generic_names() {
+        let reply = Ok(Reply {
+            body: b"11".to_vec(),
+            origin: Origin::default(),
+        });
+        assert_eq!(text_line("10", &reply), "compute(10) = 11");
+        assert_eq!(json_line("10", &reply), r#"{"input":"10","output":"11"}"#);
     }
 }

@@ -1,0 +1,284 @@
+//! Live code swaps: replacing the module file of a running node.
+
+use crate::support::{ModuleDir, RunningNode, built_module, center, unique_queue};
+use compute_host::{Center, sandbox::digest};
+use std::{
+    io::Write as _,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::time::{Instant, sleep};
+
+/// How long a test waits for a node to notice a new file. Generous: debug
+/// builds compile a module in about half a second.
+const NOTICE: Duration = Duration::from_secs(20);
+
+fn module_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(built_module(name)).unwrap()
+}
+
+/// Calls until a reply comes from module `digest`, or fails after
+/// [`NOTICE`].
+async fn wait_for_module(center: &Center, digest: &str) {
+    let deadline = Instant::now() + NOTICE;
+    loop {
+        let reply = center.call("1").await.expect("calls succeed while waiting");
+        if reply.origin.module.as_deref() == Some(digest) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "module {digest} not served within {NOTICE:?}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the node has turned down the file version `problem` (a
+/// digest, or `unreadable: ...`).
+async fn wait_for_rejection(node: &RunningNode, problem: &str) {
+    let deadline = Instant::now() + NOTICE;
+    while node.live.last_rejected().as_deref() != Some(problem) {
+        assert!(
+            Instant::now() < deadline,
+            "{problem} not rejected within {NOTICE:?}; last: {:?}",
+            node.live.last_rejected()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a load of calls saw while modules were swapped under it.
+#[derive(Default)]
+struct LoadReport {
+    calls: AtomicU64,
+    by_increase: AtomicU64,
+    by_double: AtomicU64,
+    failures: Mutex<Vec<String>>,
+}
+
+/// Keeps `in_flight` calls going until `stop`, checking that each reply is
+/// n+1 from increase or 2n from double, and nothing else.
+async fn run_load(
+    center: Center,
+    in_flight: usize,
+    stop: Arc<AtomicBool>,
+    report: Arc<LoadReport>,
+) {
+    let (increase, double) = (
+        digest(&module_bytes("increase")),
+        digest(&module_bytes("double")),
+    );
+    let next = Arc::new(AtomicU64::new(1));
+    let workers = (0..in_flight).map(|_| {
+        let (center, stop, report, next) =
+            (center.clone(), stop.clone(), report.clone(), next.clone());
+        let (increase, double) = (increase.clone(), double.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = next.fetch_add(1, Ordering::Relaxed) as i64;
+                report.calls.fetch_add(1, Ordering::Relaxed);
+                let failure = match center.call(n.to_string()).await {
+                    Ok(reply) => {
+                        let body = String::from_utf8_lossy(&reply.body).into_owned();
+                        let module = reply.origin.module.unwrap_or_default();
+                        if module == increase && body == (n + 1).to_string() {
+                            report.by_increase.fetch_add(1, Ordering::Relaxed);
+                            None
+                        } else if module == double && body == (2 * n).to_string() {
+                            report.by_double.fetch_add(1, Ordering::Relaxed);
+                            None
+                        } else {
+                            Some(format!("{n} -> {body} from {module}"))
+                        }
+                    }
+                    Err(err) => Some(format!("{n} -> {err}")),
+                };
+                if let Some(failure) = failure {
+                    report.failures.lock().unwrap().push(failure);
+                }
+            }
+        })
+    });
+    for worker in workers.collect::<Vec<_>>() {
+        worker.await.unwrap();
+    }
+}
+
+/// With 64 calls in flight the whole time, the module is swapped 12 times
+/// between increase and double: every reply is n+1 from increase or 2n
+/// from double, with zero errors, timeouts or mismatches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_fail_no_request() {
+    let dir = ModuleDir::with_working_copy(&built_module("increase"));
+    let node = RunningNode::start_module(&unique_queue("swap-load"), &dir.working_copy()).await;
+    let center = center(&node.queue, Duration::from_secs(30)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(LoadReport::default());
+    let load = tokio::spawn(run_load(center.clone(), 64, stop.clone(), report.clone()));
+
+    let mut swaps = 0;
+    for name in ["double", "increase"].iter().cycle().take(12) {
+        let bytes = module_bytes(name);
+        dir.publish(&bytes);
+        wait_for_module(&center, &digest(&bytes)).await;
+        swaps += 1;
+        sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let failures = report.failures.lock().unwrap().clone();
+    assert_eq!(
+        failures,
+        Vec::<String>::new(),
+        "errors, timeouts or mismatches during swaps"
+    );
+    assert_eq!(swaps, 12);
+    assert!(
+        report.by_increase.load(Ordering::Relaxed) > 0
+            && report.by_double.load(Ordering::Relaxed) > 0
+    );
+    eprintln!(
+        "{} calls: {} by increase, {} by double, across {swaps} swaps",
+        report.calls.load(Ordering::Relaxed),
+        report.by_increase.load(Ordering::Relaxed),
+        report.by_double.load(Ordering::Relaxed)
+    );
+
+    center.close().await;
+    node.stop().await;
+}
+
+/// No broken replacement takes the node down or stops it serving: each is
+/// turned down, the previous version keeps answering, and the next good
+/// version is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_replacements_keep_the_old_version_serving() {
+    let dir = ModuleDir::with_working_copy(&built_module("increase"));
+    let node = RunningNode::start_module(&unique_queue("swap-broken"), &dir.working_copy()).await;
+    let center = center(&node.queue, Duration::from_secs(30)).await;
+    let increase = digest(&module_bytes("increase"));
+
+    let good = module_bytes("increase");
+    let broken: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage bytes",
+            b"\x00\x61\x73\x6dthis is not webassembly at all".to_vec(),
+        ),
+        ("an empty file", Vec::new()),
+        ("a truncated module", good[..good.len() / 2].to_vec()),
+        (
+            "a core module",
+            wat::parse_str(r#"(module (func (export "compute")))"#).unwrap(),
+        ),
+        (
+            "the wrong export name",
+            fixture(&COMPUTE_FUNCTION.replace("\"compute\"", "\"calculate\"")),
+        ),
+        ("the wrong signature", fixture(WRONG_SIGNATURE)),
+        (
+            "an import we do not provide",
+            fixture(&COMPUTE_FUNCTION.replace("(component", IMPORTS_A_DATABASE)),
+        ),
+    ];
+    for (what, bytes) in &broken {
+        dir.publish(bytes);
+        wait_for_rejection(&node, &digest(bytes)).await;
+        let reply = center
+            .call("41")
+            .await
+            .unwrap_or_else(|err| panic!("after {what}: {err}"));
+        assert_eq!(reply.body, b"42", "after {what}");
+        assert_eq!(
+            reply.origin.module.as_deref(),
+            Some(increase.as_str()),
+            "after {what}"
+        );
+    }
+
+    std::fs::remove_file(dir.working_copy()).unwrap();
+    wait_for_rejection(&node, "unreadable: entity not found").await;
+    assert_eq!(
+        center.call("41").await.unwrap().body,
+        b"42",
+        "after deleting the file"
+    );
+
+    let double = module_bytes("double");
+    dir.publish(&double);
+    wait_for_module(&center, &digest(&double)).await;
+    assert_eq!(center.call("41").await.unwrap().body, b"82");
+
+    center.close().await;
+    node.stop().await;
+}
+
+/// A plain `cp` that writes the new module slowly, in small chunks with
+/// pauses (one longer than the node's quiet period), never gets a
+/// half-written file served: calls meanwhile are all answered by the old
+/// version or, at the end, by the complete new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_copy_is_never_served_half_written() {
+    let dir = ModuleDir::with_working_copy(&built_module("increase"));
+    let node = RunningNode::start_module(&unique_queue("swap-slow-cp"), &dir.working_copy()).await;
+    let center = center(&node.queue, Duration::from_secs(30)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(LoadReport::default());
+    let load = tokio::spawn(run_load(center.clone(), 8, stop.clone(), report.clone()));
+
+    let double = module_bytes("double");
+    let mut file = std::fs::File::create(dir.working_copy()).unwrap();
+    for (index, chunk) in double.chunks(4096).enumerate() {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        let pause = if index == 5 { 800 } else { 40 };
+        sleep(Duration::from_millis(pause)).await;
+    }
+    drop(file);
+    wait_for_module(&center, &digest(&double)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let failures = report.failures.lock().unwrap().clone();
+    assert_eq!(failures, Vec::<String>::new());
+    assert!(report.by_increase.load(Ordering::Relaxed) > 0);
+
+    center.close().await;
+    node.stop().await;
+}
+
+/// A component with the right `compute` export that traps when called.
+const COMPUTE_FUNCTION: &str = r#"
+    (component
+      (core module $m
+        (memory (export "memory") 1)
+        (func (export "compute") (param i32 i32) (result i32) unreachable)
+        (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
+      (core instance $i (instantiate $m))
+      (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
+      (export $f "failure" (type $failure))
+      (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
+        (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+"#;
+
+/// `compute: func(n: s64) -> s64`: the right name, the wrong type.
+const WRONG_SIGNATURE: &str = r#"
+    (component
+      (core module $m (func (export "compute") (param i64) (result i64) local.get 0))
+      (core instance $i (instantiate $m))
+      (func (export "compute") (param "n" s64) (result s64) (canon lift (core func $i "compute"))))
+"#;
+
+/// Prefixes a component with an import of an interface nobody provides.
+const IMPORTS_A_DATABASE: &str = r#"(component
+      (import "acme:db/query" (instance (export "get" (func (param "key" string) (result string)))))"#;
+
+fn fixture(wat: &str) -> Vec<u8> {
+    wat::parse_str(wat).unwrap_or_else(|err| panic!("fixture does not parse: {err}\n{wat}"))
+}
