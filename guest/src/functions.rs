@@ -1,7 +1,7 @@
 //! The example functions over integers. Overflow is always an error, never
 //! a wrapped result.
 
-use crate::Failure;
+use crate::{Failure, decimal};
 
 /// `increase(n) = n + 1`: the function of the article this project grew
 /// from, and the node's default.
@@ -24,9 +24,8 @@ pub fn square(n: i64) -> Result<i64, Failure> {
 /// tutorial's exponential recursion.
 pub fn fib(n: i64) -> Result<i64, Failure> {
     if n < 0 {
-        return Err(Failure::BadRequest(format!(
-            "fib is defined for n >= 0, got {n}"
-        )));
+        let message = ["fib is defined for n >= 0, got ", &decimal(n)];
+        return Err(Failure::BadRequest(message.concat()));
     }
     if n == 0 {
         return Ok(0);
@@ -44,7 +43,8 @@ pub fn fib(n: i64) -> Result<i64, Failure> {
 }
 
 fn overflow(function: &str, n: i64) -> Failure {
-    Failure::ComputeFailed(format!("{function}({n}) overflows a 64-bit integer"))
+    let message = [function, "(", &decimal(n), ") overflows a 64-bit integer"];
+    Failure::ComputeFailed(message.concat())
 }
 
 #[cfg(test)]
@@ -79,7 +79,7 @@ mod tests {
 
     #[test]
     fn fib_follows_the_tutorial() {
-        let first: Vec<i64> = (0..10).map(|n| fib(n).unwrap()).collect();
+        let first: alloc::vec::Vec<i64> = (0..10).map(|n| fib(n).unwrap()).collect();
         assert_eq!(first, [0, 1, 1, 2, 3, 5, 8, 13, 21, 34]);
         assert_eq!(fib(92).unwrap(), 7_540_113_804_746_346_429);
         assert!(matches!(fib(93), Err(Failure::ComputeFailed(_))));
