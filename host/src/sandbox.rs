@@ -131,7 +131,7 @@ impl Sandbox {
     /// that it provides the compute contract with nothing but the imports
     /// the sandbox offers.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> anyhow::Result<ComputeModule> {
-        anyhow::ensure!(!bytes.is_empty(), "the file is empty");
+        check_header(bytes)?;
         let component = Component::from_binary(&self.engine, bytes)?;
         let pre = ComputeFunctionPre::new(self.linker.instantiate_pre(&component)?)?;
         Ok(ComputeModule {
@@ -197,6 +197,23 @@ impl ComputeModule {
             Err(err) => Err(ComputeError::Crashed(format!("{err:#}"))),
         }
     }
+}
+
+/// Says in plain words what is wrong with a file that is not a binary
+/// component at all, which the parser would report as a byte dump.
+fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: &[u8] = &[1, 0, 0, 0];
+    anyhow::ensure!(!bytes.is_empty(), "the file is empty");
+    anyhow::ensure!(
+        bytes.starts_with(MAGIC),
+        "not a WebAssembly file (it does not start with \\0asm)"
+    );
+    anyhow::ensure!(
+        bytes.get(4..8) != Some(CORE_MODULE),
+        "a core WebAssembly module, not a component; build the guest for wasm32-wasip2 (or wrap the module with `wasm-tools component new`)"
+    );
+    Ok(())
 }
 
 /// `sha256:<hex>` of `bytes`: the name of one exact module version.
@@ -342,11 +359,15 @@ mod tests {
     #[test]
     fn rejects_bytes_that_are_not_a_component() {
         let sandbox = Sandbox::new(Limits::default()).unwrap();
-        assert!(sandbox.load_bytes("junk", b"not wasm").is_err());
-        let empty = sandbox.load_bytes("empty", b"").err().unwrap();
-        assert_eq!(empty.to_string(), "the file is empty");
+        let message = |bytes: &[u8]| sandbox.load_bytes("x", bytes).err().unwrap().to_string();
+        assert_eq!(message(b""), "the file is empty");
+        assert!(message(b"oops").starts_with("not a WebAssembly file"));
         let core = wat::parse_str("(module)").unwrap();
-        assert!(sandbox.load_bytes("core", &core).is_err());
+        assert!(message(&core).starts_with("a core WebAssembly module, not a component"));
+        let truncated =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+                .unwrap();
+        assert!(sandbox.load_bytes("x", &truncated[..1000]).is_err());
     }
 
     /// A component that exports `compute` with the right type and loops
