@@ -221,9 +221,12 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// What a guest's store holds: an empty WASI context and the memory cap.
+/// What a guest's store holds: an empty WASI context, made on the guest's
+/// first WASI call, and the memory cap.
 struct GuestState {
-    wasi: WasiCtx,
+    /// Built lazily: our `no_std` modules import no WASI and never need it,
+    /// and building one costs tens of microseconds per request.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     limits: StoreLimits,
 }
@@ -231,7 +234,7 @@ struct GuestState {
 impl GuestState {
     fn new(memory: usize) -> Self {
         GuestState {
-            wasi: WasiCtx::builder().build(),
+            wasi: None,
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(memory)
@@ -247,7 +250,7 @@ impl GuestState {
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
             table: &mut self.table,
         }
     }
@@ -356,6 +359,17 @@ mod tests {
         }
     }
 
+    /// Modules built with Rust's std import WASI; the sandbox links it, with
+    /// an empty context made on first use.
+    #[tokio::test]
+    async fn serves_a_module_that_calls_wasi() {
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let module = sandbox
+            .load_bytes("random", &wat::parse_str(CALLS_WASI_RANDOM).unwrap())
+            .unwrap();
+        assert_eq!(module.compute(b"1").await.unwrap(), b"");
+    }
+
     #[test]
     fn rejects_bytes_that_are_not_a_component() {
         let sandbox = Sandbox::new(Limits::default()).unwrap();
@@ -369,6 +383,30 @@ mod tests {
                 .unwrap();
         assert!(sandbox.load_bytes("x", &truncated[..1000]).is_err());
     }
+
+    /// A component that calls `wasi:random` and returns an empty body.
+    /// The result (tag, pointer, length) is written at offset 16.
+    const CALLS_WASI_RANDOM: &str = r#"
+        (component
+          (import "wasi:random/random@0.2.0" (instance $random (export "get-random-u64" (func (result u64)))))
+          (core func $get (canon lower (func $random "get-random-u64")))
+          (core module $m
+            (import "wasi" "get" (func $get (result i64)))
+            (memory (export "memory") 1)
+            (func (export "compute") (param i32 i32) (result i32)
+              call $get
+              drop
+              (i32.store8 (i32.const 16) (i32.const 0))
+              (i32.store (i32.const 20) (i32.const 0))
+              (i32.store (i32.const 24) (i32.const 0))
+              i32.const 16)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 64))
+          (core instance $i (instantiate $m (with "wasi" (instance (export "get" (func $get))))))
+          (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
+          (export $f "failure" (type $failure))
+          (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
+            (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+    "#;
 
     /// A component that exports `compute` with the right type and loops
     /// forever.
