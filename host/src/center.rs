@@ -16,9 +16,11 @@
 use crate::{amqp, wire};
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Connection, Consumer,
+    BasicProperties, Channel, Confirmation, Connection, Consumer,
     message::Delivery,
-    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    },
     types::{FieldTable, ShortString},
 };
 use std::{
@@ -83,9 +85,15 @@ pub enum CallError {
         /// What answered.
         origin: Origin,
     },
+    /// No queue of that name exists, so the broker returned the request.
+    #[error("no-route: no queue named {0:?} exists; start a compute node, which declares it")]
+    NoRoute(String),
     /// The request could not be published.
     #[error("could not publish the request: {0}")]
     Publish(#[source] lapin::Error),
+    /// The broker refused the request (a negative confirm).
+    #[error("the broker refused the request")]
+    Refused,
     /// The connection closed before the reply arrived.
     #[error("the connection to RabbitMQ was lost before the reply arrived")]
     ConnectionLost,
@@ -125,6 +133,11 @@ impl Center {
         let connection = amqp::connect(url).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
+            // Confirms tell a request the broker could not route (no such
+            // queue) at once, instead of after the timeout.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
             let reply_queue = channel
                 .queue_declare(
                     "".into(),
@@ -184,22 +197,59 @@ impl Center {
         let properties = BasicProperties::default()
             .with_reply_to(shared.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
-        shared
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = shared
             .channel
             .basic_publish(
                 "".into(),
                 shared.queue.clone(),
-                BasicPublishOptions::default(),
+                mandatory,
                 body.as_ref(),
                 properties,
             )
             .await
+            .map_err(CallError::Publish)?
+            .await
             .map_err(CallError::Publish)?;
+        match confirm {
+            Confirmation::Ack(Some(_returned)) => {
+                return Err(CallError::NoRoute(shared.queue.to_string()));
+            }
+            Confirmation::Nack(_) => return Err(CallError::Refused),
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+        }
 
         match tokio::time::timeout(shared.timeout, receiver).await {
             Err(_) => Err(CallError::Timeout(shared.timeout)),
             Ok(Err(_)) => Err(CallError::ConnectionLost),
             Ok(Ok(delivery)) => into_reply(delivery),
+        }
+    }
+
+    /// How many consumers (compute nodes) the request queue has, or `None`
+    /// when no such queue exists.
+    pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
+        // A passive declare of a missing queue closes its channel, so it
+        // gets a channel of its own.
+        let channel = self.shared.connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(self.shared.queue.clone(), passive, FieldTable::default())
+            .await;
+        let _ = channel.close(200, "OK".into()).await;
+        match declared {
+            Ok(queue) => Ok(Some(queue.consumer_count())),
+            // 404 NOT_FOUND: no queue of that name.
+            Err(err) if matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
+                Ok(None)
+            }
+            Err(err) => Err(err),
         }
     }
 

@@ -4,7 +4,10 @@
 //! reply lost on the way out leaves the request to be redelivered. A
 //! request that cannot be answered at all (no `reply_to`) is rejected
 //! without requeue: redelivering it could never help, and in the article
-//! this project grew from it crashed the node at every redelivery.
+//! this project grew from it crashed the node at every redelivery. Replies
+//! are published `mandatory`: a reply whose `reply_to` queue is gone (the
+//! caller left) comes back, is logged, and its request is acked, since
+//! computing it again cannot reach anyone either.
 
 use crate::{reload::LiveModule, wire};
 use lapin::{
@@ -15,6 +18,14 @@ use lapin::{
 };
 use std::{sync::Arc, time::Instant};
 use tracing::{debug, warn};
+
+/// Where a reply went.
+enum Delivered {
+    /// Into the `reply_to` queue.
+    Queued,
+    /// Nowhere: no queue has that name.
+    Unroutable,
+}
 
 /// Why a reply did not reach the broker.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +92,15 @@ impl Handler {
 
         let properties =
             wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
-        match self.reply(reply_to, &body, properties).await {
-            Ok(()) => {
+        match self.reply(reply_to.clone(), &body, properties).await {
+            Ok(delivered) => {
+                if let Delivered::Unroutable = delivered {
+                    warn!(
+                        %correlation_id,
+                        %reply_to,
+                        "no queue named by reply_to (the caller is gone); dropping the reply and acking the request"
+                    );
+                }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
                 log_ack_failure(acked, &correlation_id);
             }
@@ -106,21 +124,20 @@ impl Handler {
         reply_to: ShortString,
         body: &[u8],
         properties: lapin::BasicProperties,
-    ) -> Result<(), ReplyError> {
+    ) -> Result<Delivered, ReplyError> {
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let confirm = self
             .channel
-            .basic_publish(
-                ShortString::from(""),
-                reply_to,
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+            .basic_publish(ShortString::from(""), reply_to, mandatory, body, properties)
             .await?
             .await?;
         match confirm {
             Confirmation::Nack(_) => Err(ReplyError::Refused),
-            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Ok(Delivered::Unroutable),
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Delivered::Queued),
         }
     }
 }

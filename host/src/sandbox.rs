@@ -44,6 +44,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// Linear memory the guest may grow to, in bytes.
     pub memory: usize,
+    /// The largest request body the guest is given, and the largest reply
+    /// body it may return, in bytes.
+    pub max_body: usize,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
         Limits {
             timeout: Duration::from_secs(1),
             memory: 64 << 20,
+            max_body: 1 << 20,
         }
     }
 }
@@ -72,6 +76,18 @@ pub enum ComputeError {
     /// cap, ...).
     #[error("the compute function crashed: {0}")]
     Crashed(String),
+    /// The request or the reply is larger than [`Limits::max_body`].
+    #[error(
+        "the {body} body is {size} bytes, more than the node's limit of {limit} bytes (--max-body)"
+    )]
+    TooLarge {
+        /// `request` or `reply`.
+        body: &'static str,
+        /// Its size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 impl ComputeError {
@@ -81,6 +97,7 @@ impl ComputeError {
             ComputeError::BadRequest(_) => ErrorKind::BadRequest,
             ComputeError::Failed(_) | ComputeError::Crashed(_) => ErrorKind::ComputeFailed,
             ComputeError::Timeout(_) => ErrorKind::Timeout,
+            ComputeError::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
 }
@@ -175,9 +192,18 @@ impl ComputeModule {
         &self.digest
     }
 
-    /// Runs one request in a fresh instance.
+    /// Runs one request in a fresh instance. A request over the size limit
+    /// is refused without running the guest.
     pub async fn compute(&self, request: &[u8]) -> Result<Vec<u8>, ComputeError> {
         let limits = self.sandbox.limits;
+        let too_large = |body, size| ComputeError::TooLarge {
+            body,
+            size,
+            limit: limits.max_body,
+        };
+        if request.len() > limits.max_body {
+            return Err(too_large("request", request.len()));
+        }
         let mut store = Store::new(&self.sandbox.engine, GuestState::new(limits.memory));
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(self.sandbox.deadline_ticks());
@@ -188,6 +214,7 @@ impl ComputeModule {
             Err(err) => Err(err),
         };
         match outcome {
+            Ok(Ok(reply)) if reply.len() > limits.max_body => Err(too_large("reply", reply.len())),
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(Failure::BadRequest(message))) => Err(ComputeError::BadRequest(message)),
             Ok(Err(Failure::ComputeFailed(message))) => Err(ComputeError::Failed(message)),
@@ -323,6 +350,30 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ComputeFailed);
+    }
+
+    #[tokio::test]
+    async fn refuses_bodies_over_the_size_limit() {
+        let sandbox = Sandbox::new(Limits {
+            max_body: 4,
+            ..Limits::default()
+        })
+        .unwrap();
+        let module = sandbox
+            .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+            .unwrap();
+        let err = module.compute(b"123456").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TooLarge);
+        assert_eq!(
+            err.to_string(),
+            "the request body is 6 bytes, more than the node's limit of 4 bytes (--max-body)"
+        );
+        let err = module.compute(b"9999").await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the reply body is 5 bytes, more than the node's limit of 4 bytes (--max-body)"
+        );
+        assert_eq!(module.compute(b"998").await.unwrap(), b"999");
     }
 
     #[tokio::test]

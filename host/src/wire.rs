@@ -44,6 +44,9 @@ pub enum ErrorKind {
     /// `timeout`: the function ran past the node's CPU deadline and was
     /// stopped.
     Timeout,
+    /// `too-large`: the request, or the reply the function produced, is
+    /// larger than the node's `--max-body`.
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad-request",
             ErrorKind::ComputeFailed => "compute-failed",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::TooLarge => "too-large",
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The `center` command as a user runs it.
 
-use crate::support::{RunningNode, amqp_url, delete_queue, increase_module, unique_queue};
+use crate::support::{
+    RunningNode, amqp_url, declare_queue, delete_queue, increase_module, unique_queue,
+};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs, Summary};
 use std::time::{Duration, Instant};
@@ -58,12 +60,13 @@ async fn center_json_prints_one_object_per_input() {
     node.stop().await;
 }
 
-/// With no compute node, each request times out after `--timeout`, in
-/// about that time (they wait in parallel), and the run counts as failed
-/// (exit status 1).
+/// With the queue there but no compute node consuming it, each request
+/// times out after `--timeout`, in about that time (they wait in
+/// parallel), and the run counts as failed (exit status 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_without_a_node_times_out_each_request() {
     let queue = unique_queue("cli-no-node");
+    declare_queue(&queue).await;
     let started = Instant::now();
     let (summary, output) = run_center(&["--queue", &queue, "--timeout", "1", "1", "2", "3"]).await;
     let elapsed = started.elapsed();
@@ -81,6 +84,29 @@ async fn center_without_a_node_times_out_each_request() {
         "timeouts should run in parallel: {elapsed:?}"
     );
     delete_queue(&queue).await;
+}
+
+/// With no queue of that name, each request fails at once with a
+/// `no-route` error instead of waiting for its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_with_no_such_queue_fails_each_request_at_once() {
+    let queue = unique_queue("cli-no-queue");
+    let started = Instant::now();
+    let (summary, output) = run_center(&["--queue", &queue, "1", "2"]).await;
+
+    let expected = format!(
+        "compute(1) failed: no-route: no queue named {queue:?} exists; start a compute node, which declares it\n"
+    );
+    assert_eq!(
+        output,
+        expected.clone() + &expected.replace("compute(1)", "compute(2)")
+    );
+    assert_eq!(summary.unwrap(), Summary { ok: 0, failed: 2 });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// An unreachable broker is a clear, one-line error, with no password in

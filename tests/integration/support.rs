@@ -90,11 +90,20 @@ impl RunningNode {
 
     /// Starts a node on `queue` serving (and watching) `module`.
     pub async fn start_module(queue: &str, module: &Path) -> Self {
-        let config = NodeConfig {
+        Self::start_with(NodeConfig {
             queue: queue.to_owned(),
-            amqp_url: amqp_url(),
             ..NodeConfig::new(module)
+        })
+        .await
+    }
+
+    /// Starts a node with `config`, on the test broker.
+    pub async fn start_with(config: NodeConfig) -> Self {
+        let config = NodeConfig {
+            amqp_url: amqp_url(),
+            ..config
         };
+        let queue = config.queue.as_str();
         let node = ComputeNode::start(&config).await.expect("node starts");
         let live = node.live_module();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -129,6 +138,21 @@ pub async fn center(queue: &str, timeout: Duration) -> Center {
     Center::connect_with(&amqp_url(), options)
         .await
         .expect("center connects")
+}
+
+/// Declares `queue` as a node would, with nobody consuming it.
+pub async fn declare_queue(queue: &str) {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "OK".into()).await;
 }
 
 /// Deletes a test queue so runs leave nothing behind on the broker.

@@ -1,7 +1,10 @@
 //! The wire format as a peer in another language sees it.
 
-use crate::support::{RawClient, RunningNode, unique_queue};
-use compute_host::wire::{ERROR_HEADER, FUNCTION_HEADER, header_text};
+use crate::support::{RawClient, RunningNode, increase_module, unique_queue};
+use compute_host::{
+    Limits, NodeConfig,
+    wire::{ERROR_HEADER, FUNCTION_HEADER, header_text},
+};
 use lapin::{BasicProperties, options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;
 
@@ -95,24 +98,80 @@ async fn a_request_without_reply_to_is_dropped_not_redelivered() {
     let reply = client.request(&node.queue, b"6", Some("fine")).await;
     assert_eq!(reply.data, b"7");
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let queue = client
-        .channel
-        .queue_declare(
-            node.queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        queue.message_count(),
+        queued_requests(&client, &node.queue).await,
         0,
         "the rejected request must not wait for redelivery"
     );
 
     node.stop().await;
+}
+
+/// A body larger than `--max-body` gets a `too-large` error reply without
+/// reaching the guest, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_gets_a_too_large_reply() {
+    let node = RunningNode::start_with(NodeConfig {
+        queue: unique_queue("wire-too-large"),
+        limits: Limits {
+            max_body: 64,
+            ..Limits::default()
+        },
+        ..NodeConfig::new(increase_module())
+    })
+    .await;
+    let mut client = RawClient::connect().await;
+
+    let reply = client.request(&node.queue, &[b'7'; 65], Some("big")).await;
+    assert_eq!(
+        header_text(&reply.properties, ERROR_HEADER).as_deref(),
+        Some("too-large")
+    );
+    assert_eq!(
+        String::from_utf8(reply.data).unwrap(),
+        "the request body is 65 bytes, more than the node's limit of 64 bytes (--max-body)"
+    );
+    assert_eq!(
+        client.request(&node.queue, b"64", Some("small")).await.data,
+        b"65"
+    );
+
+    node.stop().await;
+}
+
+/// A request whose `reply_to` names no queue (its caller is gone) is
+/// computed, its reply comes back unroutable, and the request is acked
+/// rather than redelivered; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_missing_queue_is_dropped_and_the_request_acked() {
+    let node = RunningNode::start(&unique_queue("wire-gone-caller")).await;
+    let mut client = RawClient::connect().await;
+
+    let gone = BasicProperties::default()
+        .with_reply_to(unique_queue("gone").as_str().into())
+        .with_correlation_id("gone".into());
+    client.publish(&node.queue, b"5", gone).await;
+    assert_eq!(
+        client.request(&node.queue, b"6", Some("here")).await.data,
+        b"7"
+    );
+    assert_eq!(queued_requests(&client, &node.queue).await, 0);
+
+    node.stop().await;
+}
+
+/// How many requests wait in `queue`, after a moment for the node to
+/// settle the ones it has.
+async fn queued_requests(client: &RawClient, queue: &str) -> u32 {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    client
+        .channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .unwrap()
+        .message_count()
 }

@@ -10,7 +10,9 @@ use tokio::io::BufReader;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = CenterArgs::parse();
-    cli::init_tracing("warn");
+    // lapin logs the expected 404 of the queue check and each returned
+    // request itself; the center reports both in its own words.
+    cli::init_tracing("warn,lapin=off");
     let stdin = BufReader::new(tokio::io::stdin());
     match cli::center::run(args, stdin, io::stdout().lock()).await {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = ComputeArgs::parse();
-    cli::init_tracing("info");
+    // lapin warns about each returned reply; the node logs those itself.
+    cli::init_tracing("info,lapin=error");
     match cli::compute::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

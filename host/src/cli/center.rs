@@ -10,6 +10,7 @@ use clap::Parser;
 use futures_util::{StreamExt as _, stream};
 use std::{io::Write, num::NonZeroUsize, time::Duration};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
+use tracing::warn;
 
 /// Sends each input to a compute node and prints each result.
 #[derive(Debug, Parser)]
@@ -69,7 +70,19 @@ pub async fn run(
         queue: args.queue,
         timeout: args.timeout,
     };
+    let queue = options.queue.clone();
+    let timeout = options.timeout;
     let center = Center::connect_with(&args.amqp_url, options).await?;
+    match center.consumer_count().await {
+        Ok(Some(0)) => warn!(
+            "no compute node is consuming {queue}; requests will wait up to {} s",
+            timeout.as_secs_f64()
+        ),
+        Ok(None) => warn!(
+            "no queue named {queue} exists, so every request will fail; is a compute node running?"
+        ),
+        Ok(Some(_)) | Err(_) => {}
+    }
 
     let inputs = if args.inputs.is_empty() {
         stream::unfold(input.lines(), |mut lines| async move {

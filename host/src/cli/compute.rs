@@ -37,6 +37,11 @@ pub struct ComputeArgs {
     /// gets a `compute-failed` error reply.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub guest_memory: u32,
+
+    /// The largest request body the node computes, and the largest reply it
+    /// sends, in bytes; larger ones get a `too-large` error reply.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_body: usize,
 }
 
 impl ComputeArgs {
@@ -50,6 +55,7 @@ impl ComputeArgs {
             limits: Limits {
                 timeout: self.guest_timeout,
                 memory: (self.guest_memory as usize) << 20,
+                max_body: self.max_body,
             },
         }
     }
