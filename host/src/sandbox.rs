@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 use wasmtime::{
-    Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    Config, Engine, ResourceLimiter, Store, Trap,
     component::{Component, Linker, ResourceTable},
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -221,7 +221,7 @@ impl ComputeModule {
             Err(err) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                 Err(ComputeError::Timeout(limits.timeout))
             }
-            Err(err) => Err(ComputeError::Crashed(format!("{err:#}"))),
+            Err(err) => Err(ComputeError::Crashed(crash_reason(&err))),
         }
     }
 }
@@ -243,6 +243,16 @@ fn check_header(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why a guest crashed, in a line: the trap (`call stack exhausted`,
+/// `wasm 'unreachable' instruction executed`) or the root cause, without
+/// the wasm backtrace, which tells a caller nothing and can be long.
+fn crash_reason(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => err.root_cause().to_string(),
+    }
+}
+
 /// `sha256:<hex>` of `bytes`: the name of one exact module version.
 pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
@@ -255,7 +265,7 @@ struct GuestState {
     /// and building one costs tens of microseconds per request.
     wasi: Option<WasiCtx>,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MemoryCap,
 }
 
 impl GuestState {
@@ -263,16 +273,47 @@ impl GuestState {
         GuestState {
             wasi: None,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory)
-                // A failed grow would otherwise surface as a bare
-                // `unreachable` from the guest's allocator; trapping here
-                // names the real reason in the error reply.
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryCap { bytes: memory },
         }
     }
 }
+
+/// Caps a guest's linear memory. Growing past the cap traps with a reason
+/// the caller can read, rather than failing the grow, which a guest's
+/// allocator would turn into a bare `unreachable`.
+struct MemoryCap {
+    bytes: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes {
+            wasmtime::bail!(
+                "the compute function needed {desired} bytes of memory, more than the node's limit of {} bytes (--guest-memory)",
+                self.bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Table elements a guest may have: far more than any compute function
+/// needs, far less than would strain the node.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -419,6 +460,53 @@ mod tests {
             .load_bytes("random", &wat::parse_str(CALLS_WASI_RANDOM).unwrap())
             .unwrap();
         assert_eq!(module.compute(b"1").await.unwrap(), b"");
+    }
+
+    /// A guest that misbehaves gets an error for its request, never more:
+    /// memory past the cap, a trap and unbounded recursion each end as
+    /// `compute-failed` with the reason, and the sandbox keeps working.
+    #[tokio::test]
+    async fn hostile_guests_fail_their_own_request_only() {
+        let sandbox = Sandbox::new(Limits {
+            memory: 4 << 20,
+            ..Limits::default()
+        })
+        .unwrap();
+        let hostile = |body: &str| {
+            let wat = SPIN_FOREVER.replace("(loop $l (br $l)) unreachable", body);
+            sandbox
+                .load_bytes("hostile", &wat::parse_str(wat).unwrap())
+                .unwrap()
+        };
+        let cases = [
+            (
+                "grows its memory",
+                "(drop (memory.grow (i32.const 1000))) unreachable",
+                "more than the node's limit of 4194304 bytes (--guest-memory)",
+            ),
+            ("traps", "unreachable", "unreachable"),
+            (
+                "recurses forever",
+                "(call 0 (local.get 0) (local.get 1))",
+                "call stack exhausted",
+            ),
+        ];
+        for (what, body, reason) in cases {
+            let err = hostile(body).compute(b"1").await.unwrap_err();
+            assert_eq!(
+                err.kind(),
+                ErrorKind::ComputeFailed,
+                "a guest that {what}: {err}"
+            );
+            assert!(
+                err.to_string().contains(reason),
+                "a guest that {what}: {err}"
+            );
+        }
+        let module = sandbox
+            .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+            .unwrap();
+        assert_eq!(module.compute(b"1").await.unwrap(), b"2");
     }
 
     #[test]
