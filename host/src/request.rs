@@ -49,13 +49,12 @@ impl Handler {
     /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
     /// every outcome is logged here.
     pub(crate) async fn handle(&self, delivery: Delivery) {
+        // For the logs; borrowed, since this runs for every request.
         let correlation_id = delivery
             .properties
             .correlation_id()
             .as_ref()
-            .map(ShortString::as_str)
-            .unwrap_or("")
-            .to_owned();
+            .map_or("", ShortString::as_str);
         let Some(reply_to) = delivery.properties.reply_to().clone() else {
             warn!(
                 %correlation_id,
@@ -66,7 +65,7 @@ impl Handler {
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
                 .await;
-            log_ack_failure(rejected, &correlation_id);
+            log_ack_failure(rejected, correlation_id);
             return;
         };
 
@@ -102,7 +101,7 @@ impl Handler {
                     );
                 }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-                log_ack_failure(acked, &correlation_id);
+                log_ack_failure(acked, correlation_id);
             }
             Err(err) => {
                 warn!(%correlation_id, cause = %err, "reply not delivered; requeueing the request");
@@ -113,7 +112,7 @@ impl Handler {
                         multiple: false,
                     })
                     .await;
-                log_ack_failure(nacked, &correlation_id);
+                log_ack_failure(nacked, correlation_id);
             }
         }
     }

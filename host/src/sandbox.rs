@@ -425,7 +425,7 @@ mod tests {
         })
         .unwrap();
         let spin = sandbox
-            .load_bytes("spin", &wat::parse_str(SPIN_FOREVER).unwrap())
+            .load_bytes("spin", &component("(loop $l (br $l)) unreachable"))
             .unwrap();
         let err = spin.compute(b"1").await.unwrap_err();
         assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
@@ -472,12 +472,7 @@ mod tests {
             ..Limits::default()
         })
         .unwrap();
-        let hostile = |body: &str| {
-            let wat = SPIN_FOREVER.replace("(loop $l (br $l)) unreachable", body);
-            sandbox
-                .load_bytes("hostile", &wat::parse_str(wat).unwrap())
-                .unwrap()
-        };
+        let hostile = |body: &str| sandbox.load_bytes("hostile", &component(body)).unwrap();
         let cases = [
             (
                 "grows its memory",
@@ -547,18 +542,10 @@ mod tests {
             (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
     "#;
 
-    /// A component that exports `compute` with the right type and loops
-    /// forever.
-    const SPIN_FOREVER: &str = r#"
-        (component
-          (core module $m
-            (memory (export "memory") 1)
-            (func (export "compute") (param i32 i32) (result i32) (loop $l (br $l)) unreachable)
-            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
-          (core instance $i (instantiate $m))
-          (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
-          (export $f "failure" (type $failure))
-          (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
-            (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
-    "#;
+    /// A compute component whose core function is `body`, from the
+    /// fixture the integration tests share.
+    fn component(body: &str) -> Vec<u8> {
+        let template = include_str!("../../tests/fixtures/compute.wat");
+        wat::parse_str(template.replace("BODY", body)).unwrap()
+    }
 }

@@ -60,6 +60,42 @@ struct LoadReport {
     failures: Mutex<Vec<String>>,
 }
 
+impl LoadReport {
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+/// Calls kept going in the background of a test.
+struct Load {
+    stop: Arc<AtomicBool>,
+    report: Arc<LoadReport>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Starts `in_flight` calls through `center`.
+    fn start(center: &Center, in_flight: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(LoadReport::default());
+        let task = tokio::spawn(run_load(
+            center.clone(),
+            in_flight,
+            stop.clone(),
+            report.clone(),
+        ));
+        Load { stop, report, task }
+    }
+
+    /// Stops starting calls, waits for those in flight, and returns what
+    /// they all saw.
+    async fn finish(self) -> Arc<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.report
+    }
+}
+
 /// Keeps `in_flight` calls going until `stop`, checking that each reply is
 /// n+1 from increase or 2n from double, and nothing else.
 async fn run_load(
@@ -117,9 +153,7 @@ async fn swaps_under_load_fail_no_request() {
     let node = RunningNode::start_module(&unique_queue("swap-load"), &dir.working_copy()).await;
     let center = center(&node.queue, Duration::from_secs(30)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let report = Arc::new(LoadReport::default());
-    let load = tokio::spawn(run_load(center.clone(), 64, stop.clone(), report.clone()));
+    let load = Load::start(&center, 64);
 
     let mut swaps = 0;
     for name in ["double", "increase"].iter().cycle().take(12) {
@@ -129,12 +163,10 @@ async fn swaps_under_load_fail_no_request() {
         swaps += 1;
         sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let report = load.finish().await;
 
-    let failures = report.failures.lock().unwrap().clone();
     assert_eq!(
-        failures,
+        report.failures(),
         Vec::<String>::new(),
         "errors, timeouts or mismatches during swaps"
     );
@@ -178,12 +210,12 @@ async fn broken_replacements_keep_the_old_version_serving() {
         ),
         (
             "the wrong export name",
-            fixture(&COMPUTE_FUNCTION.replace("\"compute\"", "\"calculate\"")),
+            fixture(&traps_when_called().replace("\"compute\"", "\"calculate\"")),
         ),
         ("the wrong signature", fixture(WRONG_SIGNATURE)),
         (
             "an import we do not provide",
-            fixture(&COMPUTE_FUNCTION.replace("(component", IMPORTS_A_DATABASE)),
+            fixture(&traps_when_called().replacen("(component", IMPORTS_A_DATABASE, 1)),
         ),
     ];
     for (what, bytes) in &broken {
@@ -219,7 +251,7 @@ async fn broken_replacements_keep_the_old_version_serving() {
 }
 
 /// A plain `cp` that writes the new module slowly, in small chunks with
-/// pauses (one longer than the node's quiet period), never gets a
+/// pauses (one longer than the node's quiet period, mid-copy), never gets a
 /// half-written file served: calls meanwhile are all answered by the old
 /// version or, at the end, by the complete new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,13 +260,17 @@ async fn a_slow_copy_is_never_served_half_written() {
     let node = RunningNode::start_module(&unique_queue("swap-slow-cp"), &dir.working_copy()).await;
     let center = center(&node.queue, Duration::from_secs(30)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let report = Arc::new(LoadReport::default());
-    let load = tokio::spawn(run_load(center.clone(), 8, stop.clone(), report.clone()));
+    let load = Load::start(&center, 8);
 
     let double = module_bytes("double");
     let mut file = std::fs::File::create(dir.working_copy()).unwrap();
-    for (index, chunk) in double.chunks(4096).enumerate() {
+    // 1 KB chunks: the module is about 20 KB, so the long pause after the
+    // sixth chunk falls in the middle of the copy.
+    assert!(
+        double.len() > 10 * 1024,
+        "the module is too small for this test"
+    );
+    for (index, chunk) in double.chunks(1024).enumerate() {
         file.write_all(chunk).unwrap();
         file.flush().unwrap();
         let pause = if index == 5 { 800 } else { 40 };
@@ -242,30 +278,20 @@ async fn a_slow_copy_is_never_served_half_written() {
     }
     drop(file);
     wait_for_module(&center, &digest(&double)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    let report = load.finish().await;
 
-    let failures = report.failures.lock().unwrap().clone();
-    assert_eq!(failures, Vec::<String>::new());
+    assert_eq!(report.failures(), Vec::<String>::new());
     assert!(report.by_increase.load(Ordering::Relaxed) > 0);
 
     center.close().await;
     node.stop().await;
 }
 
-/// A component with the right `compute` export that traps when called.
-const COMPUTE_FUNCTION: &str = r#"
-    (component
-      (core module $m
-        (memory (export "memory") 1)
-        (func (export "compute") (param i32 i32) (result i32) unreachable)
-        (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 0))
-      (core instance $i (instantiate $m))
-      (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
-      (export $f "failure" (type $failure))
-      (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
-        (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
-"#;
+/// A component with the right `compute` export that traps when called,
+/// from the fixture the host's unit tests share.
+fn traps_when_called() -> String {
+    include_str!("../fixtures/compute.wat").replace("BODY", "unreachable")
+}
 
 /// `compute: func(n: s64) -> s64`: the right name, the wrong type.
 const WRONG_SIGNATURE: &str = r#"
