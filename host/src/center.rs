@@ -37,7 +37,7 @@ use uuid::Uuid;
 pub struct CenterOptions {
     /// The queue the compute nodes consume.
     pub queue: String,
-    /// How long a call waits for its reply.
+    /// How long a call may take, from publishing to the reply.
     pub timeout: Duration,
 }
 
@@ -187,8 +187,16 @@ impl Center {
         self.shared.reply_queue.as_str()
     }
 
-    /// Sends `body` as one request and waits for its reply.
+    /// Sends `body` as one request and waits for its reply. The timeout
+    /// covers the whole call, publishing included.
     pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
+        let timeout = self.shared.timeout;
+        tokio::time::timeout(timeout, self.publish_and_wait(body.as_ref()))
+            .await
+            .unwrap_or(Err(CallError::Timeout(timeout)))
+    }
+
+    async fn publish_and_wait(&self, body: &[u8]) -> Result<Reply, CallError> {
         let shared = &*self.shared;
         let correlation_id = Uuid::new_v4().to_string();
         let (sender, receiver) = oneshot::channel();
@@ -203,13 +211,7 @@ impl Center {
         };
         let confirm = shared
             .channel
-            .basic_publish(
-                "".into(),
-                shared.queue.clone(),
-                mandatory,
-                body.as_ref(),
-                properties,
-            )
+            .basic_publish("".into(), shared.queue.clone(), mandatory, body, properties)
             .await
             .map_err(CallError::Publish)?
             .await
@@ -222,11 +224,10 @@ impl Center {
             Confirmation::Ack(None) | Confirmation::NotRequested => {}
         }
 
-        match tokio::time::timeout(shared.timeout, receiver).await {
-            Err(_) => Err(CallError::Timeout(shared.timeout)),
-            Ok(Err(_)) => Err(CallError::ConnectionLost),
-            Ok(Ok(delivery)) => into_reply(delivery),
-        }
+        // The sender is dropped without a reply only when the reply
+        // consumer ends, that is when the connection is gone.
+        let delivery = receiver.await.map_err(|_| CallError::ConnectionLost)?;
+        into_reply(delivery)
     }
 
     /// How many consumers (compute nodes) the request queue has, or `None`
