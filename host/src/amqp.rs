@@ -1,7 +1,10 @@
 //! Connecting to RabbitMQ with an error a person can act on, and keeping
 //! the password in an AMQP URL out of every message.
 
-use lapin::{Connection, ConnectionProperties, ErrorKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
+    options::BasicPublishOptions, types::ShortString,
+};
 use std::fmt;
 
 /// The default broker: a local RabbitMQ with the default vhost.
@@ -62,6 +65,43 @@ impl ConnectError {
             client_error: source,
         }
     }
+}
+
+/// Where the broker put a message published with [`publish_mandatory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// Into the queue named by the routing key.
+    Queued,
+    /// Nowhere: no queue has that name, so the broker returned it.
+    Returned,
+    /// The broker refused it (a negative confirm).
+    Refused,
+}
+
+/// Publishes `body` through the default exchange to the queue `queue`,
+/// `mandatory`, and waits for the broker's confirm, so an unroutable
+/// message is known at once rather than silently dropped. The channel must
+/// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
+/// be seen.
+pub(crate) async fn publish_mandatory(
+    channel: &Channel,
+    queue: ShortString,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<Routed> {
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish("".into(), queue, mandatory, body, properties)
+        .await?
+        .await?;
+    Ok(match confirm {
+        Confirmation::Ack(Some(_returned)) => Routed::Returned,
+        Confirmation::Nack(_) => Routed::Refused,
+        Confirmation::Ack(None) | Confirmation::NotRequested => Routed::Queued,
+    })
 }
 
 /// An AMQP URL that displays with its password replaced by `***`.

@@ -13,14 +13,15 @@
 //! # }
 //! ```
 
-use crate::{amqp, wire};
+use crate::{
+    amqp::{self, Routed},
+    wire,
+};
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, Consumer,
+    BasicProperties, Channel, Connection, Consumer,
     message::Delivery,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-    },
+    options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
 use std::{
@@ -205,23 +206,14 @@ impl Center {
         let properties = BasicProperties::default()
             .with_reply_to(shared.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
-        let mandatory = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = shared
-            .channel
-            .basic_publish("".into(), shared.queue.clone(), mandatory, body, properties)
-            .await
-            .map_err(CallError::Publish)?
-            .await
-            .map_err(CallError::Publish)?;
-        match confirm {
-            Confirmation::Ack(Some(_returned)) => {
-                return Err(CallError::NoRoute(shared.queue.to_string()));
-            }
-            Confirmation::Nack(_) => return Err(CallError::Refused),
-            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+        let routed =
+            amqp::publish_mandatory(&shared.channel, shared.queue.clone(), body, properties)
+                .await
+                .map_err(CallError::Publish)?;
+        match routed {
+            Routed::Queued => {}
+            Routed::Returned => return Err(CallError::NoRoute(shared.queue.to_string())),
+            Routed::Refused => return Err(CallError::Refused),
         }
 
         // The sender is dropped without a reply only when the reply

@@ -9,23 +9,19 @@
 //! caller left) comes back, is logged, and its request is acked, since
 //! computing it again cannot reach anyone either.
 
-use crate::{reload::LiveModule, wire};
+use crate::{
+    amqp::{self, Routed},
+    reload::LiveModule,
+    wire,
+};
 use lapin::{
-    Channel, Confirmation,
+    Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions},
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
     types::ShortString,
 };
 use std::{sync::Arc, time::Instant};
 use tracing::{debug, warn};
-
-/// Where a reply went.
-enum Delivered {
-    /// Into the `reply_to` queue.
-    Queued,
-    /// Nowhere: no queue has that name.
-    Unroutable,
-}
 
 /// Why a reply did not reach the broker.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +51,7 @@ impl Handler {
             .correlation_id()
             .as_ref()
             .map_or("", ShortString::as_str);
-        let Some(reply_to) = delivery.properties.reply_to().clone() else {
+        let Some(reply_to) = delivery.properties.reply_to() else {
             warn!(
                 %correlation_id,
                 delivery_tag = delivery.delivery_tag,
@@ -92,8 +88,8 @@ impl Handler {
         let properties =
             wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
         match self.reply(reply_to.clone(), &body, properties).await {
-            Ok(delivered) => {
-                if let Delivered::Unroutable = delivered {
+            Ok(routed) => {
+                if routed == Routed::Returned {
                     warn!(
                         %correlation_id,
                         %reply_to,
@@ -117,26 +113,17 @@ impl Handler {
         }
     }
 
-    /// Publishes a reply and waits for the broker's confirm.
+    /// Publishes a reply and waits for the broker's confirm: queued, or
+    /// returned because the caller's queue is gone.
     async fn reply(
         &self,
         reply_to: ShortString,
         body: &[u8],
         properties: lapin::BasicProperties,
-    ) -> Result<Delivered, ReplyError> {
-        let mandatory = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        let confirm = self
-            .channel
-            .basic_publish(ShortString::from(""), reply_to, mandatory, body, properties)
-            .await?
-            .await?;
-        match confirm {
-            Confirmation::Nack(_) => Err(ReplyError::Refused),
-            Confirmation::Ack(Some(_returned)) => Ok(Delivered::Unroutable),
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Delivered::Queued),
+    ) -> Result<Routed, ReplyError> {
+        match amqp::publish_mandatory(&self.channel, reply_to, body, properties).await? {
+            Routed::Refused => Err(ReplyError::Refused),
+            routed => Ok(routed),
         }
     }
 }
