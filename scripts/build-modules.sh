@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every compute module in guest/examples/ and copies NAME.wasm into
-# modules/.
+# modules/, and the hostile test guest tests/nosy-guest into
+# tests/fixtures/nosy.wasm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,6 @@ for source in guest/examples/*.rs; do
     name=$(basename "$source" .rs)
     cp "$built/$name.wasm" "modules/$name.wasm"
 done
+
+cargo build --quiet --locked -p nosy-guest --release --target wasm32-wasip2
+cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/nosy_guest.wasm" tests/fixtures/nosy.wasm

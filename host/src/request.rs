@@ -21,7 +21,7 @@ use lapin::{
     types::ShortString,
 };
 use std::{sync::Arc, time::Instant};
-use tracing::{debug, warn};
+use tracing::{Instrument as _, debug, info_span, warn};
 
 /// Why a reply did not reach the broker.
 #[derive(Debug, thiserror::Error)]
@@ -43,17 +43,21 @@ pub(crate) struct Handler {
 
 impl Handler {
     /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
-    /// every outcome is logged here.
+    /// every outcome is logged here, in a span that names the request's
+    /// correlation id (and so does anything the guest prints).
     pub(crate) async fn handle(&self, delivery: Delivery) {
-        // For the logs; borrowed, since this runs for every request.
         let correlation_id = delivery
             .properties
             .correlation_id()
             .as_ref()
             .map_or("", ShortString::as_str);
+        let span = info_span!("request", %correlation_id);
+        self.answer(delivery).instrument(span).await
+    }
+
+    async fn answer(&self, delivery: Delivery) {
         let Some(reply_to) = delivery.properties.reply_to() else {
             warn!(
-                %correlation_id,
                 delivery_tag = delivery.delivery_tag,
                 "request has no reply_to, so nobody can get an answer; rejecting it without requeue"
             );
@@ -61,7 +65,7 @@ impl Handler {
                 .acker
                 .reject(BasicRejectOptions { requeue: false })
                 .await;
-            log_ack_failure(rejected, correlation_id);
+            log_ack_failure(rejected);
             return;
         };
 
@@ -75,7 +79,6 @@ impl Handler {
             Err(err) => (err.to_string().into_bytes(), Some(err.kind())),
         };
         debug!(
-            %correlation_id,
             reply_to = %reply_to,
             function = module.name(),
             module = module.digest(),
@@ -91,16 +94,20 @@ impl Handler {
             Ok(routed) => {
                 if routed == Routed::Returned {
                     warn!(
-                        %correlation_id,
                         %reply_to,
                         "no queue named by reply_to (the caller is gone); dropping the reply and acking the request"
                     );
                 }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-                log_ack_failure(acked, correlation_id);
+                log_ack_failure(acked);
             }
             Err(err) => {
-                warn!(%correlation_id, cause = %err, "reply not delivered; requeueing the request");
+                if self.channel.status().connected() {
+                    warn!(cause = %err, "reply not delivered; requeueing the request");
+                } else {
+                    // The node warns once about the lost connection.
+                    debug!(cause = %err, "reply not delivered: the connection is gone");
+                }
                 let nacked = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -108,7 +115,7 @@ impl Handler {
                         multiple: false,
                     })
                     .await;
-                log_ack_failure(nacked, correlation_id);
+                log_ack_failure(nacked);
             }
         }
     }
@@ -129,9 +136,10 @@ impl Handler {
 }
 
 /// An ack, nack or reject that fails means the channel is gone; the broker
-/// will redeliver the request, so a warning is all there is to do.
-fn log_ack_failure(result: lapin::Result<bool>, correlation_id: &str) {
+/// will redeliver the request. The node warns once when it loses the
+/// connection, so each request only notes it at debug level.
+fn log_ack_failure(result: lapin::Result<bool>) {
     if let Err(err) = result {
-        warn!(%correlation_id, cause = %err, "could not settle the request; the broker will redeliver it");
+        debug!(cause = %err, "could not settle the request; the broker will redeliver it");
     }
 }

@@ -1,7 +1,8 @@
 //! The WebAssembly sandbox: a compute module is compiled and type-checked
 //! once, then every request runs in a fresh instance of it, under a CPU
 //! deadline and a memory cap, with no capabilities (no files, environment,
-//! arguments or network; output goes nowhere).
+//! arguments or network). What a guest prints goes to the node's log,
+//! capped at [`GUEST_OUTPUT_CAP`] bytes a request.
 //!
 //! The expensive parts ([`Engine`], the linker, the pre-instantiated
 //! component) are shared; only the [`Store`] is per request, so no state
@@ -12,18 +13,25 @@ use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 use std::{
     path::Path,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     thread,
     time::Duration,
 };
+use tokio::io::AsyncWrite;
+use tracing::info;
 use wasmtime::{
-    Config, Engine, ResourceLimiter, Store, Trap,
+    Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline,
     component::{Component, Linker, ResourceTable},
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    WasiCtx, WasiCtxView, WasiView,
+    cli::{IsTerminal, StdoutStream},
+};
 
 mod gen_ {
     wasmtime::component::bindgen!({
@@ -34,8 +42,14 @@ mod gen_ {
 }
 use gen_::{ComputeFunctionPre, Failure};
 
-/// How often the engine's epoch advances; the granularity of the deadline.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the engine's epoch advances; the granularity of the deadline,
+/// and how long a guest runs before it lets other requests on its thread
+/// run.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What a guest may print (stdout and stderr together) in one request
+/// before the rest is dropped, so a guest cannot flood the node's log.
+pub const GUEST_OUTPUT_CAP: usize = 4096;
 
 /// What one request may use.
 #[derive(Clone, Copy, Debug)]
@@ -121,7 +135,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         // Rust's standard library imports WASI even for a pure function
         // (its panic path writes to stderr). Each request gets a WASI
-        // context with nothing in it, so these imports grant nothing.
+        // context with nothing in it but a capped stdout and stderr, so
+        // these imports grant nothing.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Ok(Sandbox {
             _epoch: Arc::new(EpochTicker::start(engine.clone())),
@@ -204,15 +219,32 @@ impl ComputeModule {
         if request.len() > limits.max_body {
             return Err(too_large("request", request.len()));
         }
-        let mut store = Store::new(&self.sandbox.engine, GuestState::new(limits.memory));
+        let output = GuestOutput::default();
+        let mut store = Store::new(
+            &self.sandbox.engine,
+            GuestState::new(limits.memory, output.clone()),
+        );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.sandbox.deadline_ticks());
-        store.epoch_deadline_trap();
+        // The guest runs on the node's async threads: at every epoch tick
+        // it yields, so a runaway guest delays no other request, and after
+        // the deadline's worth of ticks of running it is stopped.
+        let mut ticks_left = self.sandbox.deadline_ticks();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            ticks_left -= 1;
+            Ok(if ticks_left == 0 {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
 
         let outcome = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance.call_compute(&mut store, request).await,
             Err(err) => Err(err),
         };
+        drop(store);
+        output.log(self.name());
         match outcome {
             Ok(Ok(reply)) if reply.len() > limits.max_body => Err(too_large("reply", reply.len())),
             Ok(Ok(reply)) => Ok(reply),
@@ -259,19 +291,21 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// What a guest's store holds: an empty WASI context, made on the guest's
-/// first WASI call, and the memory cap.
+/// first WASI call, where the guest's output goes, and the memory cap.
 struct GuestState {
     /// Built lazily: our `no_std` modules import no WASI and never need it,
     /// and building one costs tens of microseconds per request.
     wasi: Option<WasiCtx>,
+    output: GuestOutput,
     table: ResourceTable,
     limits: MemoryCap,
 }
 
 impl GuestState {
-    fn new(memory: usize) -> Self {
+    fn new(memory: usize, output: GuestOutput) -> Self {
         GuestState {
             wasi: None,
+            output,
             table: ResourceTable::new(),
             limits: MemoryCap { bytes: memory },
         }
@@ -317,10 +351,88 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let output = &self.output;
         WasiCtxView {
-            ctx: self.wasi.get_or_insert_with(|| WasiCtx::builder().build()),
+            // No preopened directories, no environment, no arguments, no
+            // sockets: the builder grants none of them unless asked.
+            ctx: self.wasi.get_or_insert_with(|| {
+                WasiCtx::builder()
+                    .stdout(output.clone())
+                    .stderr(output.clone())
+                    .build()
+            }),
             table: &mut self.table,
         }
+    }
+}
+
+/// What a guest printed in one request, stdout and stderr interleaved:
+/// the first [`GUEST_OUTPUT_CAP`] bytes kept, the rest counted and dropped.
+/// Writes never fail, so a chatty guest is not turned into a crashing one.
+#[derive(Clone, Default)]
+struct GuestOutput(Arc<Mutex<CapturedOutput>>);
+
+#[derive(Default)]
+struct CapturedOutput {
+    kept: Vec<u8>,
+    dropped: usize,
+}
+
+impl GuestOutput {
+    /// Logs what the guest printed, if anything.
+    fn log(&self, function: &str) {
+        let captured = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if captured.kept.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&captured.kept);
+        info!(
+            function,
+            dropped_bytes = captured.dropped,
+            "guest output: {}",
+            text.trim_end()
+        );
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut captured = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let room = GUEST_OUTPUT_CAP.saturating_sub(captured.kept.len());
+        let kept = bytes.len().min(room);
+        captured.kept.extend_from_slice(&bytes[..kept]);
+        captured.dropped += bytes.len() - kept;
+        Poll::Ready(Ok(bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -504,6 +616,45 @@ mod tests {
         assert_eq!(module.compute(b"1").await.unwrap(), b"2");
     }
 
+    /// A guest built with std that tries every capability is denied each,
+    /// and what it prints lands in the node's log, capped per request.
+    #[tokio::test]
+    async fn a_nosy_guest_gets_nothing_and_its_output_is_logged_capped() {
+        let log = CapturedLog::default();
+        let _default = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(log.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let sandbox = Sandbox::new(Limits::default()).unwrap();
+        let nosy = sandbox
+            .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nosy.wasm"))
+            .unwrap();
+
+        let report = String::from_utf8(nosy.compute(b"look").await.unwrap()).unwrap();
+        assert_eq!(report.lines().count(), 7, "{report}");
+        assert!(
+            report.lines().all(|line| line.contains(": denied (")),
+            "{report}"
+        );
+        assert!(
+            log.text()
+                .contains("guest output: nosy: looking around (stdout)")
+        );
+        assert!(log.text().contains("nosy: looking around (stderr)"));
+
+        assert_eq!(nosy.compute(b"flood").await.unwrap(), b"flooded");
+        let flood = log.text();
+        let flood = flood.lines().last().unwrap();
+        assert!(flood.contains("dropped_bytes="), "{flood}");
+        assert!(
+            flood.len() < GUEST_OUTPUT_CAP + 200,
+            "{} bytes",
+            flood.len()
+        );
+    }
+
     #[test]
     fn rejects_bytes_that_are_not_a_component() {
         let sandbox = Sandbox::new(Limits::default()).unwrap();
@@ -542,10 +693,39 @@ mod tests {
             (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
     "#;
 
+    /// Log lines written by the test's subscriber.
+    #[derive(Clone, Default)]
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl CapturedLog {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+        type Writer = CapturedLog;
+
+        fn make_writer(&'a self) -> CapturedLog {
+            self.clone()
+        }
+    }
+
     /// A compute component whose core function is `body`, from the
     /// fixture the integration tests share.
     fn component(body: &str) -> Vec<u8> {
         let template = include_str!("../../tests/fixtures/compute.wat");
-        wat::parse_str(template.replace("BODY", body)).unwrap()
+        wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
     }
 }

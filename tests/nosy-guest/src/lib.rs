@@ -1,0 +1,75 @@
+//! A hostile guest for the sandbox tests. It uses Rust's standard library
+//! (so it imports WASI, unlike the real modules) to try everything a
+//! compute function must not be able to do, and answers with a report,
+//! one line per capability: `denied (...)` or `GRANTED (...)`.
+//!
+//! It also prints: a line to stdout and to stderr for every request, and
+//! 100 KB for the request `flood`, to show the node logs guest output and
+//! caps it.
+
+use std::{
+    io::Write as _,
+    net::{TcpStream, ToSocketAddrs as _},
+};
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "compute-function",
+});
+
+struct Nosy;
+
+impl Guest for Nosy {
+    fn compute(request: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        println!("nosy: looking around (stdout)");
+        eprintln!("nosy: looking around (stderr)");
+        if request == b"flood" {
+            let line = [b'x'; 1000];
+            let mut stdout = std::io::stdout();
+            for _ in 0..100 {
+                let _ = stdout.write_all(&line);
+            }
+            return Ok(b"flooded".to_vec());
+        }
+        let report = [
+            ("read a file", probe(std::fs::read("/etc/passwd"))),
+            ("list a directory", probe(std::fs::read_dir("/"))),
+            ("write a file", probe(std::fs::write("/tmp/nosy", b"x"))),
+            (
+                "read the environment",
+                none_is_denied(std::env::vars().count()),
+            ),
+            (
+                "read its arguments",
+                none_is_denied(std::env::args().count()),
+            ),
+            (
+                "connect to the broker",
+                probe(TcpStream::connect("127.0.0.1:5672")),
+            ),
+            (
+                "resolve a host name",
+                probe(("localhost", 80).to_socket_addrs()),
+            ),
+        ]
+        .map(|(what, outcome)| format!("{what}: {outcome}\n"))
+        .concat();
+        Ok(report.into_bytes())
+    }
+}
+
+fn probe<T, E: std::fmt::Display>(attempt: Result<T, E>) -> String {
+    match attempt {
+        Ok(_) => "GRANTED".to_owned(),
+        Err(err) => format!("denied ({err})"),
+    }
+}
+
+fn none_is_denied(count: usize) -> String {
+    match count {
+        0 => "denied (nothing there)".to_owned(),
+        n => format!("GRANTED ({n} entries)"),
+    }
+}
+
+export!(Nosy);
