@@ -5,15 +5,17 @@
 pub mod center;
 pub mod compute;
 
-use std::time::Duration;
+use std::{io::IsTerminal as _, time::Duration};
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `RUST_LOG`, or at `default` when unset.
+/// Logs to stderr, filtered by `RUST_LOG`, or at `default` when unset;
+/// colored only on a terminal, so log files hold plain text.
 pub fn init_tracing(default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

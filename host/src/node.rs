@@ -5,6 +5,12 @@
 //! more than `prefetch` unacked requests out to this node. On shutdown the
 //! node cancels its consumer, lets every request in flight finish (reply
 //! and ack), then closes the channel and the connection.
+//!
+//! When the connection drops (a broker restart, a network fault) or the
+//! broker cancels the consumer (the queue was deleted), the node opens a
+//! new session with backoff: it reconnects, declares its queue again and
+//! resumes. Requests that were in flight on the lost connection were not
+//! acked, so the broker redelivers them.
 
 use crate::{
     amqp::{self, Redacted},
@@ -22,8 +28,17 @@ use lapin::{
     },
     types::FieldTable,
 };
-use std::{future::Future, path::PathBuf, sync::Arc, time::Instant};
-use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use std::{
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
 use tracing::{info, warn};
 
 /// Everything a node needs to start.
@@ -55,25 +70,139 @@ impl NodeConfig {
     }
 }
 
+/// The first wait before reconnecting; it doubles at each failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a stopping node waits for its requests in flight, beyond the
+/// guest's own deadline.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
 /// A node that is connected and consuming, ready to [`run`](Self::run).
 pub struct ComputeNode {
+    config: NodeConfig,
+    session: Session,
+    live: Arc<LiveModule>,
+    _reloader: AbortOnDropHandle<()>,
+}
+
+/// One connection's worth of consuming: what is lost, and opened again,
+/// when the broker goes away.
+struct Session {
     connection: Connection,
     channel: Channel,
     consumer: Consumer,
-    handler: Arc<Handler>,
-    _reloader: AbortOnDropHandle<()>,
+    /// The requests being answered on this session's channel.
+    in_flight: TaskTracker,
+    /// Stops them when the session is lost.
+    abandon: CancellationToken,
+}
+
+/// Why serving on a session stopped.
+enum Ended {
+    /// The shutdown future completed.
+    Shutdown,
+    /// The connection failed, or the broker cancelled the consumer.
+    Lost(String),
 }
 
 impl ComputeNode {
     /// Loads the module, connects, declares the queue and starts
     /// consuming. Requests published after this returns are served, and
     /// new versions of the module file are swapped in as they appear.
+    ///
+    /// # Errors
+    ///
+    /// When the module is not usable or the broker cannot be reached: a
+    /// node that cannot start says so at once rather than retrying.
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Self> {
         let sandbox = Sandbox::new(config.limits)?;
         let started = Instant::now();
         let module = sandbox.load(&config.module)?;
         let compile_ms = started.elapsed().as_millis();
+        let session = Session::open(config).await?;
+        info!(
+            module = %config.module.display(),
+            function = module.name(),
+            digest = module.digest(),
+            compile_ms,
+            queue = %config.queue,
+            broker = %Redacted(config.amqp_url.clone()),
+            prefetch = config.prefetch,
+            "waiting for requests"
+        );
+        let live = Arc::new(LiveModule::new(module));
+        Ok(ComputeNode {
+            config: config.clone(),
+            session,
+            _reloader: reload::watch(&config.module, sandbox, live.clone()),
+            live,
+        })
+    }
 
+    /// The module versions this node serves, for watching swaps.
+    pub fn live_module(&self) -> Arc<LiveModule> {
+        self.live.clone()
+    }
+
+    /// Serves requests until `shutdown` completes, reconnecting whenever
+    /// the connection is lost, then drains the requests in flight and
+    /// closes.
+    ///
+    /// # Errors
+    ///
+    /// None so far: every fault after [`start`](Self::start) is retried.
+    /// The `Result` leaves room for faults that retrying cannot mend.
+    pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+        let ComputeNode {
+            config,
+            mut session,
+            live,
+            _reloader,
+        } = self;
+        tokio::pin!(shutdown);
+        loop {
+            let handler = Arc::new(Handler {
+                live: live.clone(),
+                channel: session.channel.clone(),
+            });
+            match session.serve(&handler, shutdown.as_mut()).await {
+                Ended::Shutdown => {
+                    info!(
+                        in_flight = session.in_flight.len(),
+                        "shutting down: finishing the requests in flight"
+                    );
+                    session.stop_consuming().await;
+                    session.drain(config.limits.timeout + DRAIN_GRACE).await;
+                    session.close().await;
+                    info!("stopped");
+                    return Ok(());
+                }
+                Ended::Lost(cause) => {
+                    warn!(
+                        %cause,
+                        unacked = session.in_flight.len(),
+                        "lost the session with RabbitMQ; the broker will redeliver the unacked requests; reconnecting"
+                    );
+                    // Their acks could never reach the broker now, and their
+                    // replies could wait forever for a confirm.
+                    session.abandon.cancel();
+                    session.close().await;
+                    match reopen(&config, shutdown.as_mut()).await {
+                        Some(reopened) => session = reopened,
+                        None => {
+                            info!("shut down while reconnecting");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn open(config: &NodeConfig) -> anyhow::Result<Session> {
         let connection = amqp::connect(&config.amqp_url).await?;
         let channel = connection.create_channel().await?;
         // Declared exactly as the Python examples declare it, so either
@@ -100,83 +229,114 @@ impl ComputeNode {
                 FieldTable::default(),
             )
             .await?;
-        info!(
-            module = %config.module.display(),
-            function = module.name(),
-            digest = module.digest(),
-            compile_ms,
-            queue = %config.queue,
-            broker = %Redacted(config.amqp_url.clone()),
-            prefetch = config.prefetch,
-            "waiting for requests"
-        );
-        let live = Arc::new(LiveModule::new(module));
-        Ok(ComputeNode {
+        Ok(Session {
             connection,
-            _reloader: reload::watch(&config.module, sandbox, live.clone()),
-            handler: Arc::new(Handler {
-                live,
-                channel: channel.clone(),
-            }),
             channel,
             consumer,
+            in_flight: TaskTracker::new(),
+            abandon: CancellationToken::new(),
         })
     }
 
-    /// The module versions this node serves, for watching swaps.
-    pub fn live_module(&self) -> Arc<LiveModule> {
-        self.handler.live.clone()
-    }
-
-    /// Serves requests until `shutdown` completes or the broker cancels the
-    /// consumer, then drains the requests in flight and closes.
-    ///
-    /// # Errors
-    ///
-    /// When the connection to the broker fails. Requests in flight are not
-    /// acked then, so the broker redelivers them.
-    pub async fn run(mut self, shutdown: impl Future) -> anyhow::Result<()> {
-        let in_flight = TaskTracker::new();
-        tokio::pin!(shutdown);
-        let ended = loop {
+    /// Hands each delivery to its own task until `shutdown` completes or
+    /// the session is lost.
+    async fn serve(
+        &mut self,
+        handler: &Arc<Handler>,
+        mut shutdown: Pin<&mut impl Future>,
+    ) -> Ended {
+        loop {
             tokio::select! {
-                _ = &mut shutdown => {
-                    info!(in_flight = in_flight.len(), "shutting down: finishing the requests in flight");
-                    break Ok(());
-                }
+                _ = shutdown.as_mut() => return Ended::Shutdown,
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        let handler = self.handler.clone();
-                        in_flight.spawn(async move { handler.handle(delivery).await });
+                        let handler = handler.clone();
+                        let abandon = self.abandon.clone();
+                        self.in_flight.spawn(async move {
+                            tokio::select! {
+                                _ = abandon.cancelled() => {}
+                                _ = handler.handle(delivery) => {}
+                            }
+                        });
                     }
-                    Some(Err(err)) => break Err(err).context("lost the connection to RabbitMQ"),
-                    None => {
-                        warn!("the broker cancelled the consumer (was the queue deleted?); stopping");
-                        break Ok(());
-                    }
+                    Some(Err(err)) => return Ended::Lost(err.to_string()),
+                    None => return Ended::Lost("the broker cancelled the consumer (was the queue deleted?)".into()),
                 }
             }
-        };
+        }
+    }
 
-        if ended.is_ok() {
-            let cancelled = self
-                .channel
-                .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-                .await;
-            if let Err(err) = cancelled {
-                warn!(cause = %err, "could not cancel the consumer");
+    /// Asks the broker for no more requests; those already delivered are
+    /// still answered.
+    async fn stop_consuming(&self) {
+        let cancelled = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
+            .await;
+        if let Err(err) = cancelled {
+            warn!(cause = %err, "could not cancel the consumer");
+        }
+    }
+
+    /// Waits for the requests in flight to be answered and acked, for at
+    /// most `limit`: if the connection fails meanwhile, their confirms may
+    /// never come, and the broker redelivers them anyway.
+    async fn drain(&self, limit: Duration) {
+        self.in_flight.close();
+        if tokio::time::timeout(limit, self.in_flight.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                unacked = self.in_flight.len(),
+                "gave up waiting for the requests in flight; the broker will redeliver them"
+            );
+            self.abandon.cancel();
+        }
+    }
+
+    /// Closes the channel and the connection, if they are still open.
+    /// Requests delivered but never answered go back to the queue.
+    async fn close(self) {
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "OK".into()).await;
+        }
+        if self.connection.status().connected() {
+            let _ = self.connection.close(200, "OK".into()).await;
+        }
+    }
+}
+
+/// Opens a new session, waiting longer after each failed attempt, until
+/// one opens (`Some`) or `shutdown` completes (`None`).
+async fn reopen(config: &NodeConfig, mut shutdown: Pin<&mut impl Future>) -> Option<Session> {
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        let opened = tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            opened = Session::open(config) => opened,
+        };
+        match opened {
+            Ok(session) => {
+                info!(attempt, queue = %config.queue, "reconnected; serving again");
+                return Some(session);
+            }
+            Err(err) => {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                warn!(
+                    attempt,
+                    cause = format!("{err:#}"),
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "cannot reconnect yet"
+                );
             }
         }
-        in_flight.close();
-        in_flight.wait().await;
-        if ended.is_ok() {
-            // Requests delivered after the cancel but never started are
-            // unacked, so closing the channel hands them back to the broker.
-            let _ = self.channel.close(200, "OK".into()).await;
-            let _ = self.connection.close(200, "OK".into()).await;
-            info!("stopped");
-        }
-        ended
     }
 }
 
