@@ -18,4 +18,5 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -c "import pika" 2>/dev/null || "$venv/bin/python" -m pip install --quiet pika >&2
-echo "$venv/bin/python"
+# Absolute, since the tests run from their own package's directory.
+echo "$(cd "$venv/bin" && pwd)/python"

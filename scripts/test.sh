@@ -9,3 +9,9 @@ scripts/build-modules.sh
 PYTHON="$(scripts/ensure-pika.sh)"
 export PYTHON
 cargo test --workspace --locked
+# Restarts the broker mid-batch, so it runs alone, after everything else.
+if command -v rabbitmqctl >/dev/null; then
+    cargo test --locked -p integration --test broker_restart -- --ignored
+else
+    echo "skipping the broker-restart test: rabbitmqctl is not on PATH (the broker is not local)" >&2
+fi

@@ -2,6 +2,12 @@
 //! connection and one reply queue, and matches each reply to its request
 //! by correlation id.
 //!
+//! When the connection is lost (a broker restart), every call waiting on
+//! it is sent again on a new connection, up to [`CenterOptions::retries`]
+//! times; compute functions are pure, so computing a request twice is
+//! safe. A reply that arrives twice (a redelivered request) is handed to
+//! its call once and the copy dropped.
+//!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
 //! use compute_host::Center;
@@ -17,6 +23,7 @@ use crate::{
     amqp::{self, Routed},
     wire,
 };
+use arc_swap::ArcSwap;
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -26,20 +33,35 @@ use lapin::{
 };
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
-use tokio::sync::oneshot;
-use tracing::debug;
+use tokio::{sync::oneshot, time::Instant};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
+
+/// The first wait before reconnecting; it doubles at each failed attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts to reconnect.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a request sent again waits for its queue to be declared again
+/// (by a compute node that is itself reconnecting) before the next try.
+const QUEUE_BACK_POLL: Duration = Duration::from_millis(200);
 
 /// How a [`Center`] sends its requests.
 #[derive(Clone, Debug)]
 pub struct CenterOptions {
     /// The queue the compute nodes consume.
     pub queue: String,
-    /// How long a call may take, from publishing to the reply.
+    /// How long a call may take, from publishing to the reply, retries
+    /// and reconnecting included.
     pub timeout: Duration,
+    /// How many times a call is sent again when the connection to the
+    /// broker is lost before its reply arrives.
+    pub retries: u32,
 }
 
 impl Default for CenterOptions {
@@ -47,6 +69,7 @@ impl Default for CenterOptions {
         CenterOptions {
             queue: "compute_queue".into(),
             timeout: Duration::from_secs(30),
+            retries: 3,
         }
     }
 }
@@ -90,14 +113,26 @@ pub enum CallError {
     #[error("no-route: no queue named {0:?} exists; start a compute node, which declares it")]
     NoRoute(String),
     /// The request could not be published.
-    #[error("could not publish the request: {0}")]
+    #[error("publish-failed: could not publish the request: {0}")]
     Publish(#[source] lapin::Error),
     /// The broker refused the request (a negative confirm).
-    #[error("the broker refused the request")]
+    #[error("refused: the broker refused the request")]
     Refused,
-    /// The connection closed before the reply arrived.
-    #[error("the connection to RabbitMQ was lost before the reply arrived")]
+    /// The connection closed before the reply arrived, and the call's
+    /// retries (or its time) ran out.
+    #[error("connection-lost: the connection to RabbitMQ was lost before the reply arrived")]
     ConnectionLost,
+}
+
+impl CallError {
+    /// Whether the request may never have reached a compute node because
+    /// of the connection, so that sending it again could succeed.
+    fn lost_in_transit(&self) -> bool {
+        matches!(
+            self,
+            CallError::ConnectionLost | CallError::Publish(_) | CallError::Refused
+        )
+    }
 }
 
 /// Requests waiting for their reply, by correlation id.
@@ -111,12 +146,28 @@ pub struct Center {
 }
 
 struct Shared {
+    url: String,
+    queue: ShortString,
+    timeout: Duration,
+    retries: u32,
+    /// The session calls use; replaced when its connection is lost.
+    session: ArcSwap<Session>,
+    /// Held by the one call that reconnects, so a lost connection is
+    /// replaced once, not once per waiting call.
+    reconnecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+/// One connection with its reply queue and the calls waiting on it.
+struct Session {
     connection: Connection,
     channel: Channel,
     reply_queue: ShortString,
-    queue: ShortString,
-    timeout: Duration,
     pending: Arc<Pending>,
+    /// Cleared when the reply consumer ends: no reply can arrive any more.
+    alive: Arc<AtomicBool>,
+    /// Whether this session replaced a lost one.
+    reconnected: bool,
 }
 
 impl Center {
@@ -131,6 +182,151 @@ impl Center {
         url: &str,
         options: CenterOptions,
     ) -> Result<Self, amqp::ConnectError> {
+        let session = Session::open(url, false).await?;
+        Ok(Center {
+            shared: Arc::new(Shared {
+                url: url.to_owned(),
+                queue: options.queue.into(),
+                timeout: options.timeout,
+                retries: options.retries,
+                session: ArcSwap::from_pointee(session),
+                reconnecting: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The name of this center's reply queue (it changes when the center
+    /// reconnects).
+    pub fn reply_queue(&self) -> String {
+        self.shared.session.load().reply_queue.to_string()
+    }
+
+    /// Sends `body` as one request and waits for its reply. The timeout
+    /// covers the whole call: publishing, waiting, and any reconnecting
+    /// and sending again after a lost connection.
+    pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
+        let shared = &*self.shared;
+        let body = body.as_ref();
+        let deadline = Instant::now() + shared.timeout;
+        // Kept across retries, so every copy of the request is the same
+        // request in the logs of both sides.
+        let correlation_id = Uuid::new_v4().to_string();
+        // A call that starts after the connection was lost waits for a new
+        // one rather than failing: it has not been sent anywhere yet.
+        let current = shared.session.load_full();
+        let mut session = match tokio::time::timeout_at(deadline, self.live_session(&current)).await
+        {
+            Ok(Some(live)) => live,
+            Ok(None) => return Err(CallError::ConnectionLost),
+            Err(_elapsed) => return Err(CallError::Timeout(shared.timeout)),
+        };
+        let mut retried = 0;
+        loop {
+            let attempt = session.publish_and_wait(&shared.queue, &correlation_id, body);
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error)) => error,
+                Err(_elapsed) => return Err(CallError::Timeout(shared.timeout)),
+            };
+            match &error {
+                CallError::NoRoute(_) if retried > 0 || session.reconnected => {
+                    // After a lost connection the queue may be gone with
+                    // the broker's restart, until a compute node reconnects
+                    // and declares it again.
+                    debug!(%correlation_id, "no queue yet; waiting for a node to declare it");
+                    if tokio::time::timeout_at(deadline, tokio::time::sleep(QUEUE_BACK_POLL))
+                        .await
+                        .is_err()
+                    {
+                        return Err(error);
+                    }
+                }
+                error if error.lost_in_transit() && retried < shared.retries => {
+                    retried += 1;
+                    debug!(%correlation_id, retried, %error, "sending the request again");
+                }
+                _ => return Err(error),
+            }
+            session = match tokio::time::timeout_at(deadline, self.live_session(&session)).await {
+                Ok(Some(live)) => live,
+                // Closed, or the time ran out before the broker came back.
+                Ok(None) | Err(_) => return Err(error),
+            };
+        }
+    }
+
+    /// A session that is alive: `used` if it still is, or else the one
+    /// another call opened meanwhile, or else a new one, retrying with
+    /// backoff for as long as the caller waits. `None` once closed.
+    async fn live_session(&self, used: &Arc<Session>) -> Option<Arc<Session>> {
+        let shared = &*self.shared;
+        if used.is_alive() {
+            return Some(used.clone());
+        }
+        let _only_one_reconnects = shared.reconnecting.lock().await;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            let current = shared.session.load_full();
+            if current.is_alive() {
+                return Some(current);
+            }
+            match Session::open(&shared.url, true).await {
+                Ok(session) => {
+                    info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
+                    let session = Arc::new(session);
+                    shared.session.store(session.clone());
+                    return Some(session);
+                }
+                Err(err) => {
+                    warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// How many consumers (compute nodes) the request queue has, or `None`
+    /// when no such queue exists.
+    pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
+        // A passive declare of a missing queue closes its channel, so it
+        // gets a channel of its own.
+        let session = self.shared.session.load_full();
+        let channel = session.connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(self.shared.queue.clone(), passive, FieldTable::default())
+            .await;
+        let _ = channel.close(200, "OK".into()).await;
+        match declared {
+            Ok(queue) => Ok(Some(queue.consumer_count())),
+            // 404 NOT_FOUND: no queue of that name.
+            Err(err) if matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Closes the connection. Calls still waiting fail with
+    /// [`CallError::ConnectionLost`], without retrying.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let session = self.shared.session.load_full();
+        let _ = session.connection.close(200, "OK".into()).await;
+    }
+}
+
+impl Session {
+    /// Connects and starts consuming a new private reply queue.
+    async fn open(url: &str, reconnected: bool) -> Result<Session, amqp::ConnectError> {
         let connection = amqp::connect(url).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
@@ -170,49 +366,47 @@ impl Center {
             .map_err(|source| amqp::ConnectError::setup(url, source))?;
 
         let pending = Arc::new(Pending::default());
-        tokio::spawn(route_replies(replies, pending.clone()));
-        Ok(Center {
-            shared: Arc::new(Shared {
-                connection,
-                channel,
-                reply_queue,
-                queue: options.queue.into(),
-                timeout: options.timeout,
-                pending,
-            }),
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(route_replies(replies, pending.clone(), alive.clone()));
+        Ok(Session {
+            connection,
+            channel,
+            reply_queue,
+            pending,
+            alive,
+            reconnected,
         })
     }
 
-    /// The name of this center's reply queue.
-    pub fn reply_queue(&self) -> &str {
-        self.shared.reply_queue.as_str()
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && self.channel.status().connected()
     }
 
-    /// Sends `body` as one request and waits for its reply. The timeout
-    /// covers the whole call, publishing included.
-    pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
-        let timeout = self.shared.timeout;
-        tokio::time::timeout(timeout, self.publish_and_wait(body.as_ref()))
-            .await
-            .unwrap_or(Err(CallError::Timeout(timeout)))
-    }
-
-    async fn publish_and_wait(&self, body: &[u8]) -> Result<Reply, CallError> {
-        let shared = &*self.shared;
-        let correlation_id = Uuid::new_v4().to_string();
+    /// Publishes one request on this session and waits for its reply.
+    async fn publish_and_wait(
+        &self,
+        queue: &ShortString,
+        correlation_id: &str,
+        body: &[u8],
+    ) -> Result<Reply, CallError> {
         let (sender, receiver) = oneshot::channel();
-        let _waiting = Waiting::register(&shared.pending, correlation_id.clone(), sender);
+        let _waiting = Waiting::register(&self.pending, correlation_id.to_owned(), sender);
+        // Checked after registering: the reply router clears the map after
+        // it marks the session dead, so either this sees it dead or the
+        // clearing drops the sender registered above.
+        if !self.alive.load(Ordering::Acquire) {
+            return Err(CallError::ConnectionLost);
+        }
 
         let properties = BasicProperties::default()
-            .with_reply_to(shared.reply_queue.clone())
+            .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
-        let routed =
-            amqp::publish_mandatory(&shared.channel, shared.queue.clone(), body, properties)
-                .await
-                .map_err(CallError::Publish)?;
+        let routed = amqp::publish_mandatory(&self.channel, queue.clone(), body, properties)
+            .await
+            .map_err(CallError::Publish)?;
         match routed {
             Routed::Queued => {}
-            Routed::Returned => return Err(CallError::NoRoute(shared.queue.to_string())),
+            Routed::Returned => return Err(CallError::NoRoute(queue.to_string())),
             Routed::Refused => return Err(CallError::Refused),
         }
 
@@ -220,36 +414,6 @@ impl Center {
         // consumer ends, that is when the connection is gone.
         let delivery = receiver.await.map_err(|_| CallError::ConnectionLost)?;
         into_reply(delivery)
-    }
-
-    /// How many consumers (compute nodes) the request queue has, or `None`
-    /// when no such queue exists.
-    pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
-        // A passive declare of a missing queue closes its channel, so it
-        // gets a channel of its own.
-        let channel = self.shared.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(self.shared.queue.clone(), passive, FieldTable::default())
-            .await;
-        let _ = channel.close(200, "OK".into()).await;
-        match declared {
-            Ok(queue) => Ok(Some(queue.consumer_count())),
-            // 404 NOT_FOUND: no queue of that name.
-            Err(err) if matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
-                Ok(None)
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    /// Closes the connection. Calls still waiting fail with
-    /// [`CallError::ConnectionLost`].
-    pub async fn close(&self) {
-        let _ = self.shared.connection.close(200, "OK".into()).await;
     }
 }
 
@@ -293,9 +457,10 @@ fn lock(
 
 /// Hands each reply to the call waiting for it. Replies nobody waits for
 /// (late after a timeout, duplicated by a redelivery, or foreign) are
-/// dropped. When the consumer ends, the pending calls' senders are dropped
-/// with the map, so they fail with [`CallError::ConnectionLost`].
-async fn route_replies(mut replies: Consumer, pending: Arc<Pending>) {
+/// dropped. When the consumer ends, the session is marked dead and the
+/// pending calls' senders are dropped, so they fail with
+/// [`CallError::ConnectionLost`] (and are sent again if they may).
+async fn route_replies(mut replies: Consumer, pending: Arc<Pending>, alive: Arc<AtomicBool>) {
     while let Some(Ok(delivery)) = replies.next().await {
         let correlation_id = delivery.properties.correlation_id().clone();
         let waiter = correlation_id
@@ -311,6 +476,7 @@ async fn route_replies(mut replies: Consumer, pending: Arc<Pending>) {
             ),
         }
     }
+    alive.store(false, Ordering::Release);
     lock(&pending).clear();
 }
 

@@ -7,16 +7,18 @@
 //!   kinds), compatible with the classic Python `pika` RPC examples.
 //! - [`sandbox`]: the WebAssembly side. Compiles a compute module once and
 //!   runs each request in a fresh instance under a CPU deadline and a
-//!   memory cap.
+//!   memory cap, with its output captured into the log.
 //! - [`node`]: the compute node. Consumes the request queue, hands each
-//!   delivery to its own task, drains in-flight work on shutdown.
+//!   delivery to its own task, reconnects when the broker goes away,
+//!   drains in-flight work on shutdown.
 //! - [`reload`]: live code swaps. Watches the module file and swaps each
 //!   new version that compiles and checks out into the [`LiveModule`] that
 //!   requests read, without a lock and without failing a request.
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
-//!   connection and one reply queue, matched by correlation id.
+//!   connection and one reply queue, matched by correlation id, sent again
+//!   after a lost connection.
 //! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
 //!   and keeping passwords out of messages.
 //! - [`cli`]: the arguments and the `run` functions behind the thin

@@ -3,6 +3,7 @@
 //! parallel.
 
 mod center_cli;
+mod faults;
 mod python;
 mod rpc;
 mod support;

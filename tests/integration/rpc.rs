@@ -85,7 +85,7 @@ async fn stray_replies_are_ignored() {
         (&b"777"[..], BasicProperties::default()),
     ] {
         intruder
-            .publish(center.reply_queue(), body, properties)
+            .publish(&center.reply_queue(), body, properties)
             .await;
     }
     for n in [1, 2, 3] {

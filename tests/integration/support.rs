@@ -1,6 +1,7 @@
 //! What every scenario needs: a broker address, unique queue names, a
-//! compute node running in the test, and a raw AMQP client for checking
-//! the wire format byte by byte.
+//! compute node running in the test or as a process of its own, a batch of
+//! calls to count, and a raw AMQP client for checking the wire format byte
+//! by byte.
 
 use compute_host::{Center, CenterOptions, ComputeNode, LiveModule, NodeConfig, amqp};
 use futures_util::StreamExt as _;
@@ -12,10 +13,19 @@ use lapin::{
 };
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    process::{ExitStatus, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+    task::JoinHandle,
+};
 use uuid::Uuid;
 
 /// The broker the tests talk to.
@@ -129,11 +139,155 @@ impl RunningNode {
     }
 }
 
+/// The `compute` binary running as a process of its own, so a test can
+/// kill it or stop it with a signal. Its log (stderr) is kept.
+pub struct NodeProcess {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeProcess {
+    /// Starts `compute --queue QUEUE --module MODULE ARGS...` and waits
+    /// until it is consuming.
+    pub async fn start(queue: &str, module: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+            .args(["--queue", queue, "--amqp-url", &amqp_url()])
+            .arg("--module")
+            .arg(module)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the compute binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready, consuming) = oneshot::channel();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn({
+            let log = log.clone();
+            async move {
+                let mut ready = Some(ready);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.contains("waiting for requests") {
+                        ready.take().map(|ready| ready.send(()));
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let node = NodeProcess { child, log };
+        if tokio::time::timeout(Duration::from_secs(30), consuming)
+            .await
+            .is_err()
+        {
+            panic!("the node did not start:\n{}", node.log());
+        }
+        node
+    }
+
+    /// Everything the node has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: the node gets no chance to finish anything.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("the node is killed");
+    }
+
+    /// SIGTERM, as a service manager stops a node.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the node runs").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+
+    /// Waits for the node to exit.
+    pub async fn wait(&mut self) -> ExitStatus {
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the node did not exit within 30 s; its log:\n{}",
+                self.log()
+            ),
+        }
+    }
+}
+
+/// How a batch of calls went: every call ends as exactly one of these.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub sent: usize,
+    /// Replies with the right result.
+    pub replies: usize,
+    /// Replies with a wrong result (another request's, say).
+    pub wrong: usize,
+    /// Calls that ended in an error, with the errors' text.
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    /// Calls that never ended one way or another: must be 0.
+    pub fn lost(&self) -> usize {
+        self.sent - self.replies - self.wrong - self.errors.len()
+    }
+}
+
+/// Calls `increase(n)` for n in 0..count with `in_flight` calls at once
+/// and tallies the outcome; `done` counts finished calls as they finish,
+/// so a test can strike mid-batch.
+pub async fn increase_batch(
+    center: &Center,
+    count: usize,
+    in_flight: usize,
+    done: Arc<AtomicUsize>,
+) -> Tally {
+    let outcomes: Vec<_> = futures_util::stream::iter(0..count)
+        .map(|n| {
+            let center = center.clone();
+            let done = done.clone();
+            async move {
+                let outcome = center.call(n.to_string()).await;
+                done.fetch_add(1, Ordering::Relaxed);
+                (n, outcome)
+            }
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let mut tally = Tally {
+        sent: count,
+        ..Tally::default()
+    };
+    for (n, outcome) in outcomes {
+        match outcome {
+            Ok(reply) if reply.body == (n + 1).to_string().as_bytes() => tally.replies += 1,
+            Ok(_) => tally.wrong += 1,
+            Err(err) => tally.errors.push(err.to_string()),
+        }
+    }
+    tally
+}
+
+/// Waits until `done` reaches `count`.
+pub async fn until_done(done: &AtomicUsize, count: usize) {
+    while done.load(Ordering::Relaxed) < count {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A center for `queue` with a per-call `timeout`.
 pub async fn center(queue: &str, timeout: Duration) -> Center {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout,
+        ..CenterOptions::default()
     };
     Center::connect_with(&amqp_url(), options)
         .await

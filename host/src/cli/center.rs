@@ -33,6 +33,11 @@ pub struct CenterArgs {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
     pub timeout: Duration,
 
+    /// How many times a request is sent again when the connection to the
+    /// broker is lost before its reply arrives (within --timeout).
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub retries: u32,
+
     /// Requests in flight at once.
     #[arg(long, value_name = "K", default_value = "256")]
     pub concurrency: NonZeroUsize,
@@ -69,6 +74,7 @@ pub async fn run(
     let options = CenterOptions {
         queue: args.queue,
         timeout: args.timeout,
+        retries: args.retries,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;

@@ -1,0 +1,290 @@
+//! Faults injected while work is in flight: nodes killed or stopped
+//! mid-batch, a runaway guest beside well-behaved requests, redelivered
+//! requests, duplicated replies, and a guest that tries to get out of its
+//! sandbox. Each scenario counts what was sent and what came back; nothing
+//! may be lost.
+
+use crate::support::{
+    ModuleDir, NodeProcess, RawClient, RunningNode, center, increase_batch, increase_module,
+    unique_queue, until_done,
+};
+use compute_host::{CallError, Limits, NodeConfig};
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties,
+    options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions},
+};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicUsize},
+    time::{Duration, Instant},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const BATCH: usize = 5000;
+const IN_FLIGHT: usize = 128;
+
+/// A node killed with SIGKILL mid-batch leaves its unacked requests to the
+/// broker, which hands them to the other node: every request is answered,
+/// each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_batch_loses_nothing() {
+    let queue = unique_queue("sigkill");
+    let mut doomed = NodeProcess::start(&queue, &increase_module(), &[]).await;
+    let survivor = RunningNode::start(&queue).await;
+    let center = center(&queue, TIMEOUT).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let batch = tokio::spawn({
+        let center = center.clone();
+        let done = done.clone();
+        async move { increase_batch(&center, BATCH, IN_FLIGHT, done).await }
+    });
+    until_done(&done, BATCH / 5).await;
+    doomed.kill().await;
+    let tally = batch.await.unwrap();
+
+    println!("SIGKILL mid-batch: {tally:?}, lost {}", tally.lost());
+    assert_eq!(
+        (tally.replies, tally.wrong, tally.errors.len(), tally.lost()),
+        (BATCH, 0, 0, 0),
+        "{:?}",
+        tally.errors.first()
+    );
+    center.close().await;
+    survivor.stop().await;
+}
+
+/// SIGTERM mid-batch: the node stops taking requests, answers and acks the
+/// ones it has, and exits cleanly; the other node answers the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
+    let queue = unique_queue("sigterm");
+    let mut stopping = NodeProcess::start(&queue, &increase_module(), &[]).await;
+    let survivor = RunningNode::start(&queue).await;
+    let center = center(&queue, TIMEOUT).await;
+
+    let done = Arc::new(AtomicUsize::new(0));
+    let batch = tokio::spawn({
+        let center = center.clone();
+        let done = done.clone();
+        async move { increase_batch(&center, BATCH, IN_FLIGHT, done).await }
+    });
+    until_done(&done, BATCH / 5).await;
+    stopping.terminate();
+    let status = stopping.wait().await;
+    let tally = batch.await.unwrap();
+
+    println!("SIGTERM mid-batch: {tally:?}, lost {}", tally.lost());
+    let log = stopping.log();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(
+        log.contains("shutting down: finishing the requests in flight") && log.contains("stopped"),
+        "{log}"
+    );
+    assert_eq!(
+        (tally.replies, tally.wrong, tally.errors.len(), tally.lost()),
+        (BATCH, 0, 0, 0),
+        "{:?}",
+        tally.errors.first()
+    );
+    center.close().await;
+    survivor.stop().await;
+}
+
+/// Guests that never return are stopped at the deadline with a `timeout`
+/// error, and meanwhile every other request is answered: more runaways
+/// than the node has threads do not hold anyone up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_guests_delay_no_other_request() {
+    let dir = ModuleDir::with_working_copy(&increase_module());
+    dir.publish(&spin_or_echo());
+    let node = RunningNode::start_with(NodeConfig {
+        queue: unique_queue("runaway"),
+        limits: Limits {
+            timeout: Duration::from_secs(3),
+            ..Limits::default()
+        },
+        ..NodeConfig::new(dir.working_copy())
+    })
+    .await;
+    let center = center(&node.queue, TIMEOUT).await;
+
+    let started = Instant::now();
+    let runaways = futures_util::future::join_all((0..4).map(|_| {
+        let center = center.clone();
+        async move { (center.call("spin").await, started.elapsed()) }
+    }));
+    let others = async {
+        // Sent once the runaways are running.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        futures_util::stream::iter(0..200)
+            .map(|n| {
+                let center = center.clone();
+                async move {
+                    let reply = center.call(n.to_string()).await.expect("answered");
+                    assert_eq!(reply.body, n.to_string().as_bytes());
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+        started.elapsed()
+    };
+    let (runaways, others_done) = tokio::join!(runaways, others);
+
+    let first_runaway_stopped = runaways.iter().map(|(_, at)| *at).min().unwrap();
+    println!(
+        "200 requests answered after {others_done:?}; first runaway stopped after {first_runaway_stopped:?}"
+    );
+    for (outcome, _) in &runaways {
+        match outcome {
+            Err(CallError::Remote { kind, .. }) => assert_eq!(kind, "timeout"),
+            other => panic!("a runaway got {other:?}"),
+        }
+    }
+    assert!(
+        others_done < first_runaway_stopped,
+        "the other requests waited for the runaways"
+    );
+    center.close().await;
+    node.stop().await;
+}
+
+/// A request the broker delivers again (its first delivery was never
+/// acked) is computed and answered like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_request_is_answered_normally() {
+    let queue = unique_queue("redelivered");
+    crate::support::declare_queue(&queue).await;
+    let mut client = RawClient::connect().await;
+    let properties = BasicProperties::default()
+        .with_reply_to(client.reply_queue.as_str().into())
+        .with_correlation_id("again".into());
+    client.publish(&queue, b"41", properties).await;
+
+    // A consumer takes it and goes away without acking it.
+    let taken = client
+        .channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the request is queued");
+    assert!(!taken.delivery.redelivered);
+    taken
+        .delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
+        .unwrap();
+
+    let node = RunningNode::start(&queue).await;
+    let reply = client.next_reply().await;
+    assert_eq!(reply.data, b"42");
+    assert_eq!(
+        reply.properties.correlation_id().as_ref().unwrap().as_str(),
+        "again"
+    );
+    node.stop().await;
+}
+
+/// Two replies to one call (a request computed twice after a redelivery):
+/// the call gets the first, the copy is dropped, and the next call gets its
+/// own reply, not the stale copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_center_drops_a_duplicate_reply() {
+    let queue = unique_queue("duplicate");
+    crate::support::declare_queue(&queue).await;
+    let center = center(&queue, TIMEOUT).await;
+    let node = RawClient::connect().await;
+
+    // A node that answers its first request twice, then each once.
+    let fake_node = tokio::spawn(async move {
+        let mut consumer = node
+            .channel
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        for answers in [&["first", "copy of first"][..], &["second"]] {
+            let request = consumer.next().await.unwrap().unwrap();
+            for answer in answers {
+                let properties = BasicProperties::default()
+                    .with_correlation_id(request.properties.correlation_id().clone().unwrap());
+                node.channel
+                    .basic_publish(
+                        "".into(),
+                        request.properties.reply_to().clone().unwrap(),
+                        BasicPublishOptions::default(),
+                        answer.as_bytes(),
+                        properties,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        crate::support::delete_queue(&queue).await;
+    });
+
+    assert_eq!(center.call("1").await.unwrap().body, b"first");
+    assert_eq!(center.call("2").await.unwrap().body, b"second");
+    fake_node.await.unwrap();
+    center.close().await;
+}
+
+/// A guest that tries the filesystem, the environment, its arguments and
+/// the network is denied each; what it prints is in the node's log, and a
+/// guest that prints 100 KB leaves a few KB there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
+    let queue = unique_queue("nosy");
+    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let mut node = NodeProcess::start(&queue, &nosy, &[]).await;
+    let mut client = RawClient::connect().await;
+
+    let report = client.request(&queue, b"look", Some("nosy-1")).await;
+    let report = String::from_utf8(report.data).unwrap();
+    println!("{report}");
+    assert_eq!(report.lines().count(), 7);
+    assert!(
+        report.lines().all(|line| line.contains(": denied (")),
+        "{report}"
+    );
+    let flood = client.request(&queue, b"flood", Some("nosy-2")).await;
+    assert_eq!(flood.data, b"flooded");
+
+    node.terminate();
+    assert!(node.wait().await.success());
+    let log = node.log();
+    assert!(
+        log.contains("correlation_id=nosy-1") && log.contains("nosy: looking around (stderr)"),
+        "{log}"
+    );
+    assert!(log.contains("dropped_bytes="), "{log}");
+    assert!(log.len() < 20_000, "the log holds {} bytes", log.len());
+    crate::support::delete_queue(&queue).await;
+}
+
+/// A component that loops forever when the request starts with `s` and
+/// otherwise echoes the request.
+fn spin_or_echo() -> Vec<u8> {
+    let body = r#"
+        (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 115))
+          (then (loop $spin (br $spin))))
+        (i32.store8 (i32.const 16) (i32.const 0))
+        (i32.store (i32.const 20) (local.get 0))
+        (i32.store (i32.const 24) (local.get 1))
+        i32.const 16"#;
+    let template = include_str!("../fixtures/compute.wat");
+    wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
+}
