@@ -5,10 +5,15 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
     options::BasicPublishOptions, types::ShortString,
 };
-use std::fmt;
+use std::{fmt, time::Duration};
 
 /// The default broker: a local RabbitMQ with the default vhost.
 pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
+
+/// How long to wait for the broker to answer when (re)connecting or
+/// closing. A broker that is starting up, or a connection half gone, may
+/// accept and never answer; without a bound a reconnect would hang.
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why connecting to the broker failed, worded for the person running the
 /// command.

@@ -62,6 +62,8 @@ pub struct CenterOptions {
     /// How many times a call is sent again when the connection to the
     /// broker is lost before its reply arrives.
     pub retries: u32,
+    /// Where replies come back.
+    pub reply_mode: ReplyMode,
 }
 
 impl Default for CenterOptions {
@@ -70,9 +72,24 @@ impl Default for CenterOptions {
             queue: "compute_queue".into(),
             timeout: Duration::from_secs(30),
             retries: 3,
+            reply_mode: ReplyMode::Queue,
         }
     }
 }
+
+/// Where a [`Center`]'s replies come back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplyMode {
+    /// A private, exclusive reply queue, declared by the center.
+    #[default]
+    Queue,
+    /// RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no queue at
+    /// all; the broker routes replies straight to the center's channel.
+    Direct,
+}
+
+/// The pseudo-queue of RabbitMQ's direct reply-to.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// A successful reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +164,7 @@ pub struct Center {
 
 struct Shared {
     url: String,
+    reply_mode: ReplyMode,
     queue: ShortString,
     timeout: Duration,
     retries: u32,
@@ -182,10 +200,11 @@ impl Center {
         url: &str,
         options: CenterOptions,
     ) -> Result<Self, amqp::ConnectError> {
-        let session = Session::open(url, false).await?;
+        let session = Session::open(url, options.reply_mode, false).await?;
         Ok(Center {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
+                reply_mode: options.reply_mode,
                 queue: options.queue.into(),
                 timeout: options.timeout,
                 retries: options.retries,
@@ -274,15 +293,22 @@ impl Center {
             if current.is_alive() {
                 return Some(current);
             }
-            match Session::open(&shared.url, true).await {
-                Ok(session) => {
+            // Bounded: while a broker starts up it may accept the
+            // connection and not answer on it.
+            let open = Session::open(&shared.url, shared.reply_mode, true);
+            match tokio::time::timeout(amqp::ANSWER_TIMEOUT, open).await {
+                Ok(Ok(session)) => {
                     info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
                     let session = Arc::new(session);
                     shared.session.store(session.clone());
                     return Some(session);
                 }
-                Err(err) => {
-                    warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
+                failed => {
+                    let cause = match failed {
+                        Ok(Err(err)) => err.to_string(),
+                        _ => format!("no answer within {:?}", amqp::ANSWER_TIMEOUT),
+                    };
+                    warn!(%cause, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -325,8 +351,13 @@ impl Center {
 }
 
 impl Session {
-    /// Connects and starts consuming a new private reply queue.
-    async fn open(url: &str, reconnected: bool) -> Result<Session, amqp::ConnectError> {
+    /// Connects and starts consuming replies: from a new private reply
+    /// queue, or by direct reply-to.
+    async fn open(
+        url: &str,
+        reply_mode: ReplyMode,
+        reconnected: bool,
+    ) -> Result<Session, amqp::ConnectError> {
         let connection = amqp::connect(url).await?;
         let setup = async {
             let channel = connection.create_channel().await?;
@@ -335,19 +366,24 @@ impl Session {
             channel
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
-            let reply_queue = channel
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?
-                .name()
-                .clone();
+            let reply_queue = match reply_mode {
+                ReplyMode::Queue => channel
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?
+                    .name()
+                    .clone(),
+                // Consumed (no-ack) on the channel that publishes, before
+                // the first publish, as RabbitMQ requires.
+                ReplyMode::Direct => DIRECT_REPLY_TO.into(),
+            };
             let replies = channel
                 .basic_consume(
                     reply_queue.clone(),

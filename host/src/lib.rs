@@ -33,7 +33,7 @@ mod request;
 pub mod sandbox;
 pub mod wire;
 
-pub use center::{CallError, Center, CenterOptions, Origin, Reply};
+pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode};
 pub use node::{ComputeNode, NodeConfig};
 pub use reload::LiveModule;
 pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

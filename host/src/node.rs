@@ -297,13 +297,18 @@ impl Session {
 
     /// Closes the channel and the connection, if they are still open.
     /// Requests delivered but never answered go back to the queue.
+    /// Bounded, since a close on a connection that is half gone may never
+    /// be answered.
     async fn close(self) {
-        if self.channel.status().connected() {
-            let _ = self.channel.close(200, "OK".into()).await;
-        }
-        if self.connection.status().connected() {
-            let _ = self.connection.close(200, "OK".into()).await;
-        }
+        let close = async {
+            if self.channel.status().connected() {
+                let _ = self.channel.close(200, "OK".into()).await;
+            }
+            if self.connection.status().connected() {
+                let _ = self.connection.close(200, "OK".into()).await;
+            }
+        };
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
     }
 }
 
@@ -318,9 +323,14 @@ async fn reopen(config: &NodeConfig, mut shutdown: Pin<&mut impl Future>) -> Opt
             _ = shutdown.as_mut() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
+        // Bounded: while a broker starts up it may accept the connection
+        // and not answer on it.
+        let open = tokio::time::timeout(amqp::ANSWER_TIMEOUT, Session::open(config));
         let opened = tokio::select! {
             _ = shutdown.as_mut() => return None,
-            opened = Session::open(config) => opened,
+            opened = open => opened.unwrap_or_else(|_| Err(anyhow::anyhow!(
+                "the broker did not answer within {:?}", amqp::ANSWER_TIMEOUT
+            ))),
         };
         match opened {
             Ok(session) => {

@@ -31,7 +31,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     let queue = unique_queue("broker-restart");
     let mut node = NodeProcess::start(&queue, &increase_module(), &[]).await;
 
-    let retried = batch_across_a_restart(&queue, 3).await;
+    let retried = batch_across_a_restart(&queue, 3, &node).await;
     println!(
         "broker restart, --retries 3: {retried:?}, lost {}",
         retried.lost()
@@ -48,7 +48,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
         retried.errors.first()
     );
 
-    let unretried = batch_across_a_restart(&queue, 0).await;
+    let unretried = batch_across_a_restart(&queue, 0, &node).await;
     println!(
         "broker restart, --retries 0: {} sent, {} replies, {} wrong, {} errors, lost {}",
         unretried.sent,
@@ -83,11 +83,12 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
 
 /// Runs a batch through a new center with `retries`, restarting the broker
 /// once a fifth of it is done.
-async fn batch_across_a_restart(queue: &str, retries: u32) -> Tally {
+async fn batch_across_a_restart(queue: &str, retries: u32, node: &NodeProcess) -> Tally {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout: Duration::from_secs(60),
         retries,
+        ..CenterOptions::default()
     };
     let center = Center::connect_with(&amqp_url(), options)
         .await
@@ -104,7 +105,10 @@ async fn batch_across_a_restart(queue: &str, retries: u32) -> Tally {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let started = Instant::now();
-    let tally = batch.await.unwrap();
+    let Ok(tally) = tokio::time::timeout(Duration::from_secs(90), batch).await else {
+        panic!("the batch hangs; the node's log:\n{}", node.log());
+    };
+    let tally = tally.unwrap();
     println!(
         "the batch ended {:?} after the broker was back",
         started.elapsed()

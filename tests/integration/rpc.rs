@@ -1,7 +1,7 @@
 //! Calls through the `Center` library: matching replies to requests.
 
-use crate::support::{RawClient, RunningNode, center, unique_queue};
-use compute_host::CallError;
+use crate::support::{RawClient, RunningNode, amqp_url, center, unique_queue};
+use compute_host::{CallError, Center, CenterOptions, ReplyMode};
 use futures_util::{StreamExt as _, stream};
 use lapin::BasicProperties;
 use std::time::Duration;
@@ -66,6 +66,36 @@ async fn two_centers_never_see_each_others_replies() {
 
     first.close().await;
     second.close().await;
+    node.stop().await;
+}
+
+/// With direct reply-to (`--reply-mode direct`) there is no reply queue,
+/// and 1000 calls with 128 in flight still each get their own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_matches_every_reply() {
+    let node = RunningNode::start(&unique_queue("direct")).await;
+    let options = CenterOptions {
+        queue: node.queue.clone(),
+        timeout: TIMEOUT,
+        reply_mode: ReplyMode::Direct,
+        ..CenterOptions::default()
+    };
+    let center = Center::connect_with(&amqp_url(), options).await.unwrap();
+    assert_eq!(center.reply_queue(), "amq.rabbitmq.reply-to");
+
+    let replies: Vec<(i64, Vec<u8>)> = stream::iter(0..1000_i64)
+        .map(|n| {
+            let center = center.clone();
+            async move { (n, center.call(n.to_string()).await.unwrap().body) }
+        })
+        .buffer_unordered(128)
+        .collect()
+        .await;
+    for (n, body) in replies {
+        assert_eq!(body, (n + 1).to_string().into_bytes());
+    }
+
+    center.close().await;
     node.stop().await;
 }
 

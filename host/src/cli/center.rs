@@ -3,7 +3,7 @@
 
 use crate::{
     amqp,
-    center::{CallError, Center, CenterOptions, Origin, Reply},
+    center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -37,6 +37,11 @@ pub struct CenterArgs {
     /// broker is lost before its reply arrives (within --timeout).
     #[arg(long, value_name = "N", default_value = "3")]
     pub retries: u32,
+
+    /// Where replies come back: a private reply queue, or RabbitMQ's
+    /// direct reply-to.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = ReplyMode::Queue)]
+    pub reply_mode: ReplyMode,
 
     /// Requests in flight at once.
     #[arg(long, value_name = "K", default_value = "256")]
@@ -75,6 +80,7 @@ pub async fn run(
         queue: args.queue,
         timeout: args.timeout,
         retries: args.retries,
+        reply_mode: args.reply_mode,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;
