@@ -116,7 +116,7 @@ impl ComputeNode {
     /// When the module is not usable or the broker cannot be reached: a
     /// node that cannot start says so at once rather than retrying.
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::new(config.limits)?;
+        let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
         let started = Instant::now();
         let module = sandbox.load(&config.module)?;
         let compile_ms = started.elapsed().as_millis();

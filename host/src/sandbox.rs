@@ -25,7 +25,8 @@ use std::{
 use tokio::io::AsyncWrite;
 use tracing::info;
 use wasmtime::{
-    Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    Trap, UpdateDeadline,
     component::{Component, Linker, ResourceTable},
 };
 use wasmtime_wasi::{
@@ -46,6 +47,19 @@ use gen_::{ComputeFunctionPre, Failure};
 /// and how long a guest runs before it lets other requests on its thread
 /// run.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Requests a sandbox made with [`Sandbox::new`] runs at once.
+pub const DEFAULT_INSTANCES: u32 = 256;
+/// Pool slots beyond the requested capacity, so that an instance being torn
+/// down never makes a new request wait or fail.
+const SPARE_INSTANCES: u32 = 16;
+/// Core instances, memories and tables one component may have: ours have
+/// one memory and a handful of core instances; components built through
+/// the WASI preview 1 adapter have two memories.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Bytes of a pooled memory or table that are zeroed in place for reuse.
+const KEEP_RESIDENT: usize = 64 << 10;
 
 /// What a guest may print (stdout and stderr together) in one request
 /// before the rest is dropped, so a guest cannot flood the node's log.
@@ -127,10 +141,42 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A sandbox whose requests run under `limits`.
+    /// A sandbox whose requests run under `limits`, [`DEFAULT_INSTANCES`]
+    /// at a time at most.
     pub fn new(limits: Limits) -> anyhow::Result<Self> {
+        Self::with_capacity(limits, DEFAULT_INSTANCES)
+    }
+
+    /// A sandbox whose requests run under `limits`, `instances` at a time
+    /// at most (a node's prefetch).
+    ///
+    /// Instances come from a pool made here: memories, tables and stacks
+    /// are reserved once and reused, so a request's fresh instance costs
+    /// no system calls to map and unmap them.
+    pub fn with_capacity(limits: Limits, instances: u32) -> anyhow::Result<Self> {
+        let slots = instances.saturating_add(SPARE_INSTANCES);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .total_memories(slots.saturating_mul(MEMORIES_PER_COMPONENT))
+            .max_memory_size(limits.memory)
+            .max_tables_per_component(MEMORIES_PER_COMPONENT)
+            .total_tables(slots.saturating_mul(MEMORIES_PER_COMPONENT))
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .total_stacks(slots)
+            // Compute functions touch little memory: zeroing it in place
+            // is cheaper than giving it back to the kernel and faulting
+            // it in again at the next request.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
         let mut config = Config::new();
-        config.epoch_interruption(true);
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // A slot's address space is what a guest may use, not the
+            // default 4 GiB: with hundreds of slots that adds up.
+            .memory_reservation(limits.memory as u64);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         // Rust's standard library imports WASI even for a pure function
@@ -527,6 +573,21 @@ mod tests {
             "the reply body is 5 bytes, more than the node's limit of 4 bytes (--max-body)"
         );
         assert_eq!(module.compute(b"998").await.unwrap(), b"999");
+    }
+
+    /// A request as large as `--max-body` allows reaches the guest, whose
+    /// memory grows to hold it, and is answered by the function itself.
+    #[tokio::test]
+    async fn a_request_of_the_largest_size_reaches_the_guest() {
+        let module = increase();
+        let mut body = vec![b' '; Limits::default().max_body];
+        body[..2].copy_from_slice(b"41");
+        assert_eq!(module.compute(&body).await.unwrap(), b"42");
+        let err = module
+            .compute(&vec![b'9'; Limits::default().max_body])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
     }
 
     #[tokio::test]
