@@ -24,8 +24,11 @@ extern crate std;
 use alloc::{string::String, vec::Vec};
 
 #[cfg(all(target_arch = "wasm32", not(test)))]
+mod bump;
+
+#[cfg(all(target_arch = "wasm32", not(test)))]
 #[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+static ALLOCATOR: bump::BumpAllocator = bump::BumpAllocator::new();
 
 #[cfg(all(target_arch = "wasm32", not(test)))]
 #[panic_handler]

@@ -11,7 +11,9 @@
 //! and of the client, and ours/bare. Then the guest call alone, through a
 //! fresh instance as the node runs it, and the node's peak RSS.
 //!
-//! Run with `cargo bench -p integration --bench rpc` (needs the broker).
+//! Run with `cargo bench -p integration --bench rpc` (needs the broker);
+//! `cargo bench -p integration --bench rpc -- guest` runs only the guest
+//! call.
 
 #[path = "../integration/support.rs"]
 #[allow(dead_code)]
@@ -43,6 +45,10 @@ const LOADS: [(usize, usize); 3] = [(1, 2000), (16, 20_000), (128, 20_000)];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::args().any(|arg| arg == "guest") {
+        guest_call_micros().await;
+        return;
+    }
     let url = amqp_url();
     let bare_queue = unique_queue("bench-bare");
     let our_queue = unique_queue("bench-ours");

@@ -264,7 +264,7 @@ async fn a_slow_copy_is_never_served_half_written() {
 
     let double = module_bytes("double");
     let mut file = std::fs::File::create(dir.working_copy()).unwrap();
-    // 1 KB chunks: the module is about 20 KB, so the long pause after the
+    // 1 KB chunks: the module is about 12 KB, so the long pause after the
     // sixth chunk falls in the middle of the copy.
     assert!(
         double.len() > 10 * 1024,
