@@ -88,6 +88,7 @@ async fn main() {
         client.run(16, 2000).await;
     }
 
+    let broker = broker_pid();
     println!(
         "{ROUNDS} rounds, the variants alternating within each; each figure is the median round"
     );
@@ -98,6 +99,7 @@ async fn main() {
             for (index, (_, server, client)) in variants.iter().enumerate() {
                 let server_cpu = server.cpu_seconds();
                 let client_cpu = cpu_seconds("self");
+                let broker_cpu = broker.as_deref().map_or(0.0, cpu_seconds);
                 let started = Instant::now();
                 let mut latencies = client.run(in_flight, calls).await;
                 let elapsed = started.elapsed();
@@ -108,26 +110,35 @@ async fn main() {
                     p99: latencies[latencies.len() * 99 / 100],
                     server_cpu: server.cpu_seconds() - server_cpu,
                     client_cpu: cpu_seconds("self") - client_cpu,
+                    broker_cpu: broker.as_deref().map_or(0.0, cpu_seconds) - broker_cpu,
                 });
             }
         }
         println!();
         println!("K = {in_flight}, {calls} calls a round:");
         println!(
-            "  {:<24} {:>9} {:>9} {:>9} {:>11} {:>11} {:>10}",
-            "variant", "calls/s", "p50 ms", "p99 ms", "server CPU", "client CPU", "ours/bare"
+            "  {:<24} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10}",
+            "variant",
+            "calls/s",
+            "p50 ms",
+            "p99 ms",
+            "server CPU",
+            "client CPU",
+            "broker CPU",
+            "ours/bare"
         );
         let baseline = median_run(&runs[0]);
         for ((name, _, _), runs) in variants.iter().zip(&runs) {
             let run = median_run(runs);
             println!(
-                "  {:<24} {:>9.0} {:>9.3} {:>9.3} {:>10.2}s {:>10.2}s {:>10.2}",
+                "  {:<24} {:>9.0} {:>9.3} {:>9.3} {:>10.2}s {:>10.2}s {:>10.2}s {:>10.2}",
                 name,
                 run.rate,
                 run.p50.as_secs_f64() * 1e3,
                 run.p99.as_secs_f64() * 1e3,
                 run.server_cpu,
                 run.client_cpu,
+                run.broker_cpu,
                 run.rate / baseline.rate
             );
         }
@@ -207,6 +218,8 @@ struct Run {
     p99: Duration,
     server_cpu: f64,
     client_cpu: f64,
+    /// 0 when the broker is not a process on this machine.
+    broker_cpu: f64,
 }
 
 /// The round with the median throughput.
@@ -309,6 +322,17 @@ fn lines_of(
             .flatten()
             .map(|line| (line, lines))
     })
+}
+
+/// The local RabbitMQ's process (the Erlang VM, `beam.smp`), if any.
+fn broker_pid() -> Option<String> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "beam.smp").then(|| entry.file_name().to_string_lossy().into_owned())
+        })
 }
 
 /// User + system CPU seconds of process `pid` (`self` for this one).

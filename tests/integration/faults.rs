@@ -98,7 +98,7 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_guests_delay_no_other_request() {
     let dir = ModuleDir::with_working_copy(&increase_module());
-    dir.publish(&spin_or_echo());
+    dir.publish(&hostile_or_echo());
     let node = RunningNode::start_with(NodeConfig {
         queue: unique_queue("runaway"),
         limits: Limits {
@@ -148,6 +148,46 @@ async fn runaway_guests_delay_no_other_request() {
         "the other requests waited for the runaways"
     );
     center.close().await;
+    node.stop().await;
+}
+
+/// A guest that grows its memory past the cap, traps, overflows its
+/// stack, loops, or returns more than `--max-body` gets an error reply of
+/// the documented kind for that request; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_get_error_replies_through_the_broker() {
+    let dir = ModuleDir::with_working_copy(&increase_module());
+    dir.publish(&hostile_or_echo());
+    let node = RunningNode::start_with(NodeConfig {
+        queue: unique_queue("hostile"),
+        limits: Limits {
+            timeout: Duration::from_millis(200),
+            max_body: 1000,
+            ..Limits::default()
+        },
+        ..NodeConfig::new(dir.working_copy())
+    })
+    .await;
+    let mut client = RawClient::connect().await;
+
+    for (request, kind, reason) in [
+        ("memory", "compute-failed", "(--guest-memory)"),
+        ("trap", "compute-failed", "unreachable"),
+        ("recurse", "compute-failed", "call stack exhausted"),
+        ("spin", "timeout", "ran longer than"),
+        ("oversized", "too-large", "(--max-body)"),
+    ] {
+        let reply = client.request(&node.queue, request.as_bytes(), None).await;
+        let message = String::from_utf8_lossy(&reply.data);
+        assert_eq!(
+            compute_host::wire::header_text(&reply.properties, "x-error").as_deref(),
+            Some(kind),
+            "{request}: {message}"
+        );
+        assert!(message.contains(reason), "{request}: {message}");
+        let echo = client.request(&node.queue, b"7", None).await;
+        assert_eq!(echo.data, b"7", "the node serves on after {request}");
+    }
     node.stop().await;
 }
 
@@ -275,12 +315,22 @@ async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     crate::support::delete_queue(&queue).await;
 }
 
-/// A component that loops forever when the request starts with `s` and
-/// otherwise echoes the request.
-fn spin_or_echo() -> Vec<u8> {
+/// A component that misbehaves as the first byte of its request says:
+/// `s` spins forever, `m` grows its memory past any cap, `t` traps, `r`
+/// recurses until its stack runs out, `o` returns 2000 bytes; any other
+/// request is echoed.
+fn hostile_or_echo() -> Vec<u8> {
     let body = r#"
         (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 115))
           (then (loop $spin (br $spin))))
+        (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 109))
+          (then (drop (memory.grow (i32.const 1100))) unreachable))
+        (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 116))
+          (then unreachable))
+        (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 114))
+          (then (return (call 0 (local.get 0) (local.get 1)))))
+        (if (i32.eq (i32.load8_u (local.get 0)) (i32.const 111))
+          (then (local.set 1 (i32.const 2000))))
         (i32.store8 (i32.const 16) (i32.const 0))
         (i32.store (i32.const 20) (local.get 0))
         (i32.store (i32.const 24) (local.get 1))
