@@ -142,6 +142,20 @@ pub enum CallError {
 }
 
 impl CallError {
+    /// A short name for the kind of failure: the `x-error` kind of a remote
+    /// error, or `timeout`, `no-route`, `publish-failed`, `refused`,
+    /// `connection-lost`.
+    pub fn kind(&self) -> &str {
+        match self {
+            CallError::Timeout(_) => "timeout",
+            CallError::Remote { kind, .. } => kind,
+            CallError::NoRoute(_) => "no-route",
+            CallError::Publish(_) => "publish-failed",
+            CallError::Refused => "refused",
+            CallError::ConnectionLost => "connection-lost",
+        }
+    }
+
     /// Whether the request may never have reached a compute node because
     /// of the connection, so that sending it again could succeed.
     fn lost_in_transit(&self) -> bool {

@@ -4,6 +4,7 @@
 
 pub mod center;
 pub mod compute;
+pub mod stats;
 
 use std::{io::IsTerminal as _, time::Duration};
 use tracing_subscriber::EnvFilter;

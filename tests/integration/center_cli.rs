@@ -29,17 +29,20 @@ async fn center_prints_each_result_in_input_order() {
         output,
         "increase(10) = 11\nincrease(20) = 21\nincrease(30) = 31\n"
     );
-    assert_eq!(summary.unwrap(), Summary { ok: 3, failed: 0 });
+    let summary = summary.unwrap();
+    assert_eq!((summary.ok, summary.failed), (3, 0));
 
     node.stop().await;
 }
 
-/// `--json` prints one object per input, errors included.
+/// `--json` prints one object per input, errors included; `--stats` adds
+/// one summary object: counts, errors by kind, rate and latencies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_json_prints_one_object_per_input() {
     let node = RunningNode::start(&unique_queue("cli-json")).await;
 
-    let (summary, output) = run_center(&["--queue", &node.queue, "--json", "1", "x"]).await;
+    let (summary, output) =
+        run_center(&["--queue", &node.queue, "--json", "--stats", "1", "x"]).await;
     let digest = compute_host::sandbox::digest(&std::fs::read(increase_module()).unwrap());
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(
@@ -55,7 +58,19 @@ async fn center_json_prints_one_object_per_input() {
         error.ends_with(&format!(r#","module":"{digest}"}}"#)),
         "{error}"
     );
-    assert_eq!(summary.unwrap(), Summary { ok: 1, failed: 1 });
+    let summary = summary.unwrap();
+    assert_eq!((summary.ok, summary.failed), (1, 1));
+
+    let stats: serde_json::Value = serde_json::from_str(&summary.stats.to_json()).unwrap();
+    let stats = stats["stats"].as_object().unwrap();
+    let keys: Vec<&str> = stats.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["count", "ok", "errors", "calls_per_s", "p50_ms", "p99_ms"]
+    );
+    assert_eq!(stats["count"], 2);
+    assert_eq!(stats["errors"], serde_json::json!({"bad-request": 1}));
+    assert!(stats["p99_ms"].as_f64().unwrap() > 0.0);
 
     node.stop().await;
 }
@@ -77,7 +92,8 @@ async fn center_without_a_node_times_out_each_request() {
          compute(2) failed: timeout: no reply within 1 s\n\
          compute(3) failed: timeout: no reply within 1 s\n"
     );
-    assert_eq!(summary.unwrap(), Summary { ok: 0, failed: 3 });
+    let summary = summary.unwrap();
+    assert_eq!((summary.ok, summary.failed), (0, 3));
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert!(
         elapsed < Duration::from_secs(5),
@@ -101,7 +117,8 @@ async fn center_with_no_such_queue_fails_each_request_at_once() {
         output,
         expected.clone() + &expected.replace("compute(1)", "compute(2)")
     );
-    assert_eq!(summary.unwrap(), Summary { ok: 0, failed: 2 });
+    let summary = summary.unwrap();
+    assert_eq!((summary.ok, summary.failed), (0, 2));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",

@@ -13,10 +13,27 @@ async fn main() -> ExitCode {
     // lapin logs the expected 404 of the queue check and each returned
     // request itself; the center reports both in its own words.
     cli::init_tracing("warn,lapin=off");
+    let (stats, json) = (args.stats, args.json);
     let stdin = BufReader::new(tokio::io::stdin());
     match cli::center::run(args, stdin, io::stdout().lock()).await {
-        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
+        Ok(summary) => {
+            if stats {
+                let stats = &summary.stats;
+                eprintln!(
+                    "{}",
+                    if json {
+                        stats.to_json()
+                    } else {
+                        stats.to_text()
+                    }
+                );
+            }
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         // `center ... | head` closing the pipe early is not an error.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {

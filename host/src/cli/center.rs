@@ -4,11 +4,16 @@
 use crate::{
     amqp,
     center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
+    cli::stats::{Progress, Stats},
 };
 use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{StreamExt as _, stream};
-use std::{io::Write, num::NonZeroUsize, time::Duration};
+use std::{
+    io::Write,
+    num::NonZeroUsize,
+    time::{Duration, Instant},
+};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
 use tracing::warn;
 
@@ -50,15 +55,22 @@ pub struct CenterArgs {
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// At the end, print a summary to stderr: calls, ok, errors by kind,
+    /// calls/s, p50 and p99 latency (as JSON with --json).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// How a run went.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Summary {
     /// Requests that got a result.
     pub ok: u64,
     /// Requests that got an error reply, timed out or were lost.
     pub failed: u64,
+    /// Counts by kind and latencies, for `--stats`.
+    pub stats: Stats,
 }
 
 /// Sends every input (from the arguments, or else one per line of
@@ -113,19 +125,23 @@ pub async fn run(
             let center = center.clone();
             async move {
                 let input = line?;
+                let started = Instant::now();
                 let result = center.call(&input).await;
-                Ok::<_, std::io::Error>((input, result))
+                Ok::<_, std::io::Error>((input, result, started.elapsed()))
             }
         })
         .buffered(args.concurrency.get());
 
     let mut summary = Summary::default();
+    let progress = Progress::on_terminal();
     while let Some(next) = results.next().await {
-        let (input, result) = next.context("cannot read standard input")?;
+        let (input, result, latency) = next.context("cannot read standard input")?;
         match &result {
             Ok(_) => summary.ok += 1,
             Err(_) => summary.failed += 1,
         }
+        summary.stats.record(&result, latency);
+        progress.update(&summary.stats);
         let line = if args.json {
             json_line(&input, &result)
         } else {
@@ -135,6 +151,7 @@ pub async fn run(
             .and_then(|()| output.flush())
             .context("cannot write the results")?;
     }
+    progress.finish();
     center.close().await;
     Ok(summary)
 }
