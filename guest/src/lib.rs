@@ -87,12 +87,14 @@ pub use bindings::{Failure, Guest};
 
 pub mod functions;
 
-/// Exports `$function: fn(i64) -> Result<i64, Failure>` as this module's
-/// compute function, over the wire format: the decimal text of n in, the
-/// decimal text of the result out.
+/// Exports `$function` as this module's compute function, over the wire
+/// format: the decimal text of n in, the decimal text of the result out.
+/// The function takes an `i64` and returns an `i64`, an `Option<i64>`
+/// (`None`, an overflow, is a `compute-failed` reply) or a
+/// `Result<i64, Failure>`; see [`IntegerResult`].
 ///
 /// ```ignore
-/// guest::integer_function!(Double, guest::functions::double);
+/// guest::integer_function!(Triple, |n: i64| n.checked_mul(3));
 /// ```
 #[macro_export]
 macro_rules! integer_function {
@@ -113,12 +115,41 @@ macro_rules! integer_function {
 
 /// Runs `function` over a request body holding the decimal text of an
 /// integer and returns the decimal text of its result.
-pub fn apply_integer_function(
+pub fn apply_integer_function<R: IntegerResult>(
     request: &[u8],
-    function: impl FnOnce(i64) -> Result<i64, Failure>,
+    function: impl FnOnce(i64) -> R,
 ) -> Result<Vec<u8>, Failure> {
     let n = parse_integer(request)?;
-    Ok(decimal(function(n)?).into_bytes())
+    Ok(decimal(function(n).into_result()?).into_bytes())
+}
+
+/// What a function over integers may return.
+pub trait IntegerResult {
+    /// The result, or the failure the caller gets.
+    fn into_result(self) -> Result<i64, Failure>;
+}
+
+/// A result that always fits.
+impl IntegerResult for i64 {
+    fn into_result(self) -> Result<i64, Failure> {
+        Ok(self)
+    }
+}
+
+/// `None` means the result does not fit in 64 bits, as from `checked_*`.
+impl IntegerResult for Option<i64> {
+    fn into_result(self) -> Result<i64, Failure> {
+        self.ok_or_else(|| {
+            Failure::ComputeFailed("the result does not fit in a 64-bit integer".into())
+        })
+    }
+}
+
+/// The function says itself what went wrong.
+impl IntegerResult for Result<i64, Failure> {
+    fn into_result(self) -> Result<i64, Failure> {
+        self
+    }
 }
 
 /// The decimal text of `n`.
@@ -211,6 +242,17 @@ mod tests {
         for n in [0, 7, -7, 10, 1_000_000, i64::MAX, i64::MIN, i64::MIN + 1] {
             assert_eq!(decimal(n), n.to_string());
         }
+    }
+
+    #[test]
+    fn functions_may_return_a_plain_or_checked_integer() {
+        let triple = |n: i64| n.checked_mul(3);
+        assert_eq!(apply_integer_function(b"5", triple).unwrap(), b"15");
+        assert!(matches!(
+            apply_integer_function(b"9223372036854775807", triple),
+            Err(Failure::ComputeFailed(_))
+        ));
+        assert_eq!(apply_integer_function(b"5", |n: i64| n - 1).unwrap(), b"4");
     }
 
     #[test]

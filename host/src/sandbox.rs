@@ -613,6 +613,8 @@ mod tests {
             ("double", "7", "14"),
             ("square", "7", "49"),
             ("fib", "10", "55"),
+            ("triple", "7", "21"),
+            ("reverse", "abc", "cba"),
         ] {
             let module = sandbox.load(&modules.join(format!("{name}.wasm"))).unwrap();
             assert_eq!(
