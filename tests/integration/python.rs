@@ -91,3 +91,38 @@ async fn our_center_calls_the_python_node() {
     node.kill().await.unwrap();
     delete_queue(&queue).await;
 }
+
+/// The Python client in the README, run as it is printed there (with the
+/// test's queue), gets its answer from our node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_python_client_calls_our_node() {
+    let node = RunningNode::start(&unique_queue("py-readme")).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("<!-- python-client")
+        .nth(1)
+        .and_then(|rest| rest.split("```python\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README has the Python client block");
+    let script = block.replace("\"compute_queue\"", &format!("{:?}", node.queue));
+
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(python)
+            .args(["-c", &script])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the README's client finishes")
+    .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "42\n");
+    node.stop().await;
+}
