@@ -9,15 +9,28 @@ pub mod stats;
 use std::{io::IsTerminal as _, time::Duration};
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr, filtered by `RUST_LOG`, or at `default` when unset;
-/// colored only on a terminal, so log files hold plain text.
-pub fn init_tracing(default: &str) {
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for a person; colored only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the event and of its
+    /// spans (a request's correlation id and function), for log shippers.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG`, or at `default`
+/// when unset.
+pub fn init_tracing(default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.

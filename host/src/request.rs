@@ -12,6 +12,7 @@
 use crate::{
     amqp::{self, Routed},
     reload::LiveModule,
+    sandbox::ComputeModule,
     wire,
 };
 use lapin::{
@@ -51,11 +52,14 @@ impl Handler {
             .correlation_id()
             .as_ref()
             .map_or("", ShortString::as_str);
-        let span = info_span!("request", %correlation_id);
-        self.answer(delivery).instrument(span).await
+        // This request runs on this version to the end, even if another
+        // is swapped in meanwhile.
+        let module = self.live.current();
+        let span = info_span!("request", %correlation_id, function = module.name());
+        self.answer(delivery, module).instrument(span).await
     }
 
-    async fn answer(&self, delivery: Delivery) {
+    async fn answer(&self, delivery: Delivery, module: Arc<ComputeModule>) {
         let Some(reply_to) = delivery.properties.reply_to() else {
             warn!(
                 delivery_tag = delivery.delivery_tag,
@@ -69,9 +73,6 @@ impl Handler {
             return;
         };
 
-        // This request runs on this version to the end, even if another
-        // is swapped in meanwhile.
-        let module = self.live.current();
         let started = Instant::now();
         let outcome = module.compute(&delivery.data).await;
         let (body, error) = match outcome {

@@ -338,3 +338,35 @@ fn hostile_or_echo() -> Vec<u8> {
     let template = include_str!("../fixtures/compute.wat");
     wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
 }
+
+/// With `--log-format json` every log line is a JSON object, and a line
+/// about a request carries its correlation id and function in its span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_request_they_are_about() {
+    let queue = unique_queue("json-logs");
+    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let mut node = NodeProcess::start(&queue, &nosy, &["--log-format", "json"]).await;
+    let mut client = RawClient::connect().await;
+    client.request(&queue, b"look", Some("json-1")).await;
+    node.terminate();
+    assert!(node.wait().await.success());
+
+    let log = node.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}")))
+        .collect();
+    let guest_output = lines
+        .iter()
+        .find(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with("guest output"))
+        })
+        .unwrap_or_else(|| panic!("no guest output in\n{log}"));
+    let span = &guest_output["spans"][0];
+    assert_eq!(span["name"], "request");
+    assert_eq!(span["correlation_id"], "json-1");
+    assert_eq!(span["function"], "nosy");
+    crate::support::delete_queue(&queue).await;
+}

@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let args = CenterArgs::parse();
     // lapin logs the expected 404 of the queue check and each returned
     // request itself; the center reports both in its own words.
-    cli::init_tracing("warn,lapin=off");
+    cli::init_tracing("warn,lapin=off", args.log_format);
     let (stats, json) = (args.stats, args.json);
     let stdin = BufReader::new(tokio::io::stdin());
     match cli::center::run(args, stdin, io::stdout().lock()).await {

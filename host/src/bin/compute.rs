@@ -9,7 +9,7 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let args = ComputeArgs::parse();
     // lapin warns about each returned reply; the node logs those itself.
-    cli::init_tracing("info,lapin=error");
+    cli::init_tracing("info,lapin=error", args.log_format);
     match cli::compute::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

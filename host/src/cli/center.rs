@@ -56,6 +56,10 @@ pub struct CenterArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// How logs (warnings) are written to stderr: `text` or `json`.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = crate::cli::LogFormat::Text)]
+    pub log_format: crate::cli::LogFormat,
+
     /// At the end, print a summary to stderr: calls, ok, errors by kind,
     /// calls/s, p50 and p99 latency (as JSON with --json).
     #[arg(long)]

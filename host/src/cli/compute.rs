@@ -42,6 +42,11 @@ pub struct ComputeArgs {
     /// sends, in bytes; larger ones get a `too-large` error reply.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
+
+    /// How logs are written to stderr: `text`, or `json`, one object per
+    /// line.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
+    pub log_format: super::LogFormat,
 }
 
 impl ComputeArgs {
