@@ -19,6 +19,8 @@
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
 //!   connection and one reply queue, matched by correlation id, sent again
 //!   after a lost connection.
+//! - `metrics` (private): the node's Prometheus metrics and the small
+//!   HTTP endpoint that serves them (`--metrics-addr`).
 //! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
 //!   and keeping passwords out of messages.
 //! - [`cli`]: the arguments and the `run` functions behind the thin
@@ -27,6 +29,7 @@
 pub mod amqp;
 pub mod center;
 pub mod cli;
+mod metrics;
 pub mod node;
 pub mod reload;
 mod request;

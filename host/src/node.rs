@@ -14,6 +14,7 @@
 
 use crate::{
     amqp::{self, Redacted},
+    metrics::{self, NodeMetrics},
     reload::{self, LiveModule},
     request::Handler,
     sandbox::{Limits, Sandbox},
@@ -30,6 +31,7 @@ use lapin::{
 };
 use std::{
     future::Future,
+    net::SocketAddr,
     path::PathBuf,
     pin::Pin,
     sync::Arc,
@@ -55,6 +57,9 @@ pub struct NodeConfig {
     pub prefetch: u16,
     /// What each request may use inside the sandbox.
     pub limits: Limits,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    /// Port 0 picks a free port; see [`ComputeNode::metrics_addr`].
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -66,6 +71,7 @@ impl NodeConfig {
             amqp_url: amqp::DEFAULT_URL.into(),
             prefetch: 256,
             limits: Limits::default(),
+            metrics_addr: None,
         }
     }
 }
@@ -83,6 +89,9 @@ pub struct ComputeNode {
     config: NodeConfig,
     session: Session,
     live: Arc<LiveModule>,
+    metrics: Arc<NodeMetrics>,
+    metrics_addr: Option<SocketAddr>,
+    _metrics_server: Option<AbortOnDropHandle<()>>,
     _reloader: AbortOnDropHandle<()>,
 }
 
@@ -132,12 +141,29 @@ impl ComputeNode {
             "waiting for requests"
         );
         let live = Arc::new(LiveModule::new(module));
+        let metrics = Arc::new(NodeMetrics::new(live.clone()));
+        let (metrics_addr, metrics_server) = match config.metrics_addr {
+            Some(address) => {
+                let listener = metrics::bind(address).await?;
+                let bound = listener.local_addr()?;
+                (Some(bound), Some(metrics.clone().serve(listener)))
+            }
+            None => (None, None),
+        };
         Ok(ComputeNode {
             config: config.clone(),
             session,
             _reloader: reload::watch(&config.module, sandbox, live.clone()),
             live,
+            metrics,
+            metrics_addr,
+            _metrics_server: metrics_server,
         })
+    }
+
+    /// The address the metrics are served on, once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The module versions this node serves, for watching swaps.
@@ -158,13 +184,17 @@ impl ComputeNode {
             config,
             mut session,
             live,
+            metrics,
+            _metrics_server,
             _reloader,
+            ..
         } = self;
         tokio::pin!(shutdown);
         loop {
             let handler = Arc::new(Handler {
                 live: live.clone(),
                 channel: session.channel.clone(),
+                metrics: metrics.requests.clone(),
             });
             match session.serve(&handler, shutdown.as_mut()).await {
                 Ended::Shutdown => {

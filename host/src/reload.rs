@@ -34,7 +34,10 @@ use std::{
     collections::VecDeque,
     ffi::OsString,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::{
@@ -61,6 +64,8 @@ const RECENT_VERSIONS: usize = 4;
 pub struct LiveModule {
     current: ArcSwap<ComputeModule>,
     rejected: Mutex<Option<String>>,
+    swaps: AtomicU64,
+    failed_reloads: AtomicU64,
 }
 
 impl LiveModule {
@@ -69,6 +74,8 @@ impl LiveModule {
         LiveModule {
             current: ArcSwap::from_pointee(module),
             rejected: Mutex::new(None),
+            swaps: AtomicU64::new(0),
+            failed_reloads: AtomicU64::new(0),
         }
     }
 
@@ -87,11 +94,23 @@ impl LiveModule {
             .clone()
     }
 
+    /// How many new versions have been swapped in.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    /// How many versions of the file could not be served.
+    pub fn failed_reloads(&self) -> u64 {
+        self.failed_reloads.load(Ordering::Relaxed)
+    }
+
     fn swap(&self, module: ComputeModule) -> Arc<ComputeModule> {
+        self.swaps.fetch_add(1, Ordering::Relaxed);
         self.current.swap(Arc::new(module))
     }
 
     fn reject(&self, problem: &str) {
+        self.failed_reloads.fetch_add(1, Ordering::Relaxed);
         *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem.to_owned());
     }
 }

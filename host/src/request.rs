@@ -11,6 +11,7 @@
 
 use crate::{
     amqp::{self, Routed},
+    metrics::RequestMetrics,
     reload::LiveModule,
     sandbox::ComputeModule,
     wire,
@@ -40,6 +41,8 @@ pub(crate) struct Handler {
     /// The channel the requests arrive on; replies go out on it too, so
     /// that a confirm and the matching ack travel on one channel.
     pub(crate) channel: Channel,
+    /// Where each request's outcome and timings are counted.
+    pub(crate) metrics: Arc<RequestMetrics>,
 }
 
 impl Handler {
@@ -56,6 +59,7 @@ impl Handler {
         // is swapped in meanwhile.
         let module = self.live.current();
         let span = info_span!("request", %correlation_id, function = module.name());
+        let _in_flight = self.metrics.start();
         self.answer(delivery, module).instrument(span).await
     }
 
@@ -70,11 +74,14 @@ impl Handler {
                 .reject(BasicRejectOptions { requeue: false })
                 .await;
             log_ack_failure(rejected);
+            self.metrics.settled(module.name(), "rejected");
             return;
         };
 
         let started = Instant::now();
         let outcome = module.compute(&delivery.data).await;
+        let guest_time = started.elapsed();
+        self.metrics.guest_call(module.name(), guest_time);
         let (body, error) = match outcome {
             Ok(body) => (body, None),
             Err(err) => (err.to_string().into_bytes(), Some(err.kind())),
@@ -84,7 +91,7 @@ impl Handler {
             function = module.name(),
             module = module.digest(),
             error = error.map(|kind| kind.as_str()),
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = guest_time.as_micros() as u64,
             redelivered = delivery.redelivered,
             "request"
         );
@@ -101,6 +108,9 @@ impl Handler {
                 }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
                 log_ack_failure(acked);
+                let outcome = error.map_or("ok", |kind| kind.as_str());
+                self.metrics.settled(module.name(), outcome);
+                self.metrics.answered(module.name(), started.elapsed());
             }
             Err(err) => {
                 if self.channel.status().connected() {
@@ -117,6 +127,7 @@ impl Handler {
                     })
                     .await;
                 log_ack_failure(nacked);
+                self.metrics.settled(module.name(), "requeued");
             }
         }
     }

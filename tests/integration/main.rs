@@ -4,6 +4,7 @@
 
 mod center_cli;
 mod faults;
+mod metrics;
 mod python;
 mod rpc;
 mod support;

@@ -87,6 +87,8 @@ pub struct RunningNode {
     pub queue: String,
     /// The versions it serves and rejects.
     pub live: Arc<LiveModule>,
+    /// Where it serves metrics, when asked to.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -116,6 +118,7 @@ impl RunningNode {
         let queue = config.queue.as_str();
         let node = ComputeNode::start(&config).await.expect("node starts");
         let live = node.live_module();
+        let metrics_addr = node.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async move {
             let _ = stopped.await;
@@ -123,6 +126,7 @@ impl RunningNode {
         RunningNode {
             queue: queue.to_owned(),
             live,
+            metrics_addr,
             stop,
             task,
         }

@@ -43,6 +43,11 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
 
+    /// Serve Prometheus metrics on this address (`GET /metrics`), for
+    /// example `127.0.0.1:9464`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// How logs are written to stderr: `text`, or `json`, one object per
     /// line.
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
@@ -62,6 +67,7 @@ impl ComputeArgs {
                 memory: (self.guest_memory as usize) << 20,
                 max_body: self.max_body,
             },
+            metrics_addr: self.metrics_addr,
         }
     }
 }

@@ -1,0 +1,258 @@
+//! Prometheus metrics of a compute node, served in the text format on
+//! `--metrics-addr` (`GET /metrics`).
+//!
+//! Requests are counted by function and outcome as they are answered; the
+//! module's swaps, failed reloads and current digest are read from the
+//! [`LiveModule`] at each scrape, so the reloader knows nothing of metrics.
+
+use crate::reload::LiveModule;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info};
+
+/// What happened to a request: `ok`, an error kind (`bad-request`,
+/// `compute-failed`, `timeout`, `too-large`), `rejected` (no `reply_to`)
+/// or `requeued` (its reply could not be published).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    function: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+/// The per-request metrics, recorded by the request handler.
+#[derive(Debug)]
+pub(crate) struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    guest_seconds: Family<FunctionLabel, Histogram>,
+    request_seconds: Family<FunctionLabel, Histogram>,
+    in_flight: Gauge,
+}
+
+impl RequestMetrics {
+    /// Counts a request that started; the guard counts it finished.
+    pub(crate) fn start(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Records how long a guest call took.
+    pub(crate) fn guest_call(&self, function: &str, took: Duration) {
+        self.guest_seconds
+            .get_or_create(&FunctionLabel {
+                function: function.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request settled with `outcome`.
+    pub(crate) fn settled(&self, function: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                function: function.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records the time from the start of computing to the ack (compute,
+    /// reply, the broker's confirm).
+    pub(crate) fn answered(&self, function: &str, took: Duration) {
+        self.request_seconds
+            .get_or_create(&FunctionLabel {
+                function: function.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// A request in flight; counted down when dropped, however it ends.
+pub(crate) struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A node's metrics: the registry to encode and the request metrics to
+/// record into.
+pub(crate) struct NodeMetrics {
+    registry: Registry,
+    pub(crate) requests: Arc<RequestMetrics>,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new(live: Arc<LiveModule>) -> Self {
+        // 50 µs to about 26 s, doubling: a guest call is microseconds, a
+        // request with its confirm milliseconds, a runaway its deadline.
+        let buckets = || Histogram::new(exponential_buckets(50e-6, 2.0, 20));
+        let requests = Arc::new(RequestMetrics {
+            requests: Family::default(),
+            guest_seconds: Family::new_with_constructor(buckets),
+            request_seconds: Family::new_with_constructor(buckets),
+            in_flight: Gauge::default(),
+        });
+        let mut registry = Registry::with_prefix("compute");
+        registry.register(
+            "requests",
+            "Requests answered, by function and outcome",
+            requests.requests.clone(),
+        );
+        registry.register(
+            "guest_call_seconds",
+            "Time in the guest: instantiating and running the function",
+            requests.guest_seconds.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time from delivery to ack: compute, reply, the broker's confirm",
+            requests.request_seconds.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being computed or replied to",
+            requests.in_flight.clone(),
+        );
+        registry.register_collector(Box::new(ModuleCollector { live }));
+        NodeMetrics { registry, requests }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// Serves `GET /metrics` on `listener` until the handle is dropped.
+    pub(crate) fn serve(self: Arc<Self>, listener: TcpListener) -> AbortOnDropHandle<()> {
+        if let Ok(address) = listener.local_addr() {
+            info!(%address, "serving metrics on http://{address}/metrics");
+        }
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    continue;
+                };
+                let metrics = self.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = metrics.respond(stream).await {
+                        debug!(%peer, cause = %err, "metrics request failed");
+                    }
+                });
+            }
+        }))
+    }
+
+    /// Answers one HTTP request: the metrics for `GET /metrics` (or `/`),
+    /// 404 for anything else. One request per connection.
+    async fn respond(&self, mut stream: TcpStream) -> std::io::Result<()> {
+        let mut head = Vec::with_capacity(1024);
+        let mut buffer = [0; 1024];
+        while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                .await
+                .map_err(|_| std::io::ErrorKind::TimedOut)??;
+            if read == 0 {
+                break;
+            }
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
+        let mut words = request_line.split(|&byte| byte == b' ');
+        let (method, path) = (words.next(), words.next());
+        let response = match (method, path) {
+            (Some(b"GET"), Some(b"/metrics" | b"/")) => {
+                let body = self.encode();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            }
+            _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .to_owned(),
+        };
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    }
+}
+
+/// Binds the metrics address, so a taken port is an error at start.
+pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))
+}
+
+/// The module's swaps, failed reloads and current version, read at each
+/// scrape.
+struct ModuleCollector {
+    live: Arc<LiveModule>,
+}
+
+impl std::fmt::Debug for ModuleCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModuleCollector")
+            .field("function", &self.live.current().name())
+            .finish()
+    }
+}
+
+impl Collector for ModuleCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let module = self.live.current();
+        let function = FunctionLabel {
+            function: module.name().to_owned(),
+        };
+        for (name, help, value) in [
+            (
+                "module_swaps",
+                "New versions of the module swapped in",
+                self.live.swaps(),
+            ),
+            (
+                "module_reload_failures",
+                "Versions of the module file that could not be served",
+                self.live.failed_reloads(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric.encode_family(&function)?)?;
+        }
+        let info = ConstGauge::new(1_i64);
+        let mut metric = encoder.encode_descriptor(
+            "module_info",
+            "The module version each function serves (always 1)",
+            None,
+            info.metric_type(),
+        )?;
+        let labels = [
+            ("function", module.name().to_owned()),
+            ("digest", module.digest().to_owned()),
+        ];
+        info.encode(metric.encode_family(&labels)?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! `compute --metrics-addr`: Prometheus metrics that match what happened.
+
+use crate::support::{
+    ModuleDir, RawClient, RunningNode, built_module, center, increase_module, unique_queue,
+};
+use compute_host::{NodeConfig, sandbox::digest};
+use lapin::BasicProperties;
+use std::{net::SocketAddr, time::Duration};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// After a known batch (100 answers, 3 bad requests, 1 request without
+/// `reply_to`) the counters say exactly that; after a swap and a broken
+/// version, the module metrics say that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_the_node_did() {
+    let dir = ModuleDir::with_working_copy(&increase_module());
+    let node = RunningNode::start_with(NodeConfig {
+        queue: unique_queue("metrics"),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        ..NodeConfig::new(dir.working_copy())
+    })
+    .await;
+    let address = node.metrics_addr.expect("metrics are served");
+    let center = center(&node.queue, Duration::from_secs(30)).await;
+
+    for n in 0..100 {
+        center.call(n.to_string()).await.unwrap();
+    }
+    for _ in 0..3 {
+        center.call("x").await.unwrap_err();
+    }
+    let client = RawClient::connect().await;
+    client
+        .publish(&node.queue, b"1", BasicProperties::default())
+        .await;
+    let metrics = wait_for(
+        address,
+        r#"compute_requests_total{function="work",outcome="rejected"} 1"#,
+    )
+    .await;
+
+    let increase = digest(&std::fs::read(increase_module()).unwrap());
+    for expected in [
+        r#"compute_requests_total{function="work",outcome="ok"} 100"#.to_owned(),
+        r#"compute_requests_total{function="work",outcome="bad-request"} 3"#.to_owned(),
+        r#"compute_guest_call_seconds_count{function="work"} 103"#.to_owned(),
+        r#"compute_request_seconds_count{function="work"} 103"#.to_owned(),
+        "compute_in_flight_requests 0".to_owned(),
+        r#"compute_module_swaps_total{function="work"} 0"#.to_owned(),
+        format!(r#"compute_module_info{{function="work",digest="{increase}"}} 1"#),
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == expected),
+            "no {expected:?} in\n{metrics}"
+        );
+    }
+
+    let double = std::fs::read(built_module("double")).unwrap();
+    dir.publish(&double);
+    wait_for(address, r#"compute_module_swaps_total{function="work"} 1"#).await;
+    dir.publish(b"not a module");
+    let metrics = wait_for(
+        address,
+        r#"compute_module_reload_failures_total{function="work"} 1"#,
+    )
+    .await;
+    let double = digest(&double);
+    let info = format!(r#"compute_module_info{{function="work",digest="{double}"}} 1"#);
+    assert!(
+        metrics.lines().any(|line| line == info),
+        "no {info:?} in\n{metrics}"
+    );
+
+    center.close().await;
+    node.stop().await;
+}
+
+/// Scrapes until the metrics hold `line` (for at most 10 s).
+async fn wait_for(address: SocketAddr, line: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(address).await;
+        if metrics.lines().any(|have| have == line) {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /metrics`, as Prometheus would; the body.
+async fn scrape(address: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_owned()
+}
