@@ -11,6 +11,9 @@
 //! - [`node`]: the compute node. Consumes the request queue, hands each
 //!   delivery to its own task, reconnects when the broker goes away,
 //!   drains in-flight work on shutdown.
+//! - [`functions`]: several functions in one node (`--modules DIR`), one
+//!   [`ComputeNode`] per module file, started and stopped as files come
+//!   and go.
 //! - [`reload`]: live code swaps. Watches the module file and swaps each
 //!   new version that compiles and checks out into the [`LiveModule`] that
 //!   requests read, without a lock and without failing a request.
@@ -29,6 +32,7 @@
 pub mod amqp;
 pub mod center;
 pub mod cli;
+pub mod functions;
 mod metrics;
 pub mod node;
 pub mod reload;

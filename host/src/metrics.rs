@@ -17,7 +17,12 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
@@ -94,15 +99,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A node's metrics: the registry to encode and the request metrics to
-/// record into.
-pub(crate) struct NodeMetrics {
+/// The functions a node serves, by name, for the module metrics.
+type Modules = Mutex<BTreeMap<String, Arc<LiveModule>>>;
+
+/// A node's metrics, for all the functions it serves: the registry to
+/// encode and the request metrics to record into.
+pub struct NodeMetrics {
     registry: Registry,
     pub(crate) requests: Arc<RequestMetrics>,
+    modules: Arc<Modules>,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics").finish_non_exhaustive()
+    }
 }
 
 impl NodeMetrics {
-    pub(crate) fn new(live: Arc<LiveModule>) -> Self {
+    /// Adds a function's module metrics (swaps, reload failures, digest).
+    pub(crate) fn add_function(&self, live: Arc<LiveModule>) {
+        let name = live.current().name().to_owned();
+        lock(&self.modules).insert(name, live);
+    }
+
+    /// Drops a function's module metrics once it is no longer served.
+    pub(crate) fn remove_function(&self, name: &str) {
+        lock(&self.modules).remove(name);
+    }
+
+    pub(crate) fn new() -> Self {
         // 50 µs to about 26 s, doubling: a guest call is microseconds, a
         // request with its confirm milliseconds, a runaway its deadline.
         let buckets = || Histogram::new(exponential_buckets(50e-6, 2.0, 20));
@@ -133,8 +159,15 @@ impl NodeMetrics {
             "Requests being computed or replied to",
             requests.in_flight.clone(),
         );
-        registry.register_collector(Box::new(ModuleCollector { live }));
-        NodeMetrics { registry, requests }
+        let modules = Arc::new(Modules::default());
+        registry.register_collector(Box::new(ModuleCollector {
+            modules: modules.clone(),
+        }));
+        NodeMetrics {
+            registry,
+            requests,
+            modules,
+        }
     }
 
     /// The metrics in the Prometheus text format.
@@ -205,54 +238,63 @@ pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot serve metrics on {address}"))
 }
 
-/// The module's swaps, failed reloads and current version, read at each
-/// scrape.
-struct ModuleCollector {
-    live: Arc<LiveModule>,
+/// The map is only held to insert, remove or read it, and no code panics
+/// while holding it.
+fn lock(modules: &Modules) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<LiveModule>>> {
+    modules
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl std::fmt::Debug for ModuleCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModuleCollector")
-            .field("function", &self.live.current().name())
-            .finish()
-    }
+/// Each function's swaps, failed reloads and current version, read at
+/// each scrape.
+#[derive(Debug)]
+struct ModuleCollector {
+    modules: Arc<Modules>,
 }
 
 impl Collector for ModuleCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let module = self.live.current();
-        let function = FunctionLabel {
-            function: module.name().to_owned(),
+        let modules: Vec<Arc<LiveModule>> = lock(&self.modules).values().cloned().collect();
+        let label = |live: &LiveModule| FunctionLabel {
+            function: live.current().name().to_owned(),
         };
         for (name, help, value) in [
             (
                 "module_swaps",
                 "New versions of the module swapped in",
-                self.live.swaps(),
+                LiveModule::swaps as fn(&LiveModule) -> u64,
             ),
             (
                 "module_reload_failures",
                 "Versions of the module file that could not be served",
-                self.live.failed_reloads(),
+                LiveModule::failed_reloads,
             ),
         ] {
-            let counter = ConstCounter::new(value);
-            let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-            counter.encode(metric.encode_family(&function)?)?;
+            let mut metric = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0_u64).metric_type(),
+            )?;
+            for live in &modules {
+                ConstCounter::new(value(live)).encode(metric.encode_family(&label(live))?)?;
+            }
         }
-        let info = ConstGauge::new(1_i64);
         let mut metric = encoder.encode_descriptor(
             "module_info",
             "The module version each function serves (always 1)",
             None,
-            info.metric_type(),
+            ConstGauge::new(1_i64).metric_type(),
         )?;
-        let labels = [
-            ("function", module.name().to_owned()),
-            ("digest", module.digest().to_owned()),
-        ];
-        info.encode(metric.encode_family(&labels)?)?;
+        for live in &modules {
+            let module = live.current();
+            let labels = [
+                ("function", module.name().to_owned()),
+                ("digest", module.digest().to_owned()),
+            ];
+            ConstGauge::new(1_i64).encode(metric.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }

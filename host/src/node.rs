@@ -125,6 +125,26 @@ impl ComputeNode {
     /// When the module is not usable or the broker cannot be reached: a
     /// node that cannot start says so at once rather than retrying.
     pub async fn start(config: &NodeConfig) -> anyhow::Result<Self> {
+        let metrics = Arc::new(NodeMetrics::new());
+        let listener = match config.metrics_addr {
+            Some(address) => Some(metrics::bind(address).await?),
+            None => None,
+        };
+        let mut node = Self::start_with_metrics(config, metrics.clone()).await?;
+        if let Some(listener) = listener {
+            node.metrics_addr = Some(listener.local_addr()?);
+            node._metrics_server = Some(metrics.serve(listener));
+        }
+        Ok(node)
+    }
+
+    /// [`start`](Self::start), counting into `metrics`, which a node
+    /// serving several functions shares among them; `config.metrics_addr`
+    /// is left to whoever serves `metrics`.
+    pub(crate) async fn start_with_metrics(
+        config: &NodeConfig,
+        metrics: Arc<NodeMetrics>,
+    ) -> anyhow::Result<Self> {
         let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
         let started = Instant::now();
         let module = sandbox.load(&config.module)?;
@@ -141,23 +161,15 @@ impl ComputeNode {
             "waiting for requests"
         );
         let live = Arc::new(LiveModule::new(module));
-        let metrics = Arc::new(NodeMetrics::new(live.clone()));
-        let (metrics_addr, metrics_server) = match config.metrics_addr {
-            Some(address) => {
-                let listener = metrics::bind(address).await?;
-                let bound = listener.local_addr()?;
-                (Some(bound), Some(metrics.clone().serve(listener)))
-            }
-            None => (None, None),
-        };
+        metrics.add_function(live.clone());
         Ok(ComputeNode {
             config: config.clone(),
             session,
             _reloader: reload::watch(&config.module, sandbox, live.clone()),
             live,
             metrics,
-            metrics_addr,
-            _metrics_server: metrics_server,
+            metrics_addr: None,
+            _metrics_server: None,
         })
     }
 

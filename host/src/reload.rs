@@ -68,6 +68,17 @@ pub struct LiveModule {
     failed_reloads: AtomicU64,
 }
 
+impl std::fmt::Debug for LiveModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current();
+        f.debug_struct("LiveModule")
+            .field("function", &current.name())
+            .field("digest", &current.digest())
+            .field("swaps", &self.swaps())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LiveModule {
     /// Serves `module` until something else is swapped in.
     pub fn new(module: ComputeModule) -> Self {

@@ -4,6 +4,7 @@
 
 mod center_cli;
 mod faults;
+mod functions;
 mod metrics;
 mod python;
 mod rpc;

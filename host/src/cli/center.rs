@@ -30,6 +30,15 @@ pub struct CenterArgs {
     #[arg(long, value_name = "NAME", default_value = "compute_queue")]
     pub queue: String,
 
+    /// Call function NAME of a node serving `--modules`: the queue
+    /// `<queue-prefix>.<NAME>` instead of `--queue`.
+    #[arg(long, value_name = "NAME", conflicts_with = "queue")]
+    pub function: Option<String>,
+
+    /// The prefix of the queues of `--function`, as given to the node.
+    #[arg(long, value_name = "PREFIX", default_value = "compute")]
+    pub queue_prefix: String,
+
     /// The broker to connect to.
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
     pub amqp_url: String,
@@ -66,6 +75,17 @@ pub struct CenterArgs {
     pub stats: bool,
 }
 
+impl CenterArgs {
+    /// The queue to send to: `<queue-prefix>.<function>` with
+    /// `--function`, else `--queue`.
+    pub fn target_queue(&self) -> String {
+        match &self.function {
+            Some(function) => format!("{}.{function}", self.queue_prefix),
+            None => self.queue.clone(),
+        }
+    }
+}
+
 /// How a run went.
 #[derive(Debug, Default)]
 pub struct Summary {
@@ -93,7 +113,7 @@ pub async fn run(
     mut output: impl Write,
 ) -> anyhow::Result<Summary> {
     let options = CenterOptions {
-        queue: args.queue,
+        queue: args.target_queue(),
         timeout: args.timeout,
         retries: args.retries,
         reply_mode: args.reply_mode,
@@ -210,6 +230,21 @@ mod tests {
     #[test]
     fn verify_cli() {
         CenterArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn a_function_names_its_queue_under_the_prefix() {
+        let parse = |args: &[&str]| CenterArgs::try_parse_from(args).unwrap().target_queue();
+        assert_eq!(parse(&["center", "1"]), "compute_queue");
+        assert_eq!(
+            parse(&["center", "--function", "square", "1"]),
+            "compute.square"
+        );
+        assert_eq!(
+            parse(&["center", "--function", "fib", "--queue-prefix", "math", "1"]),
+            "math.fib"
+        );
+        assert!(CenterArgs::try_parse_from(["center", "--function", "f", "--queue", "q"]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use crate::{
     amqp,
+    functions::{self, FunctionsConfig},
     node::{self, NodeConfig},
     sandbox::Limits,
 };
@@ -19,6 +20,16 @@ pub struct ComputeArgs {
     /// The queue to take requests from.
     #[arg(long, value_name = "NAME", default_value = "compute_queue")]
     pub queue: String,
+
+    /// Serve every `*.wasm` in DIR instead of one module, each on queue
+    /// `<queue-prefix>.<name>` (name = file stem). Files added, replaced
+    /// or removed later are served, swapped or stopped without a restart.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["module", "queue"])]
+    pub modules: Option<PathBuf>,
+
+    /// The prefix of the queues of `--modules`.
+    #[arg(long, value_name = "PREFIX", default_value = "compute")]
+    pub queue_prefix: String,
 
     /// The broker to connect to.
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
@@ -74,7 +85,17 @@ impl ComputeArgs {
 
 /// Serves until Ctrl-C or SIGTERM, then drains and exits.
 pub async fn run(args: ComputeArgs) -> anyhow::Result<()> {
-    node::run(args.config(), super::shutdown_signal()).await
+    match &args.modules {
+        Some(dir) => {
+            let config = FunctionsConfig {
+                dir: dir.clone(),
+                queue_prefix: args.queue_prefix.clone(),
+                node: args.config(),
+            };
+            functions::run(config, super::shutdown_signal()).await
+        }
+        None => node::run(args.config(), super::shutdown_signal()).await,
+    }
 }
 
 #[cfg(test)]

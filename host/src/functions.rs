@@ -1,0 +1,202 @@
+//! A node that serves every compute module in a directory, each on its own
+//! queue `<prefix>.<name>` (name = file stem): `compute --modules DIR`.
+//!
+//! Each function is a [`ComputeNode`] of its own, with its own connection,
+//! sandbox and reloader, so replacing a file swaps its function exactly as
+//! for a single module. The directory is scanned again on every change
+//! notify reports in it and every [`RESCAN`]: a new `*.wasm` file starts a
+//! function, and a removed one stops its node cleanly (it cancels its
+//! consumer and answers the requests it has first). All functions count
+//! into one set of metrics, served on `--metrics-addr`.
+
+use crate::{
+    metrics::{self, NodeMetrics},
+    node::{ComputeNode, NodeConfig},
+};
+use notify::{RecursiveMode, Watcher as _};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+/// The periodic scan that catches missed events.
+const RESCAN: Duration = Duration::from_secs(2);
+/// Wait after an event, so that a burst of events makes one scan.
+const DEBOUNCE: Duration = Duration::from_millis(20);
+/// A module file changed more recently than this may still be being
+/// written: a failure to start it is only logged at debug level.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// How to serve a directory of modules.
+#[derive(Clone, Debug)]
+pub struct FunctionsConfig {
+    /// The directory whose `*.wasm` files are the functions.
+    pub dir: PathBuf,
+    /// Function `name` is served on queue `<queue_prefix>.<name>`.
+    pub queue_prefix: String,
+    /// Everything else, for every function: broker, prefetch, limits,
+    /// metrics address. Its `module` and `queue` are ignored.
+    pub node: NodeConfig,
+}
+
+/// A function being served.
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Serves every module in `config.dir` until `shutdown` completes, then
+/// stops every function cleanly.
+///
+/// # Errors
+///
+/// When the directory cannot be read or watched, or the metrics address
+/// cannot be bound. A module that cannot be served is logged and tried
+/// again when it changes.
+pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Result<()> {
+    let metrics = Arc::new(NodeMetrics::new());
+    let _metrics_server = match config.node.metrics_addr {
+        Some(address) => Some(metrics.clone().serve(metrics::bind(address).await?)),
+        None => None,
+    };
+    let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |_| {
+        let _ = changed.send(());
+    })?;
+    watcher.watch(&config.dir, RecursiveMode::NonRecursive)?;
+    info!(dir = %config.dir.display(), prefix = %config.queue_prefix, "serving every module in the directory");
+
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut rescan = tokio::time::interval(RESCAN);
+    tokio::pin!(shutdown);
+    loop {
+        let present = module_files(&config.dir)?;
+        for (name, path) in &present {
+            if !running.contains_key(name) {
+                match start(&config, name, path, metrics.clone()).await {
+                    Ok(function) => {
+                        reported.remove(name);
+                        running.insert(name.clone(), function);
+                    }
+                    Err(err) => report_failure(&mut reported, name, path, &err),
+                }
+            }
+        }
+        let removed: Vec<String> = running
+            .keys()
+            .filter(|name| !present.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            info!(function = %name, "the module file is gone; stopping the function");
+            let function = running.remove(&name).expect("listed as running");
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                stop(&name, function).await;
+                metrics.remove_function(&name);
+            });
+        }
+        reported.retain(|name, _| present.contains_key(name));
+
+        tokio::select! {
+            _ = shutdown.as_mut() => break,
+            _ = changes.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+            }
+            _ = rescan.tick() => {}
+        }
+    }
+
+    info!(functions = running.len(), "shutting down every function");
+    let stopping = running
+        .into_iter()
+        .map(|(name, function)| async move { stop(&name, function).await });
+    futures_util::future::join_all(stopping).await;
+    Ok(())
+}
+
+/// Starts serving the module at `path` as function `name`.
+async fn start(
+    config: &FunctionsConfig,
+    name: &str,
+    path: &Path,
+    metrics: Arc<NodeMetrics>,
+) -> anyhow::Result<Running> {
+    let node_config = NodeConfig {
+        module: path.to_owned(),
+        queue: format!("{}.{name}", config.queue_prefix),
+        ..config.node.clone()
+    };
+    let node = ComputeNode::start_with_metrics(&node_config, metrics).await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.run(async move {
+        let _ = stopped.await;
+    }));
+    Ok(Running { stop, task })
+}
+
+/// Stops a function: its node drains and closes.
+async fn stop(name: &str, function: Running) {
+    let _ = function.stop.send(());
+    match function.task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            warn!(function = %name, cause = format!("{err:#}"), "the function stopped with an error")
+        }
+        Err(err) => warn!(function = %name, cause = %err, "the function's task failed"),
+    }
+}
+
+/// Logs a module that could not be served, once per distinct reason, and
+/// only at debug level while the file may still be being written.
+fn report_failure(
+    reported: &mut BTreeMap<String, String>,
+    name: &str,
+    path: &Path,
+    err: &anyhow::Error,
+) {
+    let reason = format!("{err:#}");
+    let recently_written = std::fs::metadata(path)
+        .and_then(|metadata| metadata.modified())
+        .ok()
+        .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+        .is_some_and(|age| age < SETTLE);
+    if recently_written {
+        debug!(function = %name, cause = %reason, "cannot serve the module yet; it may still be being written");
+    } else if reported.get(name) != Some(&reason) {
+        warn!(function = %name, path = %path.display(), cause = %reason, "cannot serve this module; will try again when it changes");
+        reported.insert(name.to_owned(), reason);
+    }
+}
+
+/// The `*.wasm` files in `dir`, by function name (file stem). Hidden files
+/// (a name starting with `.`) are left out: that is where a module is
+/// written before it is renamed into place.
+fn module_files(dir: &Path) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    use anyhow::Context as _;
+    let mut modules = BTreeMap::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = path.file_stem().and_then(|stem| stem.to_str()) else {
+            continue;
+        };
+        let is_module = path
+            .extension()
+            .is_some_and(|extension| extension == "wasm")
+            && !name.starts_with('.')
+            && path.is_file();
+        if is_module {
+            modules.insert(name.to_owned(), path.clone());
+        }
+    }
+    Ok(modules)
+}

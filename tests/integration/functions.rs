@@ -1,0 +1,137 @@
+//! `compute --modules DIR`: several functions in one node, each on its own
+//! queue, added, replaced and removed while the node runs.
+
+use crate::support::{amqp_url, built_module, center, delete_queue};
+use compute_host::{
+    Center, NodeConfig,
+    functions::{self, FunctionsConfig},
+};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// While a center calls `increase` without pause, a function is added,
+/// another replaced and another removed: each change shows within
+/// seconds, and the calls to `increase` all succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_come_and_go_while_another_is_called() {
+    let dir = std::env::temp_dir().join(format!("compute-functions-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["increase", "double"] {
+        std::fs::copy(built_module(name), dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    let prefix = format!("test.functions.{}", Uuid::new_v4());
+    let config = FunctionsConfig {
+        dir: dir.clone(),
+        queue_prefix: prefix.clone(),
+        node: NodeConfig {
+            amqp_url: amqp_url(),
+            ..NodeConfig::new("unused")
+        },
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = tokio::spawn(functions::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let queue = |name: &str| format!("{prefix}.{name}");
+    let increase = center(&queue("increase"), Duration::from_secs(30)).await;
+    let double = center(&queue("double"), Duration::from_secs(30)).await;
+    let square = center(&queue("square"), Duration::from_secs(30)).await;
+    answers(&increase, "1", "2").await;
+    answers(&double, "7", "14").await;
+
+    // Calls to increase go on through every change below.
+    let calling = Arc::new(AtomicBool::new(true));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = tokio::spawn({
+        let (calling, ok, failed, increase) = (
+            calling.clone(),
+            ok.clone(),
+            failed.clone(),
+            increase.clone(),
+        );
+        async move {
+            let mut n = 0_i64;
+            while calling.load(Ordering::Relaxed) {
+                match increase.call(n.to_string()).await {
+                    Ok(reply) if reply.body == (n + 1).to_string().as_bytes() => {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                n += 1;
+            }
+        }
+    });
+
+    // Added: a new file is a new function on its own queue.
+    publish(&dir, "square", &built_module("square"));
+    answers(&square, "7", "49").await;
+    // Replaced: double now triples.
+    publish(&dir, "double", &built_module("triple"));
+    answers(&double, "7", "21").await;
+    // Removed: its consumer goes away cleanly.
+    std::fs::remove_file(dir.join("square.wasm")).unwrap();
+    consumers_drop_to_zero(&square).await;
+
+    calling.store(false, Ordering::Relaxed);
+    load.await.unwrap();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    println!("increase during the changes: {ok} ok, {failed} failed");
+    assert!(ok > 0);
+    assert_eq!(failed, 0);
+
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+    for center in [increase, double, square] {
+        center.close().await;
+    }
+    for name in ["increase", "double", "square"] {
+        delete_queue(&queue(name)).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes `module` as `dir/name.wasm` the safe way: a hidden temporary
+/// name, then a rename.
+fn publish(dir: &Path, name: &str, module: &PathBuf) {
+    let temporary = dir.join(format!(".{name}.wasm.new"));
+    std::fs::copy(module, &temporary).unwrap();
+    std::fs::rename(temporary, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// Calls `input` until the reply is `output` (for at most 10 s): a new or
+/// replaced function takes a moment to be noticed.
+async fn answers(center: &Center, input: &str, output: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = center.call(input).await;
+        if matches!(&reply, Ok(reply) if reply.body == output.as_bytes()) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{input} never gave {output}; last {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until nobody consumes the center's queue (for at most 10 s).
+async fn consumers_drop_to_zero(center: &Center) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while center.consumer_count().await.unwrap() != Some(0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed function still consumes its queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
