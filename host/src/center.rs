@@ -8,13 +8,54 @@
 //! safe. A reply that arrives twice (a redelivered request) is handed to
 //! its call once and the copy dropped.
 //!
-//! ```no_run
-//! # async fn example() -> anyhow::Result<()> {
-//! use compute_host::Center;
+//! A node and a center in one program, against a local RabbitMQ (this
+//! example runs as a test):
 //!
-//! let center = Center::connect("amqp://127.0.0.1:5672/%2f").await?;
-//! let reply = center.call("41").await?;
-//! assert_eq!(reply.body, b"42");
+//! ```
+//! use compute_host::{CallError, Center, CenterOptions, ComputeNode, NodeConfig};
+//! use futures_util::future::join_all;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> anyhow::Result<()> {
+//! # let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into());
+//! # let module = concat!(env!("CARGO_MANIFEST_DIR"), "/../modules/increase.wasm");
+//! let queue = format!("doc.{}", uuid::Uuid::new_v4());
+//! // A compute node serving `increase` on `queue` (the `compute` command).
+//! let node = ComputeNode::start(&NodeConfig {
+//!     queue: queue.clone(),
+//!     amqp_url: url.clone(),
+//!     ..NodeConfig::new(module)
+//! })
+//! .await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let serving = tokio::spawn(node.run(stopped));
+//!
+//! // The center: one connection, however many tasks call through clones.
+//! let options = CenterOptions { queue: queue.clone(), ..CenterOptions::default() };
+//! let center = Center::connect_with(&url, options).await?;
+//! let calls = (0..10).map(|n| {
+//!     let center = center.clone();
+//!     tokio::spawn(async move { center.call(n.to_string()).await })
+//! });
+//! for (n, reply) in join_all(calls).await.into_iter().enumerate() {
+//!     assert_eq!(reply?.unwrap().body, (n + 1).to_string().as_bytes());
+//! }
+//!
+//! // A failure is typed: here the function's own error reply.
+//! match center.call("forty-one").await {
+//!     Err(CallError::Remote { kind, message, .. }) => {
+//!         assert_eq!(kind, "bad-request");
+//!         println!("{message}");
+//!     }
+//!     other => panic!("expected a bad-request reply, got {other:?}"),
+//! }
+//!
+//! center.close().await;
+//! let _ = stop.send(());
+//! serving.await??;
+//! # let connection = lapin::Connection::connect(&url, Default::default()).await?;
+//! # let channel = connection.create_channel().await?;
+//! # channel.queue_delete(queue.as_str().into(), Default::default()).await?;
 //! # Ok(())
 //! # }
 //! ```
