@@ -11,12 +11,9 @@ mod support;
 use compute_host::{Center, CenterOptions};
 use std::{
     process::Command,
-    sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
-use support::{
-    NodeProcess, Tally, amqp_url, increase_batch, increase_module, unique_queue, until_done,
-};
+use support::{Batch, NodeProcess, Tally, amqp_url, increase_module, unique_queue};
 
 const BATCH: usize = 5000;
 const IN_FLIGHT: usize = 128;
@@ -93,22 +90,16 @@ async fn batch_across_a_restart(queue: &str, retries: u32, node: &NodeProcess) -
     let center = Center::connect_with(&amqp_url(), options)
         .await
         .expect("center connects");
-    let done = Arc::new(AtomicUsize::new(0));
-    let batch = tokio::spawn({
-        let center = center.clone();
-        let done = done.clone();
-        async move { increase_batch(&center, BATCH, IN_FLIGHT, done).await }
-    });
-    until_done(&done, BATCH / 5).await;
+    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    batch.until_done(BATCH / 5).await;
     {
         let _restart = BrokerRestart::stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let started = Instant::now();
-    let Ok(tally) = tokio::time::timeout(Duration::from_secs(90), batch).await else {
+    let Some(tally) = batch.finish(Duration::from_secs(90)).await else {
         panic!("the batch hangs; the node's log:\n{}", node.log());
     };
-    let tally = tally.unwrap();
     println!(
         "the batch ended {:?} after the broker was back",
         started.elapsed()

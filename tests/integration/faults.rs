@@ -5,8 +5,7 @@
 //! may be lost.
 
 use crate::support::{
-    ModuleDir, NodeProcess, RawClient, RunningNode, center, increase_batch, increase_module,
-    unique_queue, until_done,
+    Batch, ModuleDir, NodeProcess, RawClient, RunningNode, center, increase_module, unique_queue,
 };
 use compute_host::{CallError, Limits, NodeConfig};
 use futures_util::StreamExt as _;
@@ -16,7 +15,6 @@ use lapin::{
 };
 use std::{
     path::PathBuf,
-    sync::{Arc, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
@@ -34,23 +32,13 @@ async fn a_node_killed_mid_batch_loses_nothing() {
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let batch = tokio::spawn({
-        let center = center.clone();
-        let done = done.clone();
-        async move { increase_batch(&center, BATCH, IN_FLIGHT, done).await }
-    });
-    until_done(&done, BATCH / 5).await;
+    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    batch.until_done(BATCH / 5).await;
     doomed.kill().await;
-    let tally = batch.await.unwrap();
+    let tally = batch.finish(TIMEOUT).await.expect("the batch ends");
 
     println!("SIGKILL mid-batch: {tally:?}, lost {}", tally.lost());
-    assert_eq!(
-        (tally.replies, tally.wrong, tally.errors.len(), tally.lost()),
-        (BATCH, 0, 0, 0),
-        "{:?}",
-        tally.errors.first()
-    );
+    tally.assert_all_answered();
     center.close().await;
     survivor.stop().await;
 }
@@ -64,16 +52,11 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let batch = tokio::spawn({
-        let center = center.clone();
-        let done = done.clone();
-        async move { increase_batch(&center, BATCH, IN_FLIGHT, done).await }
-    });
-    until_done(&done, BATCH / 5).await;
+    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    batch.until_done(BATCH / 5).await;
     stopping.terminate();
     let status = stopping.wait().await;
-    let tally = batch.await.unwrap();
+    let tally = batch.finish(TIMEOUT).await.expect("the batch ends");
 
     println!("SIGTERM mid-batch: {tally:?}, lost {}", tally.lost());
     let log = stopping.log();
@@ -82,12 +65,7 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
         log.contains("shutting down: finishing the requests in flight") && log.contains("stopped"),
         "{log}"
     );
-    assert_eq!(
-        (tally.replies, tally.wrong, tally.errors.len(), tally.lost()),
-        (BATCH, 0, 0, 0),
-        "{:?}",
-        tally.errors.first()
-    );
+    tally.assert_all_answered();
     center.close().await;
     survivor.stop().await;
 }
@@ -97,16 +75,13 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
 /// than the node has threads do not hold anyone up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_guests_delay_no_other_request() {
-    let dir = ModuleDir::with_working_copy(&increase_module());
-    dir.publish(&hostile_or_echo());
-    let node = RunningNode::start_with(NodeConfig {
-        queue: unique_queue("runaway"),
-        limits: Limits {
+    let (_dir, node) = hostile_node(
+        "runaway",
+        Limits {
             timeout: Duration::from_secs(3),
             ..Limits::default()
         },
-        ..NodeConfig::new(dir.working_copy())
-    })
+    )
     .await;
     let center = center(&node.queue, TIMEOUT).await;
 
@@ -156,17 +131,14 @@ async fn runaway_guests_delay_no_other_request() {
 /// the documented kind for that request; the node keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_get_error_replies_through_the_broker() {
-    let dir = ModuleDir::with_working_copy(&increase_module());
-    dir.publish(&hostile_or_echo());
-    let node = RunningNode::start_with(NodeConfig {
-        queue: unique_queue("hostile"),
-        limits: Limits {
+    let (_dir, node) = hostile_node(
+        "hostile",
+        Limits {
             timeout: Duration::from_millis(200),
             max_body: 1000,
             ..Limits::default()
         },
-        ..NodeConfig::new(dir.working_copy())
-    })
+    )
     .await;
     let mut client = RawClient::connect().await;
 
@@ -313,6 +285,20 @@ async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     assert!(log.contains("dropped_bytes="), "{log}");
     assert!(log.len() < 20_000, "the log holds {} bytes", log.len());
     crate::support::delete_queue(&queue).await;
+}
+
+/// A node serving [`hostile_or_echo`] under `limits`, and the directory
+/// its module lives in (removed when dropped).
+async fn hostile_node(test: &str, limits: Limits) -> (ModuleDir, RunningNode) {
+    let dir = ModuleDir::with_working_copy(&increase_module());
+    dir.publish(&hostile_or_echo());
+    let node = RunningNode::start_with(NodeConfig {
+        queue: unique_queue(test),
+        limits,
+        ..NodeConfig::new(dir.working_copy())
+    })
+    .await;
+    (dir, node)
 }
 
 /// A component that misbehaves as the first byte of its request says:

@@ -243,24 +243,62 @@ impl Tally {
     }
 }
 
-/// Calls `increase(n)` for n in 0..count with `in_flight` calls at once
-/// and tallies the outcome; `done` counts finished calls as they finish,
-/// so a test can strike mid-batch.
-pub async fn increase_batch(
+impl Tally {
+    /// Checks that every call got its own right answer: no wrong replies,
+    /// no errors, none lost.
+    pub fn assert_all_answered(&self) {
+        assert_eq!(
+            (self.replies, self.wrong, self.errors.len(), self.lost()),
+            (self.sent, 0, 0, 0),
+            "first error: {:?}",
+            self.errors.first()
+        );
+    }
+}
+
+/// A batch of `increase(n)` calls, n in 0..count, `in_flight` at once,
+/// running in the background so that a test can strike mid-batch.
+pub struct Batch {
+    done: Arc<AtomicUsize>,
+    task: JoinHandle<Tally>,
+}
+
+impl Batch {
+    pub fn start(center: &Center, count: usize, in_flight: usize) -> Self {
+        let done = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let (center, done) = (center.clone(), done.clone());
+            async move { increase_batch(&center, count, in_flight, &done).await }
+        });
+        Batch { done, task }
+    }
+
+    /// Waits until `count` calls have finished.
+    pub async fn until_done(&self, count: usize) {
+        while self.done.load(Ordering::Relaxed) < count {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits for every call to end, for at most `limit`: `None` if the
+    /// batch hangs.
+    pub async fn finish(self, limit: Duration) -> Option<Tally> {
+        let tally = tokio::time::timeout(limit, self.task).await.ok()?;
+        Some(tally.expect("the batch task"))
+    }
+}
+
+async fn increase_batch(
     center: &Center,
     count: usize,
     in_flight: usize,
-    done: Arc<AtomicUsize>,
+    done: &AtomicUsize,
 ) -> Tally {
     let outcomes: Vec<_> = futures_util::stream::iter(0..count)
-        .map(|n| {
-            let center = center.clone();
-            let done = done.clone();
-            async move {
-                let outcome = center.call(n.to_string()).await;
-                done.fetch_add(1, Ordering::Relaxed);
-                (n, outcome)
-            }
+        .map(|n| async move {
+            let outcome = center.call(n.to_string()).await;
+            done.fetch_add(1, Ordering::Relaxed);
+            (n, outcome)
         })
         .buffer_unordered(in_flight)
         .collect()
@@ -277,13 +315,6 @@ pub async fn increase_batch(
         }
     }
     tally
-}
-
-/// Waits until `done` reaches `count`.
-pub async fn until_done(done: &AtomicUsize, count: usize) {
-    while done.load(Ordering::Relaxed) < count {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// A center for `queue` with a per-call `timeout`.
