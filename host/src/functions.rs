@@ -10,6 +10,7 @@
 //! into one set of metrics, served on `--metrics-addr`.
 
 use crate::{
+    amqp::ConnectError,
     metrics::{self, NodeMetrics},
     node::{ComputeNode, NodeConfig},
 };
@@ -72,20 +73,24 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
     info!(dir = %config.dir.display(), prefix = %config.queue_prefix, "serving every module in the directory");
 
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    let mut reported: BTreeMap<String, String> = BTreeMap::new();
+    let mut failed: BTreeMap<String, Failed> = BTreeMap::new();
     let mut rescan = tokio::time::interval(RESCAN);
     tokio::pin!(shutdown);
     loop {
         let present = module_files(&config.dir)?;
         for (name, path) in &present {
-            if !running.contains_key(name) {
-                match start(&config, name, path, metrics.clone()).await {
-                    Ok(function) => {
-                        reported.remove(name);
-                        running.insert(name.clone(), function);
-                    }
-                    Err(err) => report_failure(&mut reported, name, path, &err),
+            let unchanged_since_failing = failed
+                .get(name)
+                .is_some_and(|failure| failure.module_unchanged(path));
+            if running.contains_key(name) || unchanged_since_failing {
+                continue;
+            }
+            match start(&config, name, path, metrics.clone()).await {
+                Ok(function) => {
+                    failed.remove(name);
+                    running.insert(name.clone(), function);
                 }
+                Err(err) => report_failure(&mut failed, name, path, &err),
             }
         }
         let removed: Vec<String> = running
@@ -102,7 +107,7 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
                 metrics.remove_function(&name);
             });
         }
-        reported.retain(|name, _| present.contains_key(name));
+        failed.retain(|name, _| present.contains_key(name));
 
         tokio::select! {
             _ = shutdown.as_mut() => break,
@@ -154,26 +159,61 @@ async fn stop(name: &str, function: Running) {
     }
 }
 
-/// Logs a module that could not be served, once per distinct reason, and
-/// only at debug level while the file may still be being written.
+/// Why a function could not start.
+struct Failed {
+    reason: String,
+    /// When the module itself was at fault, the file's modification time
+    /// then: it is not compiled again until the file changes. `None` when
+    /// the broker was at fault, which the next scan tries again.
+    module_modified: Option<SystemTime>,
+}
+
+impl Failed {
+    fn module_unchanged(&self, path: &Path) -> bool {
+        self.module_modified.is_some() && self.module_modified == modified(path)
+    }
+}
+
+/// Logs a function that could not start, once per distinct reason, and
+/// only at debug level while its file may still be being written.
 fn report_failure(
-    reported: &mut BTreeMap<String, String>,
+    failed: &mut BTreeMap<String, Failed>,
     name: &str,
     path: &Path,
     err: &anyhow::Error,
 ) {
     let reason = format!("{err:#}");
-    let recently_written = std::fs::metadata(path)
-        .and_then(|metadata| metadata.modified())
-        .ok()
+    let broker_at_fault = err.downcast_ref::<ConnectError>().is_some()
+        || err.downcast_ref::<lapin::Error>().is_some();
+    let recently_written = modified(path)
         .and_then(|modified| SystemTime::now().duration_since(modified).ok())
         .is_some_and(|age| age < SETTLE);
     if recently_written {
         debug!(function = %name, cause = %reason, "cannot serve the module yet; it may still be being written");
-    } else if reported.get(name) != Some(&reason) {
-        warn!(function = %name, path = %path.display(), cause = %reason, "cannot serve this module; will try again when it changes");
-        reported.insert(name.to_owned(), reason);
+    } else if failed
+        .get(name)
+        .is_none_or(|failure| failure.reason != reason)
+    {
+        warn!(function = %name, path = %path.display(), cause = %reason, "cannot serve this function; will try again when it changes");
     }
+    let module_modified = if broker_at_fault || recently_written {
+        None
+    } else {
+        modified(path)
+    };
+    failed.insert(
+        name.to_owned(),
+        Failed {
+            reason,
+            module_modified,
+        },
+    );
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path)
+        .and_then(|metadata| metadata.modified())
+        .ok()
 }
 
 /// The `*.wasm` files in `dir`, by function name (file stem). Hidden files

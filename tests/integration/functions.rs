@@ -14,7 +14,7 @@ use std::{
     },
     time::Duration,
 };
-use tokio::sync::oneshot;
+use tokio::{sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
 /// While a center calls `increase` without pause, a function is added,
@@ -28,18 +28,7 @@ async fn functions_come_and_go_while_another_is_called() {
         std::fs::copy(built_module(name), dir.join(format!("{name}.wasm"))).unwrap();
     }
     let prefix = format!("test.functions.{}", Uuid::new_v4());
-    let config = FunctionsConfig {
-        dir: dir.clone(),
-        queue_prefix: prefix.clone(),
-        node: NodeConfig {
-            amqp_url: amqp_url(),
-            ..NodeConfig::new("unused")
-        },
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let node = tokio::spawn(functions::run(config, async move {
-        let _ = stopped.await;
-    }));
+    let (stop, node) = serve(&dir, &prefix);
     let queue = |name: &str| format!("{prefix}.{name}");
     let increase = center(&queue("increase"), Duration::from_secs(30)).await;
     let double = center(&queue("double"), Duration::from_secs(30)).await;
@@ -97,6 +86,52 @@ async fn functions_come_and_go_while_another_is_called() {
         delete_queue(&queue(name)).await;
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A file that is not a usable module is not served (and its queue not
+/// declared); once a usable module replaces it, it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_module_is_served_once_it_is_mended() {
+    let dir = std::env::temp_dir().join(format!("compute-functions-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("mended.wasm"), b"not a module").unwrap();
+    let prefix = format!("test.functions.{}", Uuid::new_v4());
+    let (stop, node) = serve(&dir, &prefix);
+    let queue = format!("{prefix}.mended");
+    let mended = center(&queue, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mended.consumer_count().await.unwrap(),
+        None,
+        "nothing serves the broken file"
+    );
+
+    publish(&dir, "mended", &built_module("double"));
+    answers(&mended, "4", "8").await;
+
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+    mended.close().await;
+    delete_queue(&queue).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs a node serving `dir` with queue prefix `prefix`, until the sender
+/// is used or dropped.
+fn serve(dir: &Path, prefix: &str) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
+    let config = FunctionsConfig {
+        dir: dir.to_owned(),
+        queue_prefix: prefix.to_owned(),
+        node: NodeConfig {
+            amqp_url: amqp_url(),
+            ..NodeConfig::new("unused")
+        },
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let node = tokio::spawn(functions::run(config, async move {
+        let _ = stopped.await;
+    }));
+    (stop, node)
 }
 
 /// Writes `module` as `dir/name.wasm` the safe way: a hidden temporary
