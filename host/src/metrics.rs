@@ -62,11 +62,7 @@ impl RequestMetrics {
 
     /// Records how long a guest call took.
     pub(crate) fn guest_call(&self, function: &str, took: Duration) {
-        self.guest_seconds
-            .get_or_create(&FunctionLabel {
-                function: function.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+        observe(&self.guest_seconds, function, took);
     }
 
     /// Counts a request settled with `outcome`.
@@ -82,12 +78,15 @@ impl RequestMetrics {
     /// Records the time from the start of computing to the ack (compute,
     /// reply, the broker's confirm).
     pub(crate) fn answered(&self, function: &str, took: Duration) {
-        self.request_seconds
-            .get_or_create(&FunctionLabel {
-                function: function.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+        observe(&self.request_seconds, function, took);
     }
+}
+
+fn observe(histograms: &Family<FunctionLabel, Histogram>, function: &str, took: Duration) {
+    let label = FunctionLabel {
+        function: function.to_owned(),
+    };
+    histograms.get_or_create(&label).observe(took.as_secs_f64());
 }
 
 /// A request in flight; counted down when dropped, however it ends.
@@ -104,16 +103,10 @@ type Modules = Mutex<BTreeMap<String, Arc<LiveModule>>>;
 
 /// A node's metrics, for all the functions it serves: the registry to
 /// encode and the request metrics to record into.
-pub struct NodeMetrics {
+pub(crate) struct NodeMetrics {
     registry: Registry,
     pub(crate) requests: Arc<RequestMetrics>,
     modules: Arc<Modules>,
-}
-
-impl std::fmt::Debug for NodeMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeMetrics").finish_non_exhaustive()
-    }
 }
 
 impl NodeMetrics {

@@ -265,11 +265,7 @@ impl ComputeModule {
         if request.len() > limits.max_body {
             return Err(too_large("request", request.len()));
         }
-        let output = GuestOutput::default();
-        let mut store = Store::new(
-            &self.sandbox.engine,
-            GuestState::new(limits.memory, output.clone()),
-        );
+        let mut store = Store::new(&self.sandbox.engine, GuestState::new(limits.memory));
         store.limiter(|state| &mut state.limits);
         // The guest runs on the node's async threads: at every epoch tick
         // it yields, so a runaway guest delays no other request, and after
@@ -289,8 +285,9 @@ impl ComputeModule {
             Ok(instance) => instance.call_compute(&mut store, request).await,
             Err(err) => Err(err),
         };
-        drop(store);
-        output.log(self.name());
+        if let Some(output) = store.into_data().output {
+            output.log(self.name());
+        }
         match outcome {
             Ok(Ok(reply)) if reply.len() > limits.max_body => Err(too_large("reply", reply.len())),
             Ok(Ok(reply)) => Ok(reply),
@@ -336,22 +333,23 @@ pub fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-/// What a guest's store holds: an empty WASI context, made on the guest's
-/// first WASI call, where the guest's output goes, and the memory cap.
+/// What a guest's store holds: an empty WASI context and where the guest's
+/// output goes, both made on the guest's first WASI call, and the memory
+/// cap.
 struct GuestState {
     /// Built lazily: our `no_std` modules import no WASI and never need it,
     /// and building one costs tens of microseconds per request.
     wasi: Option<WasiCtx>,
-    output: GuestOutput,
+    output: Option<GuestOutput>,
     table: ResourceTable,
     limits: MemoryCap,
 }
 
 impl GuestState {
-    fn new(memory: usize, output: GuestOutput) -> Self {
+    fn new(memory: usize) -> Self {
         GuestState {
             wasi: None,
-            output,
+            output: None,
             table: ResourceTable::new(),
             limits: MemoryCap { bytes: memory },
         }
@@ -397,17 +395,23 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let output = &self.output;
+        let GuestState {
+            wasi,
+            output,
+            table,
+            ..
+        } = self;
         WasiCtxView {
             // No preopened directories, no environment, no arguments, no
             // sockets: the builder grants none of them unless asked.
-            ctx: self.wasi.get_or_insert_with(|| {
+            ctx: wasi.get_or_insert_with(|| {
+                let output = output.get_or_insert_with(GuestOutput::default);
                 WasiCtx::builder()
                     .stdout(output.clone())
                     .stderr(output.clone())
                     .build()
             }),
-            table: &mut self.table,
+            table,
         }
     }
 }
