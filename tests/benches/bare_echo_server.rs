@@ -3,7 +3,8 @@
 //! replies n + 1 to each request, a task per delivery, prefetch 256, and
 //! acks right after publishing, without waiting for a publisher confirm.
 //!
-//! `bare-echo-server QUEUE [AMQP_URL]`; prints `ready` once consuming.
+//! `bare-echo-server QUEUE [AMQP_URL]`; prints `ready` to stderr once
+//! consuming.
 
 use futures_util::StreamExt as _;
 use lapin::{
@@ -43,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
             FieldTable::default(),
         )
         .await?;
-    println!("ready");
+    eprintln!("ready");
 
     while let Some(delivery) = requests.next().await {
         let delivery = delivery?;

@@ -28,16 +28,11 @@ use lapin::{
 };
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use support::{amqp_url, increase_module, unique_queue};
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-    sync::oneshot,
-};
+use support::{ServerProcess, amqp_url, increase_module, unique_queue};
+use tokio::{process::Command, sync::oneshot};
 
 const ROUNDS: usize = 3;
 /// (calls in flight, calls per round)
@@ -52,19 +47,12 @@ async fn main() {
     let url = amqp_url();
     let bare_queue = unique_queue("bench-bare");
     let our_queue = unique_queue("bench-ours");
-    let mut bare_server = Server::start(
+    let mut bare_server = ServerProcess::start(
         Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([&bare_queue, &url]),
         "ready",
     )
     .await;
-    let mut our_server = Server::start(
-        Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
-            .args(["--queue", &our_queue, "--amqp-url", &url])
-            .arg("--module")
-            .arg(increase_module()),
-        "waiting for requests",
-    )
-    .await;
+    let mut our_server = ServerProcess::node(&our_queue, &increase_module(), &[]).await;
 
     let bare = BareClient::connect(&url, &bare_queue).await;
     let center = |reply_mode| {
@@ -78,7 +66,7 @@ async fn main() {
     let ours = center(ReplyMode::Queue).await.unwrap();
     let direct = center(ReplyMode::Direct).await.unwrap();
 
-    let variants: [(&str, &Server, Client); 3] = [
+    let variants: [(&str, &ServerProcess, Client); 3] = [
         ("bare lapin echo", &bare_server, Client::Bare(&bare)),
         ("ours (reply queue)", &our_server, Client::Ours(&ours)),
         ("ours (direct reply-to)", &our_server, Client::Ours(&direct)),
@@ -171,8 +159,8 @@ async fn main() {
 
     ours.close().await;
     direct.close().await;
-    bare_server.stop().await;
-    our_server.stop().await;
+    bare_server.kill().await;
+    our_server.kill().await;
     support::delete_queue(&bare_queue).await;
     support::delete_queue(&our_queue).await;
 }
@@ -254,46 +242,15 @@ impl Client<'_> {
     }
 }
 
-/// A server process whose CPU time and memory are read from /proc.
-struct Server {
-    child: Child,
+/// A server's CPU time and memory, read from /proc.
+trait Measured {
+    fn cpu_seconds(&self) -> f64;
+    fn peak_rss_mib(&self) -> f64;
 }
 
-impl Server {
-    async fn start(command: &mut Command, ready: &str) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the server starts");
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let (started, started_rx) = oneshot::channel();
-        let ready = ready.to_owned();
-        tokio::spawn(async move {
-            let mut lines = stream::select(lines_of(stdout).boxed(), lines_of(stderr).boxed());
-            let mut started = Some(started);
-            while let Some(line) = lines.next().await {
-                if line.contains(&ready) {
-                    started.take().map(|started| started.send(()));
-                }
-            }
-        });
-        tokio::time::timeout(Duration::from_secs(60), started_rx)
-            .await
-            .expect("the server starts within 60 s")
-            .unwrap();
-        Server { child }
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().expect("the server runs").to_string()
-    }
-
+impl Measured for ServerProcess {
     fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(&self.pid())
+        cpu_seconds(&self.pid().to_string())
     }
 
     fn peak_rss_mib(&self) -> f64 {
@@ -305,23 +262,6 @@ impl Server {
             .expect("VmHWM in /proc/PID/status");
         kib / 1024.0
     }
-
-    async fn stop(&mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-fn lines_of(
-    lines: tokio::io::Lines<BufReader<impl tokio::io::AsyncRead + Unpin + Send + 'static>>,
-) -> impl futures_util::Stream<Item = String> + Send {
-    stream::unfold(lines, |mut lines| async move {
-        lines
-            .next_line()
-            .await
-            .ok()
-            .flatten()
-            .map(|line| (line, lines))
-    })
 }
 
 /// The local RabbitMQ's process (the Erlang VM, `beam.smp`), if any.

@@ -13,7 +13,7 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-use support::{Batch, NodeProcess, Tally, amqp_url, increase_module, unique_queue};
+use support::{Batch, ServerProcess, Tally, amqp_url, increase_module, unique_queue};
 
 const BATCH: usize = 5000;
 const IN_FLIGHT: usize = 128;
@@ -26,7 +26,7 @@ const IN_FLIGHT: usize = 128;
 #[ignore = "restarts the broker; scripts/test.sh runs it alone"]
 async fn a_broker_restart_mid_batch_loses_nothing() {
     let queue = unique_queue("broker-restart");
-    let mut node = NodeProcess::start(&queue, &increase_module(), &[]).await;
+    let mut node = ServerProcess::node(&queue, &increase_module(), &[]).await;
 
     let retried = batch_across_a_restart(&queue, 3, &node).await;
     println!(
@@ -80,7 +80,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
 
 /// Runs a batch through a new center with `retries`, restarting the broker
 /// once a fifth of it is done.
-async fn batch_across_a_restart(queue: &str, retries: u32, node: &NodeProcess) -> Tally {
+async fn batch_across_a_restart(queue: &str, retries: u32, node: &ServerProcess) -> Tally {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout: Duration::from_secs(60),

@@ -5,7 +5,7 @@
 //! may be lost.
 
 use crate::support::{
-    Batch, ModuleDir, NodeProcess, RawClient, RunningNode, center, increase_module, unique_queue,
+    Batch, ModuleDir, RawClient, RunningNode, ServerProcess, center, increase_module, unique_queue,
 };
 use compute_host::{CallError, Limits, NodeConfig};
 use futures_util::StreamExt as _;
@@ -28,7 +28,7 @@ const IN_FLIGHT: usize = 128;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_batch_loses_nothing() {
     let queue = unique_queue("sigkill");
-    let mut doomed = NodeProcess::start(&queue, &increase_module(), &[]).await;
+    let mut doomed = ServerProcess::node(&queue, &increase_module(), &[]).await;
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
@@ -48,7 +48,7 @@ async fn a_node_killed_mid_batch_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
     let queue = unique_queue("sigterm");
-    let mut stopping = NodeProcess::start(&queue, &increase_module(), &[]).await;
+    let mut stopping = ServerProcess::node(&queue, &increase_module(), &[]).await;
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
@@ -261,7 +261,7 @@ async fn the_center_drops_a_duplicate_reply() {
 async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     let queue = unique_queue("nosy");
     let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
-    let mut node = NodeProcess::start(&queue, &nosy, &[]).await;
+    let mut node = ServerProcess::node(&queue, &nosy, &[]).await;
     let mut client = RawClient::connect().await;
 
     let report = client.request(&queue, b"look", Some("nosy-1")).await;
@@ -331,7 +331,7 @@ fn hostile_or_echo() -> Vec<u8> {
 async fn json_logs_name_the_request_they_are_about() {
     let queue = unique_queue("json-logs");
     let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
-    let mut node = NodeProcess::start(&queue, &nosy, &["--log-format", "json"]).await;
+    let mut node = ServerProcess::node(&queue, &nosy, &["--log-format", "json"]).await;
     let mut client = RawClient::connect().await;
     client.request(&queue, b"look", Some("json-1")).await;
     node.terminate();

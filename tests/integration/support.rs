@@ -143,38 +143,46 @@ impl RunningNode {
     }
 }
 
-/// The `compute` binary running as a process of its own, so a test can
-/// kill it or stop it with a signal. Its log (stderr) is kept.
-pub struct NodeProcess {
+/// A server running as a process of its own (the `compute` binary, or the
+/// bench's bare echo server), so a test can kill it or stop it with a
+/// signal. Its stderr is kept as its log.
+pub struct ServerProcess {
     child: Child,
     log: Arc<Mutex<String>>,
 }
 
-impl NodeProcess {
+impl ServerProcess {
     /// Starts `compute --queue QUEUE --module MODULE ARGS...` and waits
     /// until it is consuming.
-    pub async fn start(queue: &str, module: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+    pub async fn node(queue: &str, module: &Path, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_compute-under-test"));
+        command
             .args(["--queue", queue, "--amqp-url", &amqp_url()])
             .arg("--module")
             .arg(module)
-            .args(args)
+            .args(args);
+        Self::start(&mut command, "waiting for requests").await
+    }
+
+    /// Starts `command` and waits until a line of its stderr holds `ready`.
+    pub async fn start(command: &mut Command, ready: &str) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("the compute binary starts");
+            .expect("the server starts");
         let log = Arc::new(Mutex::new(String::new()));
-        let (ready, consuming) = oneshot::channel();
+        let (started, running) = oneshot::channel();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         tokio::spawn({
-            let log = log.clone();
+            let (log, ready) = (log.clone(), ready.to_owned());
             async move {
-                let mut ready = Some(ready);
+                let mut started = Some(started);
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains("waiting for requests") {
-                        ready.take().map(|ready| ready.send(()));
+                    if line.contains(&ready) {
+                        started.take().map(|started| started.send(()));
                     }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
@@ -182,29 +190,34 @@ impl NodeProcess {
                 }
             }
         });
-        let node = NodeProcess { child, log };
-        if tokio::time::timeout(Duration::from_secs(30), consuming)
+        let server = ServerProcess { child, log };
+        if tokio::time::timeout(Duration::from_secs(30), running)
             .await
             .is_err()
         {
-            panic!("the node did not start:\n{}", node.log());
+            panic!("the server did not start:\n{}", server.log());
         }
-        node
+        server
     }
 
-    /// Everything the node has logged so far.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the server runs")
+    }
+
+    /// Everything the server has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
-    /// SIGKILL: the node gets no chance to finish anything.
+    /// SIGKILL: the server gets no chance to finish anything.
     pub async fn kill(&mut self) {
-        self.child.kill().await.expect("the node is killed");
+        self.child.kill().await.expect("the server is killed");
     }
 
-    /// SIGTERM, as a service manager stops a node.
+    /// SIGTERM, as a service manager stops a server.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("the node runs").to_string();
+        let pid = self.pid().to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -212,7 +225,7 @@ impl NodeProcess {
         assert!(sent.success());
     }
 
-    /// Waits for the node to exit.
+    /// Waits for the server to exit.
     pub async fn wait(&mut self) -> ExitStatus {
         match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
             Ok(status) => status.unwrap(),
