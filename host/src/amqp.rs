@@ -3,7 +3,7 @@
 
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
-    options::BasicPublishOptions, types::ShortString,
+    message::BasicReturnMessage, options::BasicPublishOptions, types::ShortString,
 };
 use std::{fmt, time::Duration};
 
@@ -15,6 +15,15 @@ pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// accept and never answer; without a bound a reconnect would hang.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long to wait for the broker to confirm a published message. A
+/// broker in a memory or disk alarm blocks publishers and may never
+/// confirm; past this the message counts as not delivered.
+pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pseudo-queue of RabbitMQ's direct reply-to, and the prefix of the
+/// `reply_to` it gives each request.
+pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// Why connecting to the broker failed, worded for the person running the
 /// command.
 #[derive(Debug, thiserror::Error)]
@@ -25,39 +34,72 @@ pub struct ConnectError {
     hint: &'static str,
     // Not named `source`, which thiserror would chain: `cause` already
     // says what it says, and printing the chain (`{:#}`) would repeat it.
-    client_error: lapin::Error,
+    client_error: Option<lapin::Error>,
 }
 
-/// Opens a connection to `url`.
+/// Opens a connection to `url`, waiting at most [`ANSWER_TIMEOUT`] for the
+/// broker to answer.
+///
+/// An `amqps://` URL is refused when this build has no TLS, rather than
+/// silently connecting in plain text.
 pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|source| {
-            let (cause, hint) = match source.kind() {
-                // "connection refused" reads better than the raw
-                // "Connection refused (os error 111)".
-                ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
-                    io.kind().to_string(),
-                    "is the broker running? (`rabbitmq-server -detached` starts a local one)",
-                ),
-                _ => (
-                    source.to_string(),
-                    "check the URL, the user name and the password",
-                ),
-            };
-            ConnectError {
-                url: Redacted(url.to_owned()),
-                cause,
-                hint,
-                client_error: source,
-            }
-        })
+    let refuse = |cause: String, hint| ConnectError {
+        url: Redacted(url.to_owned()),
+        cause,
+        hint,
+        client_error: None,
+    };
+    if !cfg!(feature = "tls") && url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
+        return Err(refuse(
+            "this build has no TLS, so it will not connect to an amqps:// URL in plain text".into(),
+            "build with `--features compute-host/tls`, or use amqp:// on a trusted network",
+        ));
+    }
+    let connect = Connection::connect(url, ConnectionProperties::default());
+    let Ok(connected) = tokio::time::timeout(ANSWER_TIMEOUT, connect).await else {
+        return Err(refuse(
+            format!("no answer within {ANSWER_TIMEOUT:?}"),
+            "is the broker starting up, or is something else listening there?",
+        ));
+    };
+    connected.map_err(|source| {
+        let (cause, hint) = match source.kind() {
+            // "connection refused" reads better than the raw
+            // "Connection refused (os error 111)".
+            ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
+                io.kind().to_string(),
+                "is the broker running? (`rabbitmq-server -detached` starts a local one)",
+            ),
+            _ => (
+                source.to_string(),
+                "check the URL, the user name and the password",
+            ),
+        };
+        ConnectError {
+            url: Redacted(url.to_owned()),
+            cause,
+            hint,
+            client_error: Some(source),
+        }
+    })
 }
 
 impl ConnectError {
-    /// The underlying client error.
-    pub fn lapin_error(&self) -> &lapin::Error {
-        &self.client_error
+    /// The underlying client error, when the client library failed (and
+    /// not this crate's own checks).
+    pub fn lapin_error(&self) -> Option<&lapin::Error> {
+        self.client_error.as_ref()
+    }
+
+    /// The connection opened but the broker did not answer while setting
+    /// up a channel or queue on it.
+    pub(crate) fn no_answer(url: &str) -> Self {
+        ConnectError {
+            url: Redacted(url.to_owned()),
+            cause: format!("no answer within {ANSWER_TIMEOUT:?} while setting up"),
+            hint: "is the broker overloaded or in a resource alarm?",
+            client_error: None,
+        }
     }
 
     /// The connection opened but setting up a channel or queue on it
@@ -67,50 +109,100 @@ impl ConnectError {
             url: Redacted(url.to_owned()),
             cause: source.to_string(),
             hint: "check that the user may declare and consume queues",
-            client_error: source,
+            client_error: Some(source),
         }
     }
 }
 
+/// A queue name as AMQP carries it: at most 255 bytes. Checked wherever a
+/// name comes from a person or a file, so a long one is an error to
+/// report, not a panic in the client library.
+pub fn queue_name(name: &str) -> Result<ShortString, QueueNameError> {
+    ShortString::try_new(name).map_err(|_| QueueNameError {
+        name: name.chars().take(40).collect(),
+        bytes: name.len(),
+    })
+}
+
+/// A queue name longer than AMQP allows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the queue name {name:?}... is {bytes} bytes long; AMQP allows at most 255 (shorten the name or the file name it comes from)"
+)]
+pub struct QueueNameError {
+    /// The start of the name.
+    name: String,
+    /// Its length in bytes.
+    bytes: usize,
+}
+
 /// Where the broker put a message published with [`publish_mandatory`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Routed {
     /// Into the queue named by the routing key.
     Queued,
-    /// Nowhere: no queue has that name, so the broker returned it.
-    Returned,
+    /// Nowhere: no queue has that name, so the broker returned it. The
+    /// message returned is not always the one published: when several are
+    /// returned at once the client may pair them in another order, so a
+    /// caller matches it by its correlation id.
+    Returned(Box<BasicReturnMessage>),
     /// The broker refused it (a negative confirm).
     Refused,
 }
 
+/// Why a message was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The client library failed to send it (the channel or connection is
+    /// gone, or the broker closed the channel).
+    #[error("publishing failed: {0}")]
+    Client(#[from] lapin::Error),
+    /// The broker did not confirm it in time.
+    #[error("the broker did not confirm the message within {0:?}")]
+    NoConfirm(Duration),
+    /// The broker refused it (a negative confirm), when the caller treats
+    /// that as a failure.
+    #[error("the broker refused the message (a negative confirm)")]
+    Refused,
+}
+
 /// Publishes `body` through the default exchange to the queue `queue`,
-/// `mandatory`, and waits for the broker's confirm, so an unroutable
-/// message is known at once rather than silently dropped. The channel must
-/// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
-/// be seen.
+/// `mandatory`, and waits for the broker's confirm (for at most
+/// [`CONFIRM_TIMEOUT`]), so an unroutable message is known at once rather
+/// than silently dropped. The channel must be in confirm mode for
+/// [`Routed::Returned`] and [`Routed::Refused`] to be seen.
+///
+/// Direct reply-to addresses are published without `mandatory`: RabbitMQ
+/// 3.10 returns a message sent to one even when it delivered it.
 pub(crate) async fn publish_mandatory(
     channel: &Channel,
     queue: ShortString,
     body: &[u8],
     properties: BasicProperties,
-) -> lapin::Result<Routed> {
-    let mandatory = BasicPublishOptions {
-        mandatory: true,
+) -> Result<Routed, PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: !queue.as_str().starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
-    let confirm = channel
-        .basic_publish("".into(), queue, mandatory, body, properties)
-        .await?
-        .await?;
+    let publish = async {
+        channel
+            .basic_publish("".into(), queue, options, body, properties)
+            .await?
+            .await
+    };
+    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+        .await
+        .map_err(|_| PublishError::NoConfirm(CONFIRM_TIMEOUT))??;
     Ok(match confirm {
-        Confirmation::Ack(Some(_returned)) => Routed::Returned,
+        Confirmation::Ack(Some(returned)) => Routed::Returned(Box::new(returned)),
         Confirmation::Nack(_) => Routed::Refused,
         Confirmation::Ack(None) | Confirmation::NotRequested => Routed::Queued,
     })
 }
 
-/// An AMQP URL that displays with its password replaced by `***`.
-#[derive(Clone, Debug)]
+/// An AMQP URL that displays, and debug-prints, with its password
+/// replaced by `***`.
+#[derive(Clone)]
 pub struct Redacted(pub String);
 
 impl fmt::Display for Redacted {
@@ -119,25 +211,42 @@ impl fmt::Display for Redacted {
     }
 }
 
+/// Parses a URL as given on the command line, so that the arguments
+/// holding it debug-print redacted too.
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(Redacted(url.to_owned()))
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact(&self.0), f)
+    }
+}
+
 /// `url` with the password of its user info, if any, replaced by `***`.
+///
+/// The user info ends at the last `@` before any `?` or `#`, not at the
+/// first `/`: a password with an unencoded `/` (which URL parsers
+/// disagree on) must still be hidden. Hiding too much is harmless.
 pub fn redact(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?', '#'])
+    let before_query = url[scheme_end..]
+        .find(['?', '#'])
         .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    let Some(at) = authority.rfind('@') else {
+    let Some(at) = url[scheme_end..before_query]
+        .rfind('@')
+        .map(|i| scheme_end + i)
+    else {
         return url.to_owned();
     };
-    match authority[..at].find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &url[scheme_end + at..]
-        ),
+    match url[scheme_end..at].find(':').map(|i| scheme_end + i) {
+        Some(colon) => format!("{}:***{}", &url[..colon], &url[at..]),
         None => url.to_owned(),
     }
 }
@@ -158,5 +267,34 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redact("amqps://a:p@ss:w@h/v?x=@"), "amqps://a:***@h/v?x=@");
+        assert_eq!(
+            redact("amqp://user:pa/ss@host:5672/%2f"),
+            "amqp://user:***@host:5672/%2f"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_password_too() {
+        let url = super::Redacted("amqp://guest:secret@host/".into());
+        assert_eq!(format!("{url:?}"), r#""amqp://guest:***@host/""#);
+    }
+
+    /// Refused before any connection is tried, so no broker is needed.
+    #[cfg(not(feature = "tls"))]
+    #[tokio::test]
+    async fn amqps_without_tls_is_refused_not_sent_in_plain_text() {
+        let err = super::connect("amqps://guest:secret@127.0.0.1:5672/%2f")
+            .await
+            .expect_err("refused");
+        let message = err.to_string();
+        assert!(message.contains("no TLS"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn long_queue_names_are_errors_not_panics() {
+        assert!(super::queue_name(&"q".repeat(255)).is_ok());
+        let err = super::queue_name(&"q".repeat(256)).unwrap_err();
+        assert!(err.to_string().contains("256 bytes"), "{err}");
     }
 }

@@ -61,7 +61,7 @@
 //! ```
 
 use crate::{
-    amqp::{self, Routed},
+    amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     wire,
 };
 use arc_swap::ArcSwap;
@@ -92,6 +92,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// (by a compute node that is itself reconnecting) before the next try.
 const QUEUE_BACK_POLL: Duration = Duration::from_millis(200);
 
+/// RabbitMQ's default `max_message_size` (128 MiB): a larger message
+/// makes the broker close the channel, which every call shares.
+pub const DEFAULT_MAX_BODY: usize = 128 << 20;
+
 /// How a [`Center`] sends its requests.
 #[derive(Clone, Debug)]
 pub struct CenterOptions {
@@ -105,6 +109,9 @@ pub struct CenterOptions {
     pub retries: u32,
     /// Where replies come back.
     pub reply_mode: ReplyMode,
+    /// The largest request body sent; a larger one fails its own call
+    /// with [`CallError::TooLarge`] without being published.
+    pub max_body: usize,
 }
 
 impl Default for CenterOptions {
@@ -114,6 +121,7 @@ impl Default for CenterOptions {
             timeout: Duration::from_secs(30),
             retries: 3,
             reply_mode: ReplyMode::Queue,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -128,9 +136,6 @@ pub enum ReplyMode {
     /// all; the broker routes replies straight to the center's channel.
     Direct,
 }
-
-/// The pseudo-queue of RabbitMQ's direct reply-to.
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// A successful reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -172,7 +177,16 @@ pub enum CallError {
     NoRoute(String),
     /// The request could not be published.
     #[error("publish-failed: could not publish the request: {0}")]
-    Publish(#[source] lapin::Error),
+    Publish(#[source] PublishError),
+    /// The request is larger than [`CenterOptions::max_body`]; it was not
+    /// sent, so it cannot close the channel the other calls share.
+    #[error("too-large: the request is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The request's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
     /// The broker refused the request (a negative confirm).
     #[error("refused: the broker refused the request")]
     Refused,
@@ -192,6 +206,7 @@ impl CallError {
             CallError::Remote { kind, .. } => kind,
             CallError::NoRoute(_) => "no-route",
             CallError::Publish(_) => "publish-failed",
+            CallError::TooLarge { .. } => "too-large",
             CallError::Refused => "refused",
             CallError::ConnectionLost => "connection-lost",
         }
@@ -207,8 +222,28 @@ impl CallError {
     }
 }
 
-/// Requests waiting for their reply, by correlation id.
-type Pending = Mutex<HashMap<String, oneshot::Sender<Delivery>>>;
+/// What ends a call's wait.
+enum Answer {
+    /// Its reply.
+    Reply(Box<Delivery>),
+    /// The broker returned its request: no queue of that name. Handed over
+    /// by whichever call's confirm carried the return.
+    Returned,
+}
+
+/// Requests waiting for their answer, by correlation id.
+type Pending = Mutex<HashMap<String, oneshot::Sender<Answer>>>;
+
+/// Why a [`Center`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The broker could not be reached or would not set up a reply queue.
+    #[error(transparent)]
+    Connect(#[from] amqp::ConnectError),
+    /// The request queue's name is not a valid AMQP queue name.
+    #[error(transparent)]
+    QueueName(#[from] amqp::QueueNameError),
+}
 
 /// An RPC client for compute nodes. Cheap to clone; clones share the
 /// connection, so calls from many tasks are multiplexed over it.
@@ -223,6 +258,7 @@ struct Shared {
     queue: ShortString,
     timeout: Duration,
     retries: u32,
+    max_body: usize,
     /// The session calls use; replaced when its connection is lost.
     session: ArcSwap<Session>,
     /// Held by the one call that reconnects, so a lost connection is
@@ -245,24 +281,24 @@ struct Session {
 
 impl Center {
     /// Connects to the broker at `url` with the default options.
-    pub async fn connect(url: &str) -> Result<Self, amqp::ConnectError> {
+    pub async fn connect(url: &str) -> Result<Self, StartError> {
         Self::connect_with(url, CenterOptions::default()).await
     }
 
     /// Connects to the broker at `url`, declares a private reply queue and
     /// starts consuming it, so no reply can arrive before anyone listens.
-    pub async fn connect_with(
-        url: &str,
-        options: CenterOptions,
-    ) -> Result<Self, amqp::ConnectError> {
+    /// Waits at most [`amqp::ANSWER_TIMEOUT`] for the broker.
+    pub async fn connect_with(url: &str, options: CenterOptions) -> Result<Self, StartError> {
+        let queue = amqp::queue_name(&options.queue)?;
         let session = Session::open(url, options.reply_mode, false).await?;
         Ok(Center {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 reply_mode: options.reply_mode,
-                queue: options.queue.into(),
+                queue,
                 timeout: options.timeout,
                 retries: options.retries,
+                max_body: options.max_body,
                 session: ArcSwap::from_pointee(session),
                 reconnecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -282,6 +318,12 @@ impl Center {
     pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
         let shared = &*self.shared;
         let body = body.as_ref();
+        if body.len() > shared.max_body {
+            return Err(CallError::TooLarge {
+                size: body.len(),
+                limit: shared.max_body,
+            });
+        }
         let deadline = Instant::now() + shared.timeout;
         // Kept across retries, so every copy of the request is the same
         // request in the logs of both sides.
@@ -297,7 +339,7 @@ impl Center {
         };
         let mut retried = 0;
         loop {
-            let attempt = session.publish_and_wait(&shared.queue, &correlation_id, body);
+            let attempt = session.publish_and_wait(&shared.queue, &correlation_id, body, deadline);
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => error,
@@ -348,22 +390,15 @@ impl Center {
             if current.is_alive() {
                 return Some(current);
             }
-            // Bounded: while a broker starts up it may accept the
-            // connection and not answer on it.
-            let open = Session::open(&shared.url, shared.reply_mode, true);
-            match tokio::time::timeout(amqp::ANSWER_TIMEOUT, open).await {
-                Ok(Ok(session)) => {
+            match Session::open(&shared.url, shared.reply_mode, true).await {
+                Ok(session) => {
                     info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
                     let session = Arc::new(session);
                     shared.session.store(session.clone());
                     return Some(session);
                 }
-                failed => {
-                    let cause = match failed {
-                        Ok(Err(err)) => err.to_string(),
-                        _ => format!("no answer within {:?}", amqp::ANSWER_TIMEOUT),
-                    };
-                    warn!(%cause, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
+                Err(err) => {
+                    warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -396,25 +431,28 @@ impl Center {
         }
     }
 
-    /// Closes the connection. Calls still waiting fail with
+    /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for
+    /// the broker to answer. Calls still waiting fail with
     /// [`CallError::ConnectionLost`], without retrying.
     pub async fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
         let session = self.shared.session.load_full();
-        let _ = session.connection.close(200, "OK".into()).await;
+        let close = session.connection.close(200, "OK".into());
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
     }
 }
 
 impl Session {
     /// Connects and starts consuming replies: from a new private reply
-    /// queue, or by direct reply-to.
+    /// queue, or by direct reply-to. Bounded: while a broker starts up it
+    /// may accept the connection and not answer on it.
     async fn open(
         url: &str,
         reply_mode: ReplyMode,
         reconnected: bool,
     ) -> Result<Session, amqp::ConnectError> {
         let connection = amqp::connect(url).await?;
-        let setup = async {
+        let setup = tokio::time::timeout(amqp::ANSWER_TIMEOUT, async {
             let channel = connection.create_channel().await?;
             // Confirms tell a request the broker could not route (no such
             // queue) at once, instead of after the timeout.
@@ -451,10 +489,11 @@ impl Session {
                 )
                 .await?;
             Ok::<_, lapin::Error>((channel, reply_queue, replies))
+        });
+        let (channel, reply_queue, replies) = match setup.await {
+            Ok(set_up) => set_up.map_err(|source| amqp::ConnectError::setup(url, source))?,
+            Err(_) => return Err(amqp::ConnectError::no_answer(url)),
         };
-        let (channel, reply_queue, replies) = setup
-            .await
-            .map_err(|source| amqp::ConnectError::setup(url, source))?;
 
         let pending = Arc::new(Pending::default());
         let alive = Arc::new(AtomicBool::new(true));
@@ -473,12 +512,14 @@ impl Session {
         self.alive.load(Ordering::Acquire) && self.channel.status().connected()
     }
 
-    /// Publishes one request on this session and waits for its reply.
+    /// Publishes one request on this session and waits for its reply. The
+    /// request expires at `deadline`, when nobody waits for it any more.
     async fn publish_and_wait(
         &self,
         queue: &ShortString,
         correlation_id: &str,
         body: &[u8],
+        deadline: Instant,
     ) -> Result<Reply, CallError> {
         let (sender, receiver) = oneshot::channel();
         let _waiting = Waiting::register(&self.pending, correlation_id.to_owned(), sender);
@@ -492,19 +533,42 @@ impl Session {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
+        let properties = wire::with_expiry(
+            properties,
+            deadline.saturating_duration_since(Instant::now()),
+        );
         let routed = amqp::publish_mandatory(&self.channel, queue.clone(), body, properties)
             .await
             .map_err(CallError::Publish)?;
         match routed {
             Routed::Queued => {}
-            Routed::Returned => return Err(CallError::NoRoute(queue.to_string())),
+            Routed::Returned(returned) => {
+                let returned_id = returned.delivery.properties.correlation_id();
+                match returned_id.as_ref().map(ShortString::as_str) {
+                    Some(id) if id == correlation_id => {
+                        return Err(CallError::NoRoute(queue.to_string()));
+                    }
+                    // The client paired another call's return with this
+                    // publish; that call learns it here, and this one's
+                    // return, if any, reaches it the same way.
+                    Some(id) => {
+                        if let Some(other) = lock(&self.pending).remove(id) {
+                            let _ = other.send(Answer::Returned);
+                        }
+                    }
+                    None => {}
+                }
+            }
             Routed::Refused => return Err(CallError::Refused),
         }
 
-        // The sender is dropped without a reply only when the reply
+        // The sender is dropped without an answer only when the reply
         // consumer ends, that is when the connection is gone.
-        let delivery = receiver.await.map_err(|_| CallError::ConnectionLost)?;
-        into_reply(delivery)
+        match receiver.await {
+            Ok(Answer::Reply(delivery)) => into_reply(*delivery),
+            Ok(Answer::Returned) => Err(CallError::NoRoute(queue.to_string())),
+            Err(_) => Err(CallError::ConnectionLost),
+        }
     }
 }
 
@@ -520,7 +584,7 @@ impl<'a> Waiting<'a> {
     fn register(
         pending: &'a Pending,
         correlation_id: String,
-        sender: oneshot::Sender<Delivery>,
+        sender: oneshot::Sender<Answer>,
     ) -> Self {
         lock(pending).insert(correlation_id.clone(), sender);
         Waiting {
@@ -538,9 +602,7 @@ impl Drop for Waiting<'_> {
 
 /// The map is only held for an insert or a remove, and no code panics
 /// while holding it, so a poisoned lock still holds consistent data.
-fn lock(
-    pending: &Pending,
-) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Delivery>>> {
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
     pending
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -559,7 +621,7 @@ async fn route_replies(mut replies: Consumer, pending: Arc<Pending>, alive: Arc<
             .and_then(|id| lock(&pending).remove(id.as_str()));
         match waiter {
             Some(sender) => {
-                let _ = sender.send(delivery);
+                let _ = sender.send(Answer::Reply(Box::new(delivery)));
             }
             None => debug!(
                 ?correlation_id,

@@ -8,16 +8,24 @@
 //! function, and a removed one stops its node cleanly (it cancels its
 //! consumer and answers the requests it has first). All functions count
 //! into one set of metrics, served on `--metrics-addr`.
+//!
+//! Nothing in the directory stops the node: a file whose name makes no
+//! valid queue name, or that is not a usable module, is logged once and
+//! skipped until its content changes; a directory that cannot be read for
+//! a while (replaced by two renames, say) is logged once and the running
+//! functions go on serving; a replaced directory is watched anew.
 
 use crate::{
-    amqp::ConnectError,
+    amqp::{self, ConnectError},
     metrics::{self, NodeMetrics},
     node::{ComputeNode, NodeConfig},
+    sandbox,
 };
-use notify::{RecursiveMode, Watcher as _};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::{
     collections::BTreeMap,
     future::Future,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -56,9 +64,10 @@ struct Running {
 ///
 /// # Errors
 ///
-/// When the directory cannot be read or watched, or the metrics address
-/// cannot be bound. A module that cannot be served is logged and tried
-/// again when it changes.
+/// When the directory cannot be read or watched at start, or the metrics
+/// address cannot be bound. Later, nothing in the directory is an error:
+/// a module that cannot be served is logged and tried again when it
+/// changes, and a directory that cannot be read is tried again.
 pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Result<()> {
     let metrics = Arc::new(NodeMetrics::new());
     let _metrics_server = match config.node.metrics_addr {
@@ -66,18 +75,38 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
         None => None,
     };
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |_| {
-        let _ = changed.send(());
-    })?;
-    watcher.watch(&config.dir, RecursiveMode::NonRecursive)?;
+    let mut watch = DirWatch::start(&config.dir, changed)?;
+    module_files(&config.dir)?;
     info!(dir = %config.dir.display(), prefix = %config.queue_prefix, "serving every module in the directory");
 
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut failed: BTreeMap<String, Failed> = BTreeMap::new();
+    let mut unreadable: Option<String> = None;
     let mut rescan = tokio::time::interval(RESCAN);
     tokio::pin!(shutdown);
     loop {
-        let present = module_files(&config.dir)?;
+        watch.follow(&config.dir);
+        let present = match module_files(&config.dir) {
+            Ok(present) => {
+                if unreadable.take().is_some() {
+                    info!(dir = %config.dir.display(), "the directory can be read again");
+                }
+                present
+            }
+            Err(err) => {
+                let reason = format!("{err:#}");
+                if unreadable.as_ref() != Some(&reason) {
+                    warn!(cause = %reason, functions = running.len(), "cannot read the module directory; the running functions go on serving");
+                    unreadable = Some(reason);
+                }
+                // As if nothing changed: a directory gone for a moment
+                // must not stop every function.
+                running
+                    .keys()
+                    .map(|name| (name.clone(), PathBuf::new()))
+                    .collect()
+            }
+        };
         for (name, path) in &present {
             let unchanged_since_failing = failed
                 .get(name)
@@ -85,7 +114,12 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
             if running.contains_key(name) || unchanged_since_failing {
                 continue;
             }
-            match start(&config, name, path, metrics.clone()).await {
+            let queue = format!("{}.{name}", config.queue_prefix);
+            if let Err(err) = amqp::queue_name(&queue) {
+                report_failure(&mut failed, name, path, &err.into());
+                continue;
+            }
+            match start(&config, &queue, path, metrics.clone()).await {
                 Ok(function) => {
                     failed.remove(name);
                     running.insert(name.clone(), function);
@@ -127,16 +161,16 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
     Ok(())
 }
 
-/// Starts serving the module at `path` as function `name`.
+/// Starts serving the module at `path` on `queue`.
 async fn start(
     config: &FunctionsConfig,
-    name: &str,
+    queue: &str,
     path: &Path,
     metrics: Arc<NodeMetrics>,
 ) -> anyhow::Result<Running> {
     let node_config = NodeConfig {
         module: path.to_owned(),
-        queue: format!("{}.{name}", config.queue_prefix),
+        queue: queue.to_owned(),
         ..config.node.clone()
     };
     let node = ComputeNode::start_with_metrics(&node_config, metrics).await?;
@@ -162,15 +196,19 @@ async fn stop(name: &str, function: Running) {
 /// Why a function could not start.
 struct Failed {
     reason: String,
-    /// When the module itself was at fault, the file's modification time
-    /// then: it is not compiled again until the file changes. `None` when
-    /// the broker was at fault, which the next scan tries again.
-    module_modified: Option<SystemTime>,
+    /// When the module itself was at fault, the digest of the file's
+    /// content then: it is not compiled again until the content changes
+    /// (a mended file with the same modification time included). `None`
+    /// when the broker was at fault, which the next scan tries again.
+    module_digest: Option<String>,
+    /// Whether `reason` was logged as a warning (not only at debug level,
+    /// while the file was still being written).
+    warned: bool,
 }
 
 impl Failed {
     fn module_unchanged(&self, path: &Path) -> bool {
-        self.module_modified.is_some() && self.module_modified == modified(path)
+        self.module_digest.is_some() && self.module_digest == content_digest(path)
     }
 }
 
@@ -183,37 +221,101 @@ fn report_failure(
     err: &anyhow::Error,
 ) {
     let reason = format!("{err:#}");
-    let broker_at_fault = err.downcast_ref::<ConnectError>().is_some()
+    let broker_at_fault = err
+        .downcast_ref::<ConnectError>()
+        .is_some_and(|err| err.lapin_error().is_some())
         || err.downcast_ref::<lapin::Error>().is_some();
     let recently_written = modified(path)
         .and_then(|modified| SystemTime::now().duration_since(modified).ok())
         .is_some_and(|age| age < SETTLE);
+    let already_warned = failed
+        .get(name)
+        .is_some_and(|failure| failure.warned && failure.reason == reason);
     if recently_written {
         debug!(function = %name, cause = %reason, "cannot serve the module yet; it may still be being written");
-    } else if failed
-        .get(name)
-        .is_none_or(|failure| failure.reason != reason)
-    {
+    } else if !already_warned {
         warn!(function = %name, path = %path.display(), cause = %reason, "cannot serve this function; will try again when it changes");
     }
-    let module_modified = if broker_at_fault || recently_written {
+    let module_digest = if broker_at_fault || recently_written {
         None
     } else {
-        modified(path)
+        content_digest(path)
     };
     failed.insert(
         name.to_owned(),
         Failed {
             reason,
-            module_modified,
+            module_digest,
+            warned: !recently_written,
         },
     );
+}
+
+fn content_digest(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| sandbox::digest(&bytes))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path)
         .and_then(|metadata| metadata.modified())
         .ok()
+}
+
+/// The watch on the module directory, following the directory when it is
+/// replaced (a watch stays on the directory it was made on, even after a
+/// rename moves another one into its place). Without a watch the periodic
+/// scan still finds every change, only later.
+struct DirWatch {
+    watcher: Option<RecommendedWatcher>,
+    /// The device and inode of the directory being watched.
+    watching: Option<(u64, u64)>,
+    changed: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl DirWatch {
+    fn start(dir: &Path, changed: tokio::sync::mpsc::UnboundedSender<()>) -> anyhow::Result<Self> {
+        let mut watch = DirWatch {
+            watcher: None,
+            watching: None,
+            changed,
+        };
+        watch.watcher = Some(watch.watch(dir)?);
+        watch.watching = identity(dir);
+        Ok(watch)
+    }
+
+    fn watch(&self, dir: &Path) -> notify::Result<RecommendedWatcher> {
+        let changed = self.changed.clone();
+        let mut watcher = notify::recommended_watcher(move |_| {
+            let _ = changed.send(());
+        })?;
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        Ok(watcher)
+    }
+
+    /// Watches `dir` again if it is not the directory being watched.
+    fn follow(&mut self, dir: &Path) {
+        let now = identity(dir);
+        if now.is_none() || now == self.watching {
+            return;
+        }
+        match self.watch(dir) {
+            Ok(watcher) => {
+                debug!(dir = %dir.display(), "the module directory was replaced; watching the new one");
+                self.watcher = Some(watcher);
+                self.watching = now;
+            }
+            Err(err) => debug!(cause = %err, "cannot watch the new module directory yet"),
+        }
+    }
+}
+
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir)
+        .ok()
+        .map(|metadata| (metadata.dev(), metadata.ino()))
 }
 
 /// The `*.wasm` files in `dir`, by function name (file stem). Hidden files

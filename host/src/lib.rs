@@ -22,6 +22,10 @@
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
 //!   connection and one reply queue, matched by correlation id, sent again
 //!   after a lost connection.
+//! - `escaped` (private): text from clients and guests, its control
+//!   characters escaped for the log.
+//! - `throttle` (private): warnings that a client could repeat per
+//!   request, logged at most once per interval.
 //! - `metrics` (private): the node's Prometheus metrics and the small
 //!   HTTP endpoint that serves them (`--metrics-addr`).
 //! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
@@ -32,15 +36,17 @@
 pub mod amqp;
 pub mod center;
 pub mod cli;
+mod escaped;
 pub mod functions;
 mod metrics;
 pub mod node;
 pub mod reload;
 mod request;
 pub mod sandbox;
+mod throttle;
 pub mod wire;
 
-pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode};
+pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode, StartError};
 pub use node::{ComputeNode, NodeConfig};
 pub use reload::LiveModule;
 pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

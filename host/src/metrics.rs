@@ -12,7 +12,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::{ConstGauge, Gauge},
+        gauge::ConstGauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -26,9 +26,31 @@ use std::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+pub(crate) use prometheus_client::metrics::gauge::Gauge;
+
+/// Scrapes answered at once; more wait for a free slot, so a flood of
+/// connections cannot take the node's file descriptors or memory.
+const MAX_SCRAPES: usize = 8;
+/// The wait after a failed accept (out of file descriptors, say), so the
+/// accept loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long one scrape may take, from reading the request to writing the
+/// last byte of the metrics, so a slow or silent client frees its slot.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sets a gauge back to 0 when dropped, however its owner ends.
+pub(crate) struct ClearOnDrop(pub(crate) Gauge);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
 
 /// What happened to a request: `ok`, an error kind (`bad-request`,
 /// `compute-failed`, `timeout`, `too-large`), `rejected` (no `reply_to`)
@@ -106,6 +128,8 @@ type Modules = Mutex<BTreeMap<String, Arc<LiveModule>>>;
 pub(crate) struct NodeMetrics {
     registry: Registry,
     pub(crate) requests: Arc<RequestMetrics>,
+    /// 1 while the broker blocks publishing (a memory or disk alarm).
+    pub(crate) broker_blocked: Gauge,
     modules: Arc<Modules>,
 }
 
@@ -152,6 +176,12 @@ impl NodeMetrics {
             "Requests being computed or replied to",
             requests.in_flight.clone(),
         );
+        let broker_blocked = Gauge::default();
+        registry.register(
+            "broker_blocked",
+            "1 while RabbitMQ blocks this node's publishing (a memory or disk alarm)",
+            broker_blocked.clone(),
+        );
         let modules = Arc::new(Modules::default());
         registry.register_collector(Box::new(ModuleCollector {
             modules: modules.clone(),
@@ -159,6 +189,7 @@ impl NodeMetrics {
         NodeMetrics {
             registry,
             requests,
+            broker_blocked,
             modules,
         }
     }
@@ -175,16 +206,31 @@ impl NodeMetrics {
         if let Ok(address) = listener.local_addr() {
             info!(%address, "serving metrics on http://{address}/metrics");
         }
+        let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
+                let Ok(slot) = scrapes.clone().acquire_owned().await else {
+                    return;
+                };
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        warn!(cause = %err, "cannot accept a metrics connection");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
                 };
                 let metrics = self.clone();
                 tokio::spawn(async move {
-                    if let Err(err) = metrics.respond(stream).await {
-                        debug!(%peer, cause = %err, "metrics request failed");
+                    let scrape = tokio::time::timeout(SCRAPE_TIMEOUT, metrics.respond(stream));
+                    match scrape.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => debug!(%peer, cause = %err, "metrics request failed"),
+                        Err(_) => {
+                            debug!(%peer, "metrics request took longer than {SCRAPE_TIMEOUT:?}")
+                        }
                     }
+                    drop(slot);
                 });
             }
         }))
@@ -196,9 +242,7 @@ impl NodeMetrics {
         let mut head = Vec::with_capacity(1024);
         let mut buffer = [0; 1024];
         while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
-                .await
-                .map_err(|_| std::io::ErrorKind::TimedOut)??;
+            let read = stream.read(&mut buffer).await?;
             if read == 0 {
                 break;
             }

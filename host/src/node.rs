@@ -18,11 +18,12 @@ use crate::{
     reload::{self, LiveModule},
     request::Handler,
     sandbox::{Limits, Sandbox},
+    throttle::Throttle,
 };
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use lapin::{
-    Channel, Connection, Consumer,
+    Channel, Connection, Consumer, Event,
     options::{
         BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
         QueueDeclareOptions,
@@ -30,6 +31,7 @@ use lapin::{
     types::FieldTable,
 };
 use std::{
+    fmt,
     future::Future,
     net::SocketAddr,
     path::PathBuf,
@@ -44,7 +46,7 @@ use tokio_util::{
 use tracing::{info, warn};
 
 /// Everything a node needs to start.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// The compute module to serve.
     pub module: PathBuf,
@@ -76,12 +78,26 @@ impl NodeConfig {
     }
 }
 
+/// Debug output with the broker's password hidden.
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("module", &self.module)
+            .field("queue", &self.queue)
+            .field("amqp_url", &Redacted(self.amqp_url.clone()))
+            .field("prefetch", &self.prefetch)
+            .field("limits", &self.limits)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish()
+    }
+}
+
 /// The first wait before reconnecting; it doubles at each failed attempt.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts to reconnect.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a stopping node waits for its requests in flight, beyond the
-/// guest's own deadline.
+/// guest's wall-clock limit: for their replies' confirms.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 /// A node that is connected and consuming, ready to [`run`](Self::run).
@@ -105,6 +121,8 @@ struct Session {
     in_flight: TaskTracker,
     /// Stops them when the session is lost.
     abandon: CancellationToken,
+    /// Logs the broker's memory and disk alarms on this connection.
+    _alarms: AbortOnDropHandle<()>,
 }
 
 /// Why serving on a session stopped.
@@ -149,7 +167,7 @@ impl ComputeNode {
         let started = Instant::now();
         let module = sandbox.load(&config.module)?;
         let compile_ms = started.elapsed().as_millis();
-        let session = Session::open(config).await?;
+        let session = Session::open(config, &metrics).await?;
         info!(
             module = %config.module.display(),
             function = module.name(),
@@ -202,11 +220,16 @@ impl ComputeNode {
             ..
         } = self;
         tokio::pin!(shutdown);
+        let caller_gone = Arc::new(Throttle::default());
+        let rejected = Arc::new(Throttle::default());
         loop {
             let handler = Arc::new(Handler {
                 live: live.clone(),
                 channel: session.channel.clone(),
                 metrics: metrics.requests.clone(),
+                max_body: config.limits.max_body,
+                caller_gone: caller_gone.clone(),
+                rejected: rejected.clone(),
             });
             match session.serve(&handler, shutdown.as_mut()).await {
                 Ended::Shutdown => {
@@ -215,7 +238,9 @@ impl ComputeNode {
                         "shutting down: finishing the requests in flight"
                     );
                     session.stop_consuming().await;
-                    session.drain(config.limits.timeout + DRAIN_GRACE).await;
+                    session
+                        .drain(config.limits.wall_timeout + DRAIN_GRACE)
+                        .await;
                     session.close().await;
                     info!("stopped");
                     return Ok(());
@@ -230,7 +255,7 @@ impl ComputeNode {
                     // replies could wait forever for a confirm.
                     session.abandon.cancel();
                     session.close().await;
-                    match reopen(&config, shutdown.as_mut()).await {
+                    match reopen(&config, &metrics, shutdown.as_mut()).await {
                         Some(reopened) => session = reopened,
                         None => {
                             info!("shut down while reconnecting");
@@ -244,14 +269,34 @@ impl ComputeNode {
 }
 
 impl Session {
-    async fn open(config: &NodeConfig) -> anyhow::Result<Session> {
+    /// Connects, declares the queue and starts consuming, waiting at most
+    /// [`amqp::ANSWER_TIMEOUT`] in all: while a broker starts up it may
+    /// accept the connection and not answer on it.
+    async fn open(config: &NodeConfig, metrics: &NodeMetrics) -> anyhow::Result<Session> {
+        let queue = amqp::queue_name(&config.queue)?;
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, Self::set_up(config, queue, metrics)).await
+        {
+            Ok(opened) => opened,
+            Err(_) => anyhow::bail!(
+                "RabbitMQ did not answer within {:?} while the node set up its queue",
+                amqp::ANSWER_TIMEOUT
+            ),
+        }
+    }
+
+    async fn set_up(
+        config: &NodeConfig,
+        queue: lapin::types::ShortString,
+        metrics: &NodeMetrics,
+    ) -> anyhow::Result<Session> {
         let connection = amqp::connect(&config.amqp_url).await?;
+        let alarms = watch_alarms(&connection, metrics.broker_blocked.clone());
         let channel = connection.create_channel().await?;
         // Declared exactly as the Python examples declare it, so either
         // side may declare it first.
         channel
             .queue_declare(
-                config.queue.as_str().into(),
+                queue.clone(),
                 QueueDeclareOptions::default(),
                 FieldTable::default(),
             )
@@ -265,7 +310,7 @@ impl Session {
             .await?;
         let consumer = channel
             .basic_consume(
-                config.queue.as_str().into(),
+                queue,
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -277,6 +322,7 @@ impl Session {
             consumer,
             in_flight: TaskTracker::new(),
             abandon: CancellationToken::new(),
+            _alarms: alarms,
         })
     }
 
@@ -310,13 +356,19 @@ impl Session {
 
     /// Asks the broker for no more requests; those already delivered are
     /// still answered.
+    /// Bounded: a broker that does not answer must not hold up shutdown;
+    /// closing the channel then stops the deliveries anyway.
     async fn stop_consuming(&self) {
-        let cancelled = self
+        let cancel = self
             .channel
-            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default())
-            .await;
-        if let Err(err) = cancelled {
-            warn!(cause = %err, "could not cancel the consumer");
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(cause = %err, "could not cancel the consumer"),
+            Err(_) => warn!(
+                "the broker did not confirm the consumer's cancel within {:?}",
+                amqp::ANSWER_TIMEOUT
+            ),
         }
     }
 
@@ -356,7 +408,11 @@ impl Session {
 
 /// Opens a new session, waiting longer after each failed attempt, until
 /// one opens (`Some`) or `shutdown` completes (`None`).
-async fn reopen(config: &NodeConfig, mut shutdown: Pin<&mut impl Future>) -> Option<Session> {
+async fn reopen(
+    config: &NodeConfig,
+    metrics: &NodeMetrics,
+    mut shutdown: Pin<&mut impl Future>,
+) -> Option<Session> {
     let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0u32;
     loop {
@@ -365,14 +421,9 @@ async fn reopen(config: &NodeConfig, mut shutdown: Pin<&mut impl Future>) -> Opt
             _ = shutdown.as_mut() => return None,
             _ = tokio::time::sleep(backoff) => {}
         }
-        // Bounded: while a broker starts up it may accept the connection
-        // and not answer on it.
-        let open = tokio::time::timeout(amqp::ANSWER_TIMEOUT, Session::open(config));
         let opened = tokio::select! {
             _ = shutdown.as_mut() => return None,
-            opened = open => opened.unwrap_or_else(|_| Err(anyhow::anyhow!(
-                "the broker did not answer within {:?}", amqp::ANSWER_TIMEOUT
-            ))),
+            opened = Session::open(config, metrics) => opened,
         };
         match opened {
             Ok(session) => {
@@ -390,6 +441,29 @@ async fn reopen(config: &NodeConfig, mut shutdown: Pin<&mut impl Future>) -> Opt
             }
         }
     }
+}
+
+/// Logs when the broker blocks this connection's publishing (a memory or
+/// disk alarm: replies then wait, and so do the requests behind them)
+/// and when it lifts the block, and shows it in `blocked`.
+fn watch_alarms(connection: &Connection, blocked: metrics::Gauge) -> AbortOnDropHandle<()> {
+    let mut events = connection.events_listener();
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let _cleared_when_gone = metrics::ClearOnDrop(blocked.clone());
+        while let Some(event) = events.next().await {
+            match event {
+                Event::ConnectionBlocked(reason) => {
+                    blocked.set(1);
+                    warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm); replies wait until it lifts");
+                }
+                Event::ConnectionUnblocked => {
+                    blocked.set(0);
+                    info!("RabbitMQ lifted its block; replies flow again");
+                }
+                _ => {}
+            }
+        }
+    }))
 }
 
 /// Starts a node with `config` and serves until `shutdown` completes.

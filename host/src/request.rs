@@ -2,36 +2,104 @@
 //!
 //! A request is only acked once the broker has confirmed its reply, so a
 //! reply lost on the way out leaves the request to be redelivered. A
-//! request that cannot be answered at all (no `reply_to`) is rejected
-//! without requeue: redelivering it could never help, and in the article
-//! this project grew from it crashed the node at every redelivery. Replies
-//! are published `mandatory`: a reply whose `reply_to` queue is gone (the
-//! caller left) comes back, is logged, and its request is acked, since
-//! computing it again cannot reach anyone either.
+//! request that cannot be answered at all is rejected without requeue, so
+//! a dead-letter exchange on the queue catches it: redelivering it could
+//! never help, and in the article this project grew from such a request
+//! crashed the node at every redelivery. Each [`Rejection`] names why.
+//! Replies are published `mandatory`: a reply whose `reply_to` queue is
+//! gone (the caller left) comes back, is logged, and its request is
+//! acked, since computing it again cannot reach anyone either.
+//!
+//! A reply the broker refuses (a negative confirm, say from a full reply
+//! queue) is published again a few times, with backoff, without computing
+//! it again; then its request is rejected. So a poison request is settled
+//! once, never recomputed in a loop.
 
 use crate::{
-    amqp::{self, Routed},
+    amqp::{self, PublishError, Routed},
+    escaped::Escaped,
     metrics::RequestMetrics,
     reload::LiveModule,
     sandbox::ComputeModule,
+    throttle::Throttle,
     wire,
 };
 use lapin::{
-    Channel,
+    BasicProperties, Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
     types::ShortString,
 };
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 use tracing::{Instrument as _, debug, info_span, warn};
 
-/// Why a reply did not reach the broker.
-#[derive(Debug, thiserror::Error)]
-enum ReplyError {
-    #[error("publishing failed: {0}")]
-    Publish(#[from] lapin::Error),
-    #[error("the broker refused the reply (negative confirm)")]
-    Refused,
+/// How many times a reply is published before its request is given up.
+const REPLY_ATTEMPTS: u32 = 3;
+/// The wait before publishing a reply again; it doubles at each attempt.
+const REPLY_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a request is rejected without requeue instead of answered. Each
+/// is counted under its own `outcome`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Rejection {
+    #[error("the request has no reply_to, so nobody can get an answer")]
+    NoReplyTo,
+    #[error("its reply_to is not valid UTF-8, so no reply can reach its caller")]
+    ReplyToNotUtf8,
+    #[error(
+        "its correlation_id is not valid UTF-8, so a reply could not carry it back for the caller to match"
+    )]
+    CorrelationIdNotUtf8,
+    #[error("it expired (its timestamp and expiration) before a slot was free to compute it")]
+    Expired,
+    #[error("its reply could not be delivered in {REPLY_ATTEMPTS} attempts")]
+    Undeliverable,
+}
+
+impl Rejection {
+    /// The `outcome` label it is counted under.
+    pub(crate) fn outcome(self) -> &'static str {
+        match self {
+            Rejection::NoReplyTo => "no-reply-to",
+            Rejection::ReplyToNotUtf8 | Rejection::CorrelationIdNotUtf8 => "bad-properties",
+            Rejection::Expired => "expired",
+            Rejection::Undeliverable => "undeliverable",
+        }
+    }
+
+    /// Whether the request can be answered at all: it names a usable
+    /// `reply_to`, a correlation id that can be echoed, and is not
+    /// expired.
+    fn check(properties: &BasicProperties) -> Result<&ShortString, Rejection> {
+        let reply_to = properties.reply_to().as_ref().ok_or(Rejection::NoReplyTo)?;
+        if reply_to.is_lossy() {
+            return Err(Rejection::ReplyToNotUtf8);
+        }
+        if properties
+            .correlation_id()
+            .as_ref()
+            .is_some_and(ShortString::is_lossy)
+        {
+            return Err(Rejection::CorrelationIdNotUtf8);
+        }
+        if wire::expired(properties, SystemTime::now()) {
+            return Err(Rejection::Expired);
+        }
+        Ok(reply_to)
+    }
+}
+
+/// What became of a reply.
+enum Delivered {
+    /// The broker took it: queued, or returned because the caller is gone.
+    Settled(Routed),
+    /// The broker refused it or did not confirm it, every attempt.
+    GaveUp(PublishError),
+    /// The channel is gone: nothing can be settled on it any more.
+    ChannelLost(PublishError),
 }
 
 /// Handles the requests of one node. Shared by all request tasks.
@@ -43,12 +111,18 @@ pub(crate) struct Handler {
     pub(crate) channel: Channel,
     /// Where each request's outcome and timings are counted.
     pub(crate) metrics: Arc<RequestMetrics>,
+    /// The largest reply body, error messages included.
+    pub(crate) max_body: usize,
+    /// Warnings that one client could repeat per request.
+    pub(crate) caller_gone: Arc<Throttle>,
+    pub(crate) rejected: Arc<Throttle>,
 }
 
 impl Handler {
     /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
     /// every outcome is logged here, in a span that names the request's
-    /// correlation id (and so does anything the guest prints).
+    /// correlation id (and so does anything the guest prints). The id is
+    /// logged escaped: it comes from any client, newlines included.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let correlation_id = delivery
             .properties
@@ -58,24 +132,19 @@ impl Handler {
         // This request runs on this version to the end, even if another
         // is swapped in meanwhile.
         let module = self.live.current();
-        let span = info_span!("request", %correlation_id, function = module.name());
+        let span = info_span!(
+            "request",
+            correlation_id = %Escaped(correlation_id),
+            function = module.name()
+        );
         let _in_flight = self.metrics.start();
         self.answer(delivery, module).instrument(span).await
     }
 
     async fn answer(&self, delivery: Delivery, module: Arc<ComputeModule>) {
-        let Some(reply_to) = delivery.properties.reply_to() else {
-            warn!(
-                delivery_tag = delivery.delivery_tag,
-                "request has no reply_to, so nobody can get an answer; rejecting it without requeue"
-            );
-            let rejected = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
-            log_ack_failure(rejected);
-            self.metrics.settled(module.name(), "rejected");
-            return;
+        let reply_to = match Rejection::check(&delivery.properties) {
+            Ok(reply_to) => reply_to.clone(),
+            Err(rejection) => return self.reject(delivery, &module, rejection).await,
         };
 
         let started = Instant::now();
@@ -84,10 +153,13 @@ impl Handler {
         self.metrics.guest_call(module.name(), guest_time);
         let (body, error) = match outcome {
             Ok(body) => (body, None),
-            Err(err) => (err.to_string().into_bytes(), Some(err.kind())),
+            Err(err) => (
+                wire::error_body(&err.to_string(), self.max_body),
+                Some(err.kind()),
+            ),
         };
         debug!(
-            reply_to = %reply_to,
+            reply_to = %Escaped(reply_to.as_str()),
             function = module.name(),
             module = module.digest(),
             error = error.map(|kind| kind.as_str()),
@@ -98,11 +170,14 @@ impl Handler {
 
         let properties =
             wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
-        match self.reply(reply_to.clone(), &body, properties).await {
-            Ok(routed) => {
-                if routed == Routed::Returned {
+        match self.reply(&reply_to, &body, properties).await {
+            Delivered::Settled(routed) => {
+                if let Routed::Returned(_) = routed
+                    && let Some(held_back) = self.caller_gone.admit()
+                {
                     warn!(
-                        %reply_to,
+                        reply_to = %Escaped(reply_to.as_str()),
+                        held_back,
                         "no queue named by reply_to (the caller is gone); dropping the reply and acking the request"
                     );
                 }
@@ -112,13 +187,17 @@ impl Handler {
                 self.metrics.settled(module.name(), outcome);
                 self.metrics.answered(module.name(), started.elapsed());
             }
-            Err(err) => {
-                if self.channel.status().connected() {
-                    warn!(cause = %err, "reply not delivered; requeueing the request");
-                } else {
-                    // The node warns once about the lost connection.
-                    debug!(cause = %err, "reply not delivered: the connection is gone");
+            Delivered::GaveUp(cause) => {
+                if let Some(held_back) = self.rejected.admit() {
+                    warn!(reply_to = %Escaped(reply_to.as_str()), %cause, held_back, "reply not delivered; rejecting the request without requeue");
                 }
+                self.reject(delivery, &module, Rejection::Undeliverable)
+                    .await;
+            }
+            Delivered::ChannelLost(cause) => {
+                // The node warns once about the lost connection; the
+                // broker redelivers the request.
+                debug!(%cause, "reply not delivered: the channel is gone");
                 let nacked = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -132,17 +211,57 @@ impl Handler {
         }
     }
 
-    /// Publishes a reply and waits for the broker's confirm: queued, or
-    /// returned because the caller's queue is gone.
+    /// Rejects `delivery` without requeue, so a dead-letter exchange on the
+    /// queue gets it and the broker never redelivers it.
+    async fn reject(&self, delivery: Delivery, module: &ComputeModule, why: Rejection) {
+        if why != Rejection::Undeliverable
+            && let Some(held_back) = self.rejected.admit()
+        {
+            warn!(
+                delivery_tag = delivery.delivery_tag,
+                cause = %why,
+                held_back,
+                "rejecting a request without requeue"
+            );
+        }
+        let rejected = delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        log_ack_failure(rejected);
+        self.metrics.settled(module.name(), why.outcome());
+    }
+
+    /// Publishes a reply and waits for the broker's confirm, publishing it
+    /// again after a refusal or a missing confirm, up to
+    /// [`REPLY_ATTEMPTS`] times.
     async fn reply(
         &self,
-        reply_to: ShortString,
+        reply_to: &ShortString,
         body: &[u8],
-        properties: lapin::BasicProperties,
-    ) -> Result<Routed, ReplyError> {
-        match amqp::publish_mandatory(&self.channel, reply_to, body, properties).await? {
-            Routed::Refused => Err(ReplyError::Refused),
-            routed => Ok(routed),
+        properties: BasicProperties,
+    ) -> Delivered {
+        let mut backoff = REPLY_RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let published =
+                amqp::publish_mandatory(&self.channel, reply_to.clone(), body, properties.clone())
+                    .await;
+            let failure = match published {
+                Ok(Routed::Refused) => PublishError::Refused,
+                Ok(routed) => return Delivered::Settled(routed),
+                Err(err) => err,
+            };
+            if !self.channel.status().connected() {
+                return Delivered::ChannelLost(failure);
+            }
+            if attempt == REPLY_ATTEMPTS {
+                return Delivered::GaveUp(failure);
+            }
+            debug!(attempt, cause = %failure, "reply not delivered; publishing it again");
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+            attempt += 1;
         }
     }
 }

@@ -2,13 +2,14 @@
 //! once, then every request runs in a fresh instance of it, under a CPU
 //! deadline and a memory cap, with no capabilities (no files, environment,
 //! arguments or network). What a guest prints goes to the node's log,
-//! capped at [`GUEST_OUTPUT_CAP`] bytes a request.
+//! capped at [`GUEST_OUTPUT_CAP`] bytes a request, its control characters
+//! escaped.
 //!
 //! The expensive parts ([`Engine`], the linker, the pre-instantiated
 //! component) are shared; only the [`Store`] is per request, so no state
 //! leaks from one request to the next.
 
-use crate::wire::ErrorKind;
+use crate::{escaped::Escaped, wire::ErrorKind};
 use anyhow::Context as _;
 use sha2::{Digest as _, Sha256};
 use std::{
@@ -69,7 +70,13 @@ pub const GUEST_OUTPUT_CAP: usize = 4096;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// CPU time the guest may run for one request (instantiation included).
+    /// Counted only while the guest's own code runs.
     pub timeout: Duration,
+    /// Wall-clock time one request may take in the sandbox, whatever it
+    /// does: running, waiting for a thread, or blocked in a host call
+    /// (a WASI sleep or poll), which [`timeout`](Self::timeout) does not
+    /// count.
+    pub wall_timeout: Duration,
     /// Linear memory the guest may grow to, in bytes.
     pub memory: usize,
     /// The largest request body the guest is given, and the largest reply
@@ -81,6 +88,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             timeout: Duration::from_secs(1),
+            wall_timeout: Duration::from_secs(10),
             memory: 64 << 20,
             max_body: 1 << 20,
         }
@@ -100,6 +108,12 @@ pub enum ComputeError {
     /// The function ran past the deadline and was stopped.
     #[error("the compute function ran longer than {0:?} and was stopped")]
     Timeout(Duration),
+    /// The function took longer than the wall-clock limit (blocked in a
+    /// host call, say) and its instance was dropped.
+    #[error(
+        "the compute function did not finish within {0:?} of wall-clock time (--guest-wall-timeout) and was stopped"
+    )]
+    Stalled(Duration),
     /// The function trapped (a panic, a stack overflow, memory past the
     /// cap, ...).
     #[error("the compute function crashed: {0}")]
@@ -124,7 +138,7 @@ impl ComputeError {
         match self {
             ComputeError::BadRequest(_) => ErrorKind::BadRequest,
             ComputeError::Failed(_) | ComputeError::Crashed(_) => ErrorKind::ComputeFailed,
-            ComputeError::Timeout(_) => ErrorKind::Timeout,
+            ComputeError::Timeout(_) | ComputeError::Stalled(_) => ErrorKind::Timeout,
             ComputeError::TooLarge { .. } => ErrorKind::TooLarge,
         }
     }
@@ -281,13 +295,19 @@ impl ComputeModule {
             })
         });
 
-        let outcome = match self.pre.instantiate_async(&mut store).await {
-            Ok(instance) => instance.call_compute(&mut store, request).await,
-            Err(err) => Err(err),
+        let run = async {
+            let instance = self.pre.instantiate_async(&mut store).await?;
+            instance.call_compute(&mut store, request).await
         };
+        // Past the wall-clock limit the call is dropped where it waits,
+        // and the store (the instance) with it.
+        let outcome = tokio::time::timeout(limits.wall_timeout, run).await;
         if let Some(output) = store.into_data().output {
             output.log(self.name());
         }
+        let Ok(outcome) = outcome else {
+            return Err(ComputeError::Stalled(limits.wall_timeout));
+        };
         match outcome {
             Ok(Ok(reply)) if reply.len() > limits.max_body => Err(too_large("reply", reply.len())),
             Ok(Ok(reply)) => Ok(reply),
@@ -443,7 +463,7 @@ impl GuestOutput {
             function,
             dropped_bytes = captured.dropped,
             "guest output: {}",
-            text.trim_end()
+            Escaped(text.trim_end())
         );
     }
 }

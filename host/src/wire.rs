@@ -19,7 +19,10 @@ use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
 };
-use std::fmt;
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// Header that marks a reply as an error and says which kind.
 pub const ERROR_HEADER: &str = "x-error";
@@ -87,6 +90,57 @@ pub fn reply_properties(
     }
 }
 
+/// The body of an error reply: `message`, cut to at most `max_body` bytes
+/// (on a character boundary) and saying so, so that no reply, error or
+/// not, is larger than the node's `--max-body`.
+pub fn error_body(message: &str, max_body: usize) -> Vec<u8> {
+    if message.len() <= max_body {
+        return message.as_bytes().to_vec();
+    }
+    let note = format!(" [cut from {} bytes to fit --max-body]", message.len());
+    let room = max_body.saturating_sub(note.len());
+    let kept = (0..=room.min(message.len()))
+        .rev()
+        .find(|&at| message.is_char_boundary(at))
+        .unwrap_or(0);
+    let mut body = format!("{}{note}", &message[..kept]).into_bytes();
+    // A limit smaller than the note itself: the limit wins.
+    body.truncate(max_body);
+    body
+}
+
+/// Properties for a request that nobody will wait for after `time_left`:
+/// an `expiration` (so the broker drops it unconsumed, or dead-letters it
+/// if the queue has a dead-letter exchange) and a `timestamp` (so a node
+/// can tell it expired while it waited for a free slot).
+pub fn with_expiry(properties: BasicProperties, time_left: Duration) -> BasicProperties {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    properties
+        .with_expiration(time_left.as_millis().max(1).to_string().into())
+        .with_timestamp(now.as_secs())
+}
+
+/// Whether a request with `properties` expired before `now`, by its
+/// `timestamp` and `expiration`. Without both it never expires. The
+/// timestamp has whole seconds, so a second of slack is allowed (and as
+/// much clock skew between hosts).
+pub fn expired(properties: &BasicProperties, now: SystemTime) -> bool {
+    let (Some(sent), Some(expiration)) = (properties.timestamp(), properties.expiration()) else {
+        return false;
+    };
+    let Ok(ttl_ms) = expiration.as_str().parse::<u64>() else {
+        return false;
+    };
+    let Some(expires) = UNIX_EPOCH
+        .checked_add(Duration::from_secs(sent.saturating_add(1)) + Duration::from_millis(ttl_ms))
+    else {
+        return false;
+    };
+    now > expires
+}
+
 /// A text header value as `pika` writes strings, so Python peers read
 /// them as `str`/`bytes` without surprises.
 fn text_value(text: &str) -> AMQPValue {
@@ -125,6 +179,35 @@ mod tests {
             header_text(&reply, FUNCTION_HEADER).as_deref(),
             Some("increase")
         );
+    }
+
+    #[test]
+    fn error_bodies_fit_the_limit_and_say_they_were_cut() {
+        assert_eq!(error_body("short", 100), b"short");
+        let long = "é".repeat(500);
+        let body = String::from_utf8(error_body(&long, 200)).expect("cut on a char boundary");
+        assert!(body.len() <= 200, "{}", body.len());
+        assert!(
+            body.ends_with("[cut from 1000 bytes to fit --max-body]"),
+            "{body}"
+        );
+        assert!(error_body(&long, 5).len() <= 5);
+    }
+
+    #[test]
+    fn a_request_expires_after_its_timestamp_and_expiration() {
+        let sent = BasicProperties::default()
+            .with_timestamp(1_000)
+            .with_expiration("2000".into());
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert!(!expired(&sent, at(1_002)));
+        assert!(expired(&sent, at(1_004)));
+        assert!(!expired(&BasicProperties::default(), at(u32::MAX.into())));
+        let nonsense = sent.clone().with_expiration("soon".into());
+        assert!(!expired(&nonsense, at(u32::MAX.into())));
+        let fresh = with_expiry(BasicProperties::default(), Duration::from_secs(30));
+        assert!(!expired(&fresh, SystemTime::now()));
+        assert!(expired(&fresh, SystemTime::now() + Duration::from_secs(32)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod center_cli;
 mod faults;
 mod functions;
+mod hostile;
 mod metrics;
 mod python;
 mod rpc;

@@ -2,11 +2,11 @@
 
 use crate::support::{
     ModuleDir, RawClient, RunningNode, built_module, center, increase_module, unique_queue,
+    wait_for_metric,
 };
 use compute_host::{NodeConfig, sandbox::digest};
 use lapin::BasicProperties;
-use std::{net::SocketAddr, time::Duration};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use std::time::Duration;
 
 /// After a known batch (100 answers, 3 bad requests, 1 request without
 /// `reply_to`) the counters say exactly that; after a swap and a broken
@@ -33,9 +33,9 @@ async fn metrics_count_what_the_node_did() {
     client
         .publish(&node.queue, b"1", BasicProperties::default())
         .await;
-    let metrics = wait_for(
+    let metrics = wait_for_metric(
         address,
-        r#"compute_requests_total{function="work",outcome="rejected"} 1"#,
+        r#"compute_requests_total{function="work",outcome="no-reply-to"} 1"#,
     )
     .await;
 
@@ -57,9 +57,9 @@ async fn metrics_count_what_the_node_did() {
 
     let double = std::fs::read(built_module("double")).unwrap();
     dir.publish(&double);
-    wait_for(address, r#"compute_module_swaps_total{function="work"} 1"#).await;
+    wait_for_metric(address, r#"compute_module_swaps_total{function="work"} 1"#).await;
     dir.publish(b"not a module");
-    let metrics = wait_for(
+    let metrics = wait_for_metric(
         address,
         r#"compute_module_reload_failures_total{function="work"} 1"#,
     )
@@ -73,34 +73,4 @@ async fn metrics_count_what_the_node_did() {
 
     center.close().await;
     node.stop().await;
-}
-
-/// Scrapes until the metrics hold `line` (for at most 10 s).
-async fn wait_for(address: SocketAddr, line: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = scrape(address).await;
-        if metrics.lines().any(|have| have == line) {
-            return metrics;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {line:?} in\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `GET /metrics`, as Prometheus would; the body.
-async fn scrape(address: SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.to_owned()
 }

@@ -1,28 +1,14 @@
 //! The classic Python `pika` examples from the seed article talk to our
 //! node and our center unchanged.
 
-use crate::support::{RunningNode, amqp_url, delete_queue, unique_queue};
+use crate::support::{RunningNode, amqp_url, delete_queue, python, unique_queue};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs};
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::Command,
 };
-
-/// The Python with pika that `scripts/ensure-pika.sh` found (`PYTHON`).
-fn python(script: &str) -> Command {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
-    let mut command = Command::new(python);
-    command
-        .arg(path)
-        .env("AMQP_URL", amqp_url())
-        .kill_on_drop(true);
-    command
-}
 
 /// The seed's Python center gets its answers from our node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use lapin::{
     types::FieldTable,
 };
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{
@@ -21,7 +22,7 @@ use std::{
     time::Duration,
 };
 use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     process::{Child, Command},
     sync::oneshot,
     task::JoinHandle,
@@ -208,6 +209,31 @@ impl ServerProcess {
     /// Everything the server has logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the server is still running (it has not exited or died).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Where a node started with `--metrics-addr` serves its metrics, as
+    /// its log says (for at most 10 s).
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let address = log
+                .split_once("serving metrics on http://")
+                .and_then(|(_, after)| after.split('/').next()?.parse().ok());
+            if let Some(address) = address {
+                return address;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node serves no metrics:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// SIGKILL: the server gets no chance to finish anything.
@@ -459,4 +485,48 @@ impl RawClient {
             .expect("reply stream open")
             .expect("reply delivered")
     }
+}
+
+/// The Python with pika that `scripts/ensure-pika.sh` found (`PYTHON`).
+pub fn python(script: &str) -> Command {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut command = Command::new(python);
+    command
+        .arg(path)
+        .env("AMQP_URL", amqp_url())
+        .kill_on_drop(true);
+    command
+}
+
+/// Scrapes until the metrics hold `line` (for at most 10 s).
+pub async fn wait_for_metric(address: SocketAddr, line: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = scrape(address).await;
+        if metrics.lines().any(|have| have == line) {
+            return metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line:?} in\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /metrics`, as Prometheus would; the body.
+pub async fn scrape(address: SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    body.to_owned()
 }

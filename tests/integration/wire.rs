@@ -114,7 +114,7 @@ async fn a_body_over_max_body_gets_a_too_large_reply() {
     let node = RunningNode::start_with(NodeConfig {
         queue: unique_queue("wire-too-large"),
         limits: Limits {
-            max_body: 64,
+            max_body: 100,
             ..Limits::default()
         },
         ..NodeConfig::new(increase_module())
@@ -122,14 +122,14 @@ async fn a_body_over_max_body_gets_a_too_large_reply() {
     .await;
     let mut client = RawClient::connect().await;
 
-    let reply = client.request(&node.queue, &[b'7'; 65], Some("big")).await;
+    let reply = client.request(&node.queue, &[b'7'; 101], Some("big")).await;
     assert_eq!(
         header_text(&reply.properties, ERROR_HEADER).as_deref(),
         Some("too-large")
     );
     assert_eq!(
         String::from_utf8(reply.data).unwrap(),
-        "the request body is 65 bytes, more than the node's limit of 64 bytes (--max-body)"
+        "the request body is 101 bytes, more than the node's limit of 100 bytes (--max-body)"
     );
     assert_eq!(
         client.request(&node.queue, b"64", Some("small")).await.data,

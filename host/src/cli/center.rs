@@ -3,7 +3,7 @@
 
 use crate::{
     amqp,
-    center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
+    center::{self, CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
     cli::stats::{Progress, Stats},
 };
 use anyhow::Context as _;
@@ -41,7 +41,7 @@ pub struct CenterArgs {
 
     /// The broker to connect to.
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: String,
+    pub amqp_url: amqp::Redacted,
 
     /// How long each request waits for its reply, in seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
@@ -60,6 +60,12 @@ pub struct CenterArgs {
     /// Requests in flight at once.
     #[arg(long, value_name = "K", default_value = "256")]
     pub concurrency: NonZeroUsize,
+
+    /// The largest input sent, in bytes; a larger one fails on its own
+    /// (`too-large`) without being sent. The default is RabbitMQ's own
+    /// limit, past which the broker would close the shared channel.
+    #[arg(long, value_name = "BYTES", default_value_t = center::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]
@@ -117,11 +123,14 @@ pub async fn run(
         timeout: args.timeout,
         retries: args.retries,
         reply_mode: args.reply_mode,
+        max_body: args.max_body,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;
-    let center = Center::connect_with(&args.amqp_url, options).await?;
-    match center.consumer_count().await {
+    let center = Center::connect_with(&args.amqp_url.0, options).await?;
+    // Advice only, so a broker slow to answer does not hold up the run.
+    let consumers = tokio::time::timeout(amqp::ANSWER_TIMEOUT, center.consumer_count()).await;
+    match consumers.unwrap_or(Ok(Some(1))) {
         Ok(Some(0)) => warn!(
             "no compute node is consuming {queue}; requests will wait up to {} s",
             timeout.as_secs_f64()
@@ -132,17 +141,29 @@ pub async fn run(
         Ok(Some(_)) | Err(_) => {}
     }
 
+    // Lines are bytes: one that is not UTF-8 is sent as it is, and the
+    // function answers it (a `bad-request` from `increase`), rather than
+    // ending the whole run.
     let inputs = if args.inputs.is_empty() {
-        stream::unfold(input.lines(), |mut lines| async move {
-            lines
-                .next_line()
-                .await
-                .transpose()
-                .map(|line| (line, lines))
+        stream::unfold(input, |mut input| async move {
+            let mut line = Vec::new();
+            match input.read_until(b'\n', &mut line).await {
+                Ok(0) => None,
+                Ok(_) => {
+                    if line.ends_with(b"\n") {
+                        line.pop();
+                        if line.ends_with(b"\r") {
+                            line.pop();
+                        }
+                    }
+                    Some((Ok(line), input))
+                }
+                Err(err) => Some((Err(err), input)),
+            }
         })
         .boxed()
     } else {
-        stream::iter(args.inputs.into_iter().map(Ok)).boxed()
+        stream::iter(args.inputs.into_iter().map(|input| Ok(input.into_bytes()))).boxed()
     };
     let mut results = inputs
         .map(|line| {
@@ -160,6 +181,7 @@ pub async fn run(
     let progress = Progress::on_terminal();
     while let Some(next) = results.next().await {
         let (input, result, latency) = next.context("cannot read standard input")?;
+        let input = String::from_utf8_lossy(&input);
         match &result {
             Ok(_) => summary.ok += 1,
             Err(_) => summary.failed += 1,

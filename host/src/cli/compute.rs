@@ -33,7 +33,7 @@ pub struct ComputeArgs {
 
     /// The broker to connect to.
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: String,
+    pub amqp_url: amqp::Redacted,
 
     /// Requests taken from the broker and computed at once.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
@@ -43,6 +43,13 @@ pub struct ComputeArgs {
     /// request gets a `timeout` error reply.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::parse_seconds)]
     pub guest_timeout: Duration,
+
+    /// Wall-clock time one request may take in the guest, in seconds,
+    /// including time blocked in host calls (a WASI sleep) that
+    /// --guest-timeout does not count; past it the request gets a
+    /// `timeout` error reply and its instance is dropped.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::parse_seconds)]
+    pub guest_wall_timeout: Duration,
 
     /// Memory one request may use in the guest, in MiB; past it the request
     /// gets a `compute-failed` error reply.
@@ -71,10 +78,11 @@ impl ComputeArgs {
         NodeConfig {
             module: self.module.clone(),
             queue: self.queue.clone(),
-            amqp_url: self.amqp_url.clone(),
+            amqp_url: self.amqp_url.0.clone(),
             prefetch: self.prefetch,
             limits: Limits {
                 timeout: self.guest_timeout,
+                wall_timeout: self.guest_wall_timeout,
                 memory: (self.guest_memory as usize) << 20,
                 max_body: self.max_body,
             },

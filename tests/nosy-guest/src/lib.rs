@@ -5,7 +5,8 @@
 //!
 //! It also prints: a line to stdout and to stderr for every request, and
 //! 100 KB for the request `flood`, to show the node logs guest output and
-//! caps it.
+//! caps it. The request `sleep` sleeps for an hour in a host call
+//! (`wasi:clocks`), where no CPU deadline can see it.
 
 use std::{
     io::Write as _,
@@ -23,6 +24,10 @@ impl Guest for Nosy {
     fn compute(request: Vec<u8>) -> Result<Vec<u8>, Failure> {
         println!("nosy: looking around (stdout)");
         eprintln!("nosy: looking around (stderr)");
+        if request == b"sleep" {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            return Ok(b"woke up".to_vec());
+        }
         if request == b"flood" {
             let line = [b'x'; 1000];
             let mut stdout = std::io::stdout();

@@ -1,0 +1,403 @@
+//! Requests, replies, modules and inputs that a careless or hostile client
+//! or operator sends: none of them stops, stalls or loops a node. Each
+//! scenario runs the real `compute` binary, so a crash would show as a
+//! dead process, and checks afterwards that the node is alive, answers
+//! the next normal request, holds nothing and left nothing in its queue,
+//! and counted the poison under its own `outcome`.
+
+use crate::support::{
+    Batch, RawClient, ServerProcess, amqp_url, built_module, center, increase_module, python,
+    scrape, unique_queue, wait_for_metric,
+};
+use clap::Parser as _;
+use compute_host::{
+    CallError, Center, CenterOptions, ReplyMode,
+    cli::center::{self as center_cli, CenterArgs},
+    wire::{ERROR_HEADER, header_text},
+};
+use lapin::{
+    BasicProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+/// A node process under attack, with a client for normal requests.
+struct Target {
+    node: ServerProcess,
+    queue: String,
+    metrics: SocketAddr,
+    client: RawClient,
+}
+
+impl Target {
+    /// `compute --module MODULE --metrics-addr 127.0.0.1:0 ARGS...` on a
+    /// queue of its own.
+    async fn start(test: &str, module: &Path, args: &[&str]) -> Self {
+        let queue = unique_queue(test);
+        let mut all = vec!["--metrics-addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let node = ServerProcess::node(&queue, module, &all).await;
+        let metrics = node.metrics_addr().await;
+        Target {
+            node,
+            queue,
+            metrics,
+            client: RawClient::connect().await,
+        }
+    }
+
+    /// The node is alive, answers a normal request, holds no request and
+    /// has none left in its queue.
+    async fn assert_unharmed(&mut self, normal: &[u8], expected: Option<&[u8]>) {
+        assert!(
+            self.node.is_running(),
+            "the node died:\n{}",
+            self.node.log()
+        );
+        let reply = self
+            .client
+            .request(&self.queue, normal, Some("normal"))
+            .await;
+        assert_eq!(
+            header_text(&reply.properties, ERROR_HEADER),
+            None,
+            "{}",
+            String::from_utf8_lossy(&reply.data)
+        );
+        if let Some(expected) = expected {
+            assert_eq!(reply.data, expected);
+        }
+        wait_for_metric(self.metrics, "compute_in_flight_requests 0").await;
+        assert_eq!(self.queued().await, 0, "requests left in the queue");
+        assert!(
+            self.node.is_running(),
+            "the node died:\n{}",
+            self.node.log()
+        );
+    }
+
+    async fn queued(&self) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.client
+            .channel
+            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Waits until the node counted `count` requests of `function` under
+    /// `outcome`.
+    async fn counted(&self, function: &str, outcome: &str, count: usize) -> String {
+        let line = format!(
+            r#"compute_requests_total{{function="{function}",outcome="{outcome}"}} {count}"#
+        );
+        wait_for_metric(self.metrics, &line).await
+    }
+
+    /// Runs `hostile_client.py` against this node's queue, replies going
+    /// to `reply_queue`; returns how many requests it published.
+    async fn publish_hostile(&self, reply_queue: &str, what: &[&str]) -> usize {
+        let output = tokio::time::timeout(
+            Duration::from_secs(120),
+            python("hostile_client.py")
+                .args([self.queue.as_str(), reply_queue])
+                .args(what)
+                .output(),
+        )
+        .await
+        .expect("the hostile client finishes")
+        .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Every short-string property and table key that can carry bytes that
+/// are not UTF-8, and headers nested 18,000 deep (this used to abort the
+/// process): the requests the node can answer are answered; one whose
+/// `correlation_id` or `reply_to` it cannot echo is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_that_are_not_utf8_and_deep_headers_stop_no_node() {
+    let mut target = Target::start("not-utf8", &increase_module(), &[]).await;
+    let mut sink = RawClient::connect().await;
+
+    let sent = target.publish_hostile(&sink.reply_queue, &["all"]).await;
+    let rejected = 2; // correlation_id and reply_to
+    for _ in 0..sent - rejected {
+        let reply = sink.next_reply().await;
+        assert_eq!(reply.data, b"2", "{:?}", reply.properties);
+    }
+    target.counted("increase", "bad-properties", rejected).await;
+    target.counted("increase", "ok", sent - rejected).await;
+    target.assert_unharmed(b"41", Some(b"42")).await;
+    println!(
+        "{sent} hostile requests: {} answered, {rejected} rejected",
+        sent - rejected
+    );
+}
+
+/// A reply the broker refuses (the caller's queue is full and rejects
+/// publishes) is published a few times without computing it again, then
+/// its request is rejected: settled once, not recomputed in a hot loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reply_is_given_up_not_recomputed_in_a_loop() {
+    let mut target = Target::start("refused-reply", &increase_module(), &[]).await;
+    let full = unique_queue("full");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..QueueDeclareOptions::default()
+    };
+    target
+        .client
+        .channel
+        .queue_declare(full.as_str().into(), exclusive, arguments)
+        .await
+        .unwrap();
+
+    let properties = BasicProperties::default().with_reply_to(full.as_str().into());
+    target.client.publish(&target.queue, b"1", properties).await;
+    let metrics = target.counted("increase", "undeliverable", 1).await;
+    // Two seconds more: a loop would have computed it hundreds of times.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics_later = scrape(target.metrics).await;
+    let computed = r#"compute_guest_call_seconds_count{function="increase"} 1"#;
+    assert!(metrics.lines().any(|line| line == computed), "{metrics}");
+    assert!(
+        metrics_later.lines().any(|line| line == computed),
+        "{metrics_later}"
+    );
+    target.assert_unharmed(b"1", Some(b"2")).await;
+}
+
+/// A guest asleep in a host call (`std::thread::sleep` through
+/// `wasi:clocks`), where the CPU deadline cannot see it, is stopped by the
+/// wall-clock limit with a `timeout` reply; more sleepers than the node has
+/// slots do not stall it for longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_asleep_in_host_calls_are_stopped_by_the_wall_clock_limit() {
+    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let mut target = Target::start(
+        "sleeper",
+        &nosy,
+        &["--guest-wall-timeout", "1", "--prefetch", "8"],
+    )
+    .await;
+    let center = center(&target.queue, Duration::from_secs(30)).await;
+
+    let started = Instant::now();
+    let sleepers = futures_util::future::join_all((0..20).map(|_| center.call("sleep"))).await;
+    let took = started.elapsed();
+    for outcome in &sleepers {
+        match outcome {
+            Err(CallError::Remote { kind, message, .. }) => {
+                assert_eq!(kind, "timeout");
+                assert!(message.contains("wall-clock"), "{message}");
+            }
+            other => panic!("a sleeper got {other:?}"),
+        }
+    }
+    println!("20 sleepers, 8 at a time, 1 s each: all stopped after {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "the sleepers held the node for {took:?}"
+    );
+    target.counted("nosy", "timeout", 20).await;
+    center.close().await;
+    target.assert_unharmed(b"look", None).await;
+}
+
+/// A module file whose name makes a queue name longer than AMQP allows is
+/// skipped with one clear line; the node serves the other functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_named_too_long_for_a_queue_is_skipped() {
+    let dir = std::env::temp_dir().join(format!("compute-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(increase_module(), dir.join("increase.wasm")).unwrap();
+    let long = "f".repeat(250);
+    std::fs::copy(built_module("double"), dir.join(format!("{long}.wasm"))).unwrap();
+    let prefix = unique_queue("long-name");
+    let mut node = ServerProcess::start(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+            .args(["--amqp-url", &amqp_url(), "--queue-prefix", &prefix])
+            .arg("--modules")
+            .arg(&dir),
+        "waiting for requests",
+    )
+    .await;
+    let mut client = RawClient::connect().await;
+    let queue = format!("{prefix}.increase");
+    assert_eq!(client.request(&queue, b"1", None).await.data, b"2");
+    // Past a rescan or two: the long name is not tried again and again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(node.is_running(), "{}", node.log());
+    let log = node.log();
+    assert_eq!(log.matches("AMQP allows at most 255").count(), 1, "{log}");
+    assert_eq!(client.request(&queue, b"2", None).await.data, b"3");
+    node.terminate();
+    assert!(node.wait().await.success());
+    crate::support::delete_queue(&queue).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An error message longer than `--max-body` is cut to fit and says so,
+/// like any reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_replies_fit_max_body_too() {
+    let mut target = Target::start("long-error", &increase_module(), &["--max-body", "60"]).await;
+    let reply = target
+        .client
+        .request(&target.queue, &[b'x'; 10], Some("long"))
+        .await;
+    let message = String::from_utf8(reply.data).unwrap();
+    assert_eq!(
+        header_text(&reply.properties, ERROR_HEADER).as_deref(),
+        Some("bad-request")
+    );
+    assert!(message.len() <= 60, "{} bytes", message.len());
+    assert!(message.contains("to fit --max-body]"), "{message}");
+    target.assert_unharmed(b"1", Some(b"2")).await;
+}
+
+/// A request whose timestamp and expiration say its caller stopped waiting
+/// is rejected, not computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_request_is_not_computed() {
+    let mut target = Target::start("expired", &increase_module(), &[]).await;
+    let an_hour_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let stale = BasicProperties::default()
+        .with_reply_to(target.client.reply_queue.as_str().into())
+        .with_timestamp(an_hour_ago)
+        .with_expiration("60000".into());
+    target.client.publish(&target.queue, b"1", stale).await;
+    target.counted("increase", "expired", 1).await;
+    target.assert_unharmed(b"5", Some(b"6")).await;
+    let metrics = scrape(target.metrics).await;
+    let computed_once = r#"compute_guest_call_seconds_count{function="increase"} 1"#;
+    assert!(
+        metrics.lines().any(|line| line == computed_once),
+        "{metrics}"
+    );
+}
+
+/// Replies to RabbitMQ's direct reply-to are not mistaken for replies to
+/// a caller that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_raises_no_false_warning() {
+    let target = Target::start("direct-warning", &increase_module(), &[]).await;
+    let options = CenterOptions {
+        queue: target.queue.clone(),
+        reply_mode: ReplyMode::Direct,
+        ..CenterOptions::default()
+    };
+    let center = Center::connect_with(&amqp_url(), options).await.unwrap();
+    for n in 0..20 {
+        assert_eq!(
+            center.call(n.to_string()).await.unwrap().body,
+            (n + 1).to_string().as_bytes()
+        );
+    }
+    target.counted("increase", "ok", 20).await;
+    let log = target.node.log();
+    assert!(!log.contains("caller is gone"), "{log}");
+    center.close().await;
+}
+
+/// The center: a line of standard input that is not UTF-8 gets its own
+/// line (the node's `bad-request`) and the batch goes on; an input too
+/// large to publish fails alone, without closing the channel the other
+/// calls share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_input_fails_only_itself_in_the_center() {
+    let target = Target::start("center-input", &increase_module(), &[]).await;
+    let args = CenterArgs::try_parse_from([
+        "center",
+        "--queue",
+        &target.queue,
+        "--amqp-url",
+        &amqp_url(),
+        "--max-body",
+        "20",
+    ])
+    .unwrap();
+    let mut input = b"1\n\xff\xfe\n".to_vec();
+    input.extend_from_slice(&[b'9'; 21]);
+    input.extend_from_slice(b"\n3\n");
+    let mut output = Vec::new();
+    let summary = center_cli::run(args, &input[..], &mut output)
+        .await
+        .unwrap();
+    let output = String::from_utf8(output).unwrap();
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines.len(), 4, "{output}");
+    assert_eq!(lines[0], "increase(1) = 2");
+    assert!(lines[1].contains("failed: bad-request"), "{output}");
+    assert!(lines[2].contains("failed: too-large"), "{output}");
+    assert_eq!(lines[3], "increase(3) = 4");
+    assert_eq!((summary.ok, summary.failed), (2, 2));
+}
+
+/// Thousands of requests with random properties (not UTF-8 half the
+/// time), random headers (nested, some thousands deep) and random bodies,
+/// published while a center's normal calls run: every normal call is
+/// answered and the node stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fuzzed_stream_of_requests_stops_no_node() {
+    const FUZZED: usize = 3000;
+    const NORMAL: usize = 2000;
+    let mut target = Target::start("fuzz", &increase_module(), &[]).await;
+    let sink = RawClient::connect().await;
+    let center = center(&target.queue, Duration::from_secs(60)).await;
+
+    let batch = Batch::start(&center, NORMAL, 32);
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sent = target
+        .publish_hostile(
+            &sink.reply_queue,
+            &["fuzz", &FUZZED.to_string(), &seed.to_string()],
+        )
+        .await;
+    let tally = batch
+        .finish(Duration::from_secs(120))
+        .await
+        .expect("the normal calls end");
+    println!("fuzz seed {seed}: {sent} fuzzed requests beside {NORMAL} normal calls: {tally:?}");
+    tally.assert_all_answered();
+    center.close().await;
+    target.assert_unharmed(b"41", Some(b"42")).await;
+    let metrics = scrape(target.metrics).await;
+    let settled: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("compute_requests_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(settled as usize, sent + NORMAL + 1, "{metrics}");
+}
