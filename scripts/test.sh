@@ -9,9 +9,10 @@ scripts/build-modules.sh
 PYTHON="$(scripts/ensure-pika.sh)"
 export PYTHON
 cargo test --workspace --locked
-# Restarts the broker mid-batch, so it runs alone, after everything else.
+# Restart the broker mid-batch and raise a memory alarm on it, so they run
+# alone, one at a time, after everything else.
 if command -v rabbitmqctl >/dev/null; then
-    cargo test --locked -p integration --test broker_restart -- --ignored
+    cargo test --locked -p integration --test broker_restart -- --ignored --test-threads 1
 else
     echo "skipping the broker-restart test: rabbitmqctl is not on PATH (the broker is not local)" >&2
 fi

@@ -1,8 +1,9 @@
-//! The broker restarts (`rabbitmqctl stop_app`, then `start_app`) while a
-//! node and a center run a batch. Restarting the broker would break any
-//! other test running at the time, so this test is `#[ignore]`d and
-//! `scripts/test.sh` runs it on its own:
-//! `cargo test -p integration --test broker_restart -- --ignored`.
+//! Faults of the broker itself, which would break any other test running
+//! at the time: the broker restarts (`rabbitmqctl stop_app`, then
+//! `start_app`) while a node and a center run a batch, and a memory alarm
+//! blocks every publisher. These tests are `#[ignore]`d and
+//! `scripts/test.sh` runs them on their own, one at a time:
+//! `cargo test -p integration --test broker_restart -- --ignored --test-threads 1`.
 
 #[path = "../integration/support.rs"]
 #[allow(dead_code)]
@@ -13,7 +14,10 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
-use support::{Batch, ServerProcess, Tally, amqp_url, increase_module, unique_queue};
+use support::{
+    Batch, RawClient, ServerProcess, Tally, amqp_url, increase_module, scrape, unique_queue,
+    wait_for_metric,
+};
 
 const BATCH: usize = 5000;
 const IN_FLIGHT: usize = 128;
@@ -114,21 +118,100 @@ struct BrokerRestart;
 
 impl BrokerRestart {
     fn stop() -> Self {
-        rabbitmqctl("stop_app");
+        rabbitmqctl(&["stop_app"]);
         BrokerRestart
     }
 }
 
 impl Drop for BrokerRestart {
     fn drop(&mut self) {
-        rabbitmqctl("start_app");
+        rabbitmqctl(&["start_app"]);
     }
 }
 
-fn rabbitmqctl(command: &str) {
+/// A node whose reply the broker blocks (a memory alarm) says so in its
+/// log and its metrics, and a SIGTERM still stops it within its documented
+/// bound: the consumer's cancel (10 s), the drain (`--guest-wall-timeout` +
+/// 30 s) and the close (10 s) are each bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "raises a memory alarm on the broker; scripts/test.sh runs it alone"]
+async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
+    let queue = unique_queue("alarm");
+    let nosy = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let wall = 2;
+    let wall_arg = wall.to_string();
+    let args = [
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--guest-wall-timeout",
+        &wall_arg,
+    ];
+    let mut node = ServerProcess::node(&queue, &nosy, &args).await;
+    let metrics = node.metrics_addr().await;
+    let client = RawClient::connect().await;
+    let asleep = lapin::BasicProperties::default()
+        .with_reply_to(client.reply_queue.as_str().into())
+        .with_correlation_id("asleep".into());
+    client.publish(&queue, b"sleep", asleep).await;
+    wait_for_metric(metrics, "compute_in_flight_requests 1").await;
+
+    {
+        let _alarm = MemoryAlarm::raise();
+        // The guest's timeout reply is the first thing the node publishes
+        // under the alarm.
+        let blocked = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !scrape(metrics)
+            .await
+            .lines()
+            .any(|line| line == "compute_broker_blocked 1")
+        {
+            assert!(
+                tokio::time::Instant::now() < blocked,
+                "the node never said it was blocked:\n{}",
+                node.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            node.log().contains("RabbitMQ blocked publishing"),
+            "{}",
+            node.log()
+        );
+
+        let stopping = Instant::now();
+        node.terminate();
+        let status = node.wait_up_to(Duration::from_secs(wall + 60)).await;
+        let took = stopping.elapsed();
+        println!("under a memory alarm, SIGTERM to exit: {took:?} (bound: {wall} s + 50 s)");
+        assert!(status.success(), "{status}; log:\n{}", node.log());
+        assert!(took < Duration::from_secs(wall + 55), "{took:?}");
+    }
+    support::delete_queue(&queue).await;
+}
+
+/// A memory alarm on the broker (its high watermark set to a few bytes),
+/// lifted on drop, even when the test fails.
+struct MemoryAlarm;
+
+impl MemoryAlarm {
+    fn raise() -> Self {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "absolute", "1"]);
+        MemoryAlarm
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        // The broker's default, as its config file here leaves it.
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
     let status = Command::new("rabbitmqctl")
-        .args(["-q", command])
+        .arg("-q")
+        .args(args)
         .status()
         .expect("rabbitmqctl runs (it comes with RabbitMQ)");
-    assert!(status.success(), "rabbitmqctl {command}: {status}");
+    assert!(status.success(), "rabbitmqctl {args:?}: {status}");
 }

@@ -116,6 +116,73 @@ async fn a_broken_module_is_served_once_it_is_mended() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A broken module mended in place, keeping the same modification time
+/// (as `cp -p` or an archive would), is seen by its content and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_mended_with_the_same_mtime_is_served() {
+    let dir = std::env::temp_dir().join(format!("compute-functions-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("same.wasm");
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let write_with_old_mtime = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(an_hour_ago).unwrap();
+    };
+    write_with_old_mtime(b"not a module");
+    let prefix = format!("test.functions.{}", Uuid::new_v4());
+    let (stop, node) = serve(&dir, &prefix);
+    let queue = format!("{prefix}.same");
+    let same = center(&queue, Duration::from_secs(30)).await;
+    // Nothing observable says the broken file was tried; give it a scan.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(same.consumer_count().await.unwrap(), None);
+
+    write_with_old_mtime(&std::fs::read(built_module("double")).unwrap());
+    answers(&same, "4", "8").await;
+
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+    same.close().await;
+    delete_queue(&queue).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The module directory replaced by two renames (gone for a moment, then
+/// a new directory in its place): the running function goes on serving,
+/// and the new directory's functions are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_replaced_by_two_renames_stops_nothing() {
+    let base = std::env::temp_dir().join(format!("compute-functions-{}", Uuid::new_v4()));
+    let (live, next, old) = (base.join("live"), base.join("next"), base.join("old"));
+    for dir in [&live, &next] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(built_module("increase"), dir.join("increase.wasm")).unwrap();
+    }
+    std::fs::copy(built_module("square"), next.join("square.wasm")).unwrap();
+    let prefix = format!("test.functions.{}", Uuid::new_v4());
+    let (stop, node) = serve(&live, &prefix);
+    let queue = |name: &str| format!("{prefix}.{name}");
+    let increase = center(&queue("increase"), Duration::from_secs(30)).await;
+    let square = center(&queue("square"), Duration::from_secs(30)).await;
+    answers(&increase, "1", "2").await;
+
+    std::fs::rename(&live, &old).unwrap();
+    answers(&increase, "2", "3").await;
+    std::fs::rename(&next, &live).unwrap();
+    answers(&square, "7", "49").await;
+    answers(&increase, "3", "4").await;
+    assert!(!node.is_finished(), "the node stopped");
+
+    let _ = stop.send(());
+    node.await.unwrap().unwrap();
+    for (center, name) in [(increase, "increase"), (square, "square")] {
+        center.close().await;
+        delete_queue(&queue(name)).await;
+    }
+    let _ = std::fs::remove_dir_all(base);
+}
+
 /// Runs a node serving `dir` with queue prefix `prefix`, until the sender
 /// is used or dropped.
 fn serve(dir: &Path, prefix: &str) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {

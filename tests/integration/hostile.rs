@@ -38,7 +38,11 @@ impl Target {
     /// `compute --module MODULE --metrics-addr 127.0.0.1:0 ARGS...` on a
     /// queue of its own.
     async fn start(test: &str, module: &Path, args: &[&str]) -> Self {
-        let queue = unique_queue(test);
+        Self::on_queue(unique_queue(test), module, args).await
+    }
+
+    /// The same, on `queue`.
+    async fn on_queue(queue: String, module: &Path, args: &[&str]) -> Self {
         let mut all = vec!["--metrics-addr", "127.0.0.1:0"];
         all.extend_from_slice(args);
         let node = ServerProcess::node(&queue, module, &all).await;
@@ -228,6 +232,38 @@ async fn guests_asleep_in_host_calls_are_stopped_by_the_wall_clock_limit() {
     target.assert_unharmed(b"look", None).await;
 }
 
+/// Fifty requests whose callers are gone make one warning, not fifty; a
+/// correlation id with a newline in it is logged escaped, so it cannot
+/// forge a log line, and still comes back exactly in its reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_warnings_are_throttled_and_escaped() {
+    let mut target = Target::start("throttled", &increase_module(), &[]).await;
+    let forged = "gone\n2026-01-01T00:00:00Z  INFO forged line";
+    for _ in 0..50 {
+        let gone = BasicProperties::default()
+            .with_reply_to(unique_queue("gone").as_str().into())
+            .with_correlation_id(forged.into());
+        target.client.publish(&target.queue, b"1", gone).await;
+    }
+    target.counted("increase", "ok", 50).await;
+    let reply = target
+        .client
+        .request(&target.queue, b"1", Some(forged))
+        .await;
+    assert_eq!(
+        reply.properties.correlation_id().as_ref().unwrap().as_str(),
+        forged
+    );
+    let log = target.node.log();
+    assert_eq!(log.matches("the caller is gone").count(), 1, "{log}");
+    assert!(log.contains(r"gone\n2026-01-01"), "{log}");
+    assert!(
+        !log.contains("\n2026-01-01T00:00:00Z  INFO forged"),
+        "{log}"
+    );
+    target.assert_unharmed(b"1", Some(b"2")).await;
+}
+
 /// A module file whose name makes a queue name longer than AMQP allows is
 /// skipped with one clear line; the node serves the other functions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +333,29 @@ async fn an_expired_request_is_not_computed() {
     target.client.publish(&target.queue, b"1", stale).await;
     target.counted("increase", "expired", 1).await;
     target.assert_unharmed(b"5", Some(b"6")).await;
+    let metrics = scrape(target.metrics).await;
+    let computed_once = r#"compute_guest_call_seconds_count{function="increase"} 1"#;
+    assert!(
+        metrics.lines().any(|line| line == computed_once),
+        "{metrics}"
+    );
+}
+
+/// Requests whose caller timed out before any node took them expire in
+/// the broker: a node that starts later computes none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_nobody_waits_for_are_never_computed() {
+    let queue = unique_queue("nobody-waits");
+    crate::support::declare_queue(&queue).await;
+    let impatient = center(&queue, Duration::from_millis(500)).await;
+    for n in 0..5 {
+        let outcome = impatient.call(n.to_string()).await;
+        assert!(matches!(outcome, Err(CallError::Timeout(_))), "{outcome:?}");
+    }
+    impatient.close().await;
+
+    let mut target = Target::on_queue(queue, &increase_module(), &[]).await;
+    target.assert_unharmed(b"1", Some(b"2")).await;
     let metrics = scrape(target.metrics).await;
     let computed_once = r#"compute_guest_call_seconds_count{function="increase"} 1"#;
     assert!(

@@ -251,12 +251,17 @@ impl ServerProcess {
         assert!(sent.success());
     }
 
-    /// Waits for the server to exit.
+    /// Waits for the server to exit (for at most 30 s).
     pub async fn wait(&mut self) -> ExitStatus {
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+        self.wait_up_to(Duration::from_secs(30)).await
+    }
+
+    /// Waits for the server to exit, for at most `limit`.
+    pub async fn wait_up_to(&mut self, limit: Duration) -> ExitStatus {
+        match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(status) => status.unwrap(),
             Err(_) => panic!(
-                "the node did not exit within 30 s; its log:\n{}",
+                "the node did not exit within {limit:?}; its log:\n{}",
                 self.log()
             ),
         }

@@ -270,6 +270,14 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_the_password() {
+        let args = CenterArgs::try_parse_from(["center", "--amqp-url", "amqp://u:secret@h/", "1"])
+            .unwrap();
+        let debug = format!("{args:?}");
+        assert!(!debug.contains("secret"), "{debug}");
+    }
+
+    #[test]
     fn negative_numbers_are_inputs_not_flags() {
         let args = CenterArgs::try_parse_from(["center", "-5", "10"]).unwrap();
         assert_eq!(args.inputs, ["-5", "10"]);

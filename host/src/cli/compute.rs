@@ -117,6 +117,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_never_shows_the_password() {
+        let args = ComputeArgs::try_parse_from(["compute", "--amqp-url", "amqp://u:secret@h/%2f"])
+            .unwrap();
+        for debug in [format!("{args:?}"), format!("{:?}", args.config())] {
+            assert!(!debug.contains("secret"), "{debug}");
+            assert!(debug.contains("amqp://u:***@h/%2f"), "{debug}");
+        }
+    }
+
+    #[test]
     fn defaults_match_the_python_examples() {
         let args = ComputeArgs::try_parse_from(["compute"]).unwrap();
         assert_eq!(args.queue, "compute_queue");

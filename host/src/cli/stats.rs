@@ -11,6 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// Distinct error kinds counted by name; the rest go under
+/// [`OTHER_ERRORS`].
+pub const MAX_ERROR_KINDS: usize = 16;
+/// Where error kinds past [`MAX_ERROR_KINDS`] are counted.
+pub const OTHER_ERRORS: &str = "other";
+
 /// Counts and latencies of a run's calls.
 #[derive(Debug)]
 pub struct Stats {
@@ -36,10 +42,22 @@ impl Default for Stats {
 
 impl Stats {
     /// Counts one call that took `latency`.
+    ///
+    /// Error kinds come from the node's `x-error` header, so from any
+    /// peer: past [`MAX_ERROR_KINDS`] distinct kinds, new ones are counted
+    /// as [`OTHER_ERRORS`], and the map stays small.
     pub fn record(&mut self, result: &Result<Reply, CallError>, latency: Duration) {
         match result {
             Ok(_) => self.ok += 1,
-            Err(err) => *self.errors.entry(err.kind().to_owned()).or_default() += 1,
+            Err(err) => {
+                let kind = err.kind();
+                let key = if self.errors.contains_key(kind) || self.errors.len() < MAX_ERROR_KINDS {
+                    kind
+                } else {
+                    OTHER_ERRORS
+                };
+                *self.errors.entry(key.to_owned()).or_default() += 1;
+            }
         }
         // Saturates rather than fails on a latency beyond the histogram.
         self.latency_us
@@ -155,6 +173,24 @@ impl Progress {
 mod tests {
     use super::*;
     use crate::center::Origin;
+
+    /// A peer that invents a new `x-error` for every reply cannot grow
+    /// the summary.
+    #[test]
+    fn error_kinds_from_peers_are_bounded() {
+        let mut stats = Stats::default();
+        for n in 0..1000 {
+            let invented = Err(CallError::Remote {
+                kind: format!("kind-{n}"),
+                message: String::new(),
+                origin: Origin::default(),
+            });
+            stats.record(&invented, Duration::from_millis(1));
+        }
+        assert_eq!(stats.errors.len(), MAX_ERROR_KINDS + 1);
+        assert_eq!(stats.errors[OTHER_ERRORS], 1000 - MAX_ERROR_KINDS as u64);
+        assert_eq!(stats.failed(), 1000);
+    }
 
     #[test]
     fn counts_outcomes_and_latencies() {
