@@ -62,6 +62,7 @@
 
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
+    backoff::{self, Backoff},
     wire,
 };
 use arc_swap::ArcSwap;
@@ -84,10 +85,6 @@ use tokio::{sync::oneshot, time::Instant};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-/// The first wait before reconnecting; it doubles at each failed attempt.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait between two attempts to reconnect.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a request sent again waits for its queue to be declared again
 /// (by a compute node that is itself reconnecting) before the next try.
 const QUEUE_BACK_POLL: Duration = Duration::from_millis(200);
@@ -381,7 +378,7 @@ impl Center {
             return Some(used.clone());
         }
         let _only_one_reconnects = shared.reconnecting.lock().await;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::up_to(backoff::CENTER_MAX_WAIT);
         loop {
             if shared.closed.load(Ordering::Acquire) {
                 return None;
@@ -398,9 +395,9 @@ impl Center {
                     return Some(session);
                 }
                 Err(err) => {
-                    warn!(cause = %err, retry_in_ms = backoff.as_millis() as u64, "cannot reconnect yet");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let wait = backoff.next_wait();
+                    warn!(cause = %err, retry_in_ms = wait.as_millis() as u64, "cannot reconnect yet");
+                    tokio::time::sleep(wait).await;
                 }
             }
         }

@@ -30,10 +30,13 @@
 //!   HTTP endpoint that serves them (`--metrics-addr`).
 //! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
 //!   and keeping passwords out of messages.
+//! - `backoff` (private): the waits between attempts to reach the broker
+//!   again, one policy for node and center.
 //! - [`cli`]: the arguments and the `run` functions behind the thin
 //!   `compute` and `center` binaries.
 
 pub mod amqp;
+mod backoff;
 pub mod center;
 pub mod cli;
 mod escaped;

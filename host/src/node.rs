@@ -14,6 +14,7 @@
 
 use crate::{
     amqp::{self, Redacted},
+    backoff::{self, Backoff},
     metrics::{self, NodeMetrics},
     reload::{self, LiveModule},
     request::Handler,
@@ -92,10 +93,11 @@ impl fmt::Debug for NodeConfig {
     }
 }
 
-/// The first wait before reconnecting; it doubles at each failed attempt.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// The longest wait between two attempts to reconnect.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A session that lasts this long was a success: the next reconnect
+/// starts again from the first wait. One that is lost sooner (a message
+/// that kills the connection at each delivery, say) makes the waits grow,
+/// so nothing can make the node reconnect in a hot loop.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How long a stopping node waits for its requests in flight, beyond the
 /// guest's wall-clock limit: for their replies' confirms.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -123,6 +125,8 @@ struct Session {
     abandon: CancellationToken,
     /// Logs the broker's memory and disk alarms on this connection.
     _alarms: AbortOnDropHandle<()>,
+    /// When it was opened.
+    opened: Instant,
 }
 
 /// Why serving on a session stopped.
@@ -222,6 +226,7 @@ impl ComputeNode {
         tokio::pin!(shutdown);
         let caller_gone = Arc::new(Throttle::default());
         let rejected = Arc::new(Throttle::default());
+        let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
         loop {
             let handler = Arc::new(Handler {
                 live: live.clone(),
@@ -254,8 +259,11 @@ impl ComputeNode {
                     // Their acks could never reach the broker now, and their
                     // replies could wait forever for a confirm.
                     session.abandon.cancel();
+                    if session.opened.elapsed() >= STABLE_SESSION {
+                        backoff.reset();
+                    }
                     session.close().await;
-                    match reopen(&config, &metrics, shutdown.as_mut()).await {
+                    match reopen(&config, &metrics, &mut backoff, shutdown.as_mut()).await {
                         Some(reopened) => session = reopened,
                         None => {
                             info!("shut down while reconnecting");
@@ -323,6 +331,7 @@ impl Session {
             in_flight: TaskTracker::new(),
             abandon: CancellationToken::new(),
             _alarms: alarms,
+            opened: Instant::now(),
         })
     }
 
@@ -411,15 +420,15 @@ impl Session {
 async fn reopen(
     config: &NodeConfig,
     metrics: &NodeMetrics,
+    backoff: &mut Backoff,
     mut shutdown: Pin<&mut impl Future>,
 ) -> Option<Session> {
-    let mut backoff = FIRST_BACKOFF;
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         tokio::select! {
             _ = shutdown.as_mut() => return None,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
         let opened = tokio::select! {
             _ = shutdown.as_mut() => return None,
@@ -431,11 +440,10 @@ async fn reopen(
                 return Some(session);
             }
             Err(err) => {
-                backoff = (backoff * 2).min(MAX_BACKOFF);
                 warn!(
                     attempt,
                     cause = format!("{err:#}"),
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = backoff.upcoming().as_millis() as u64,
                     "cannot reconnect yet"
                 );
             }
