@@ -1,35 +1,25 @@
 //! The classic Python `pika` examples from the seed article talk to our
 //! node and our center unchanged.
 
-use crate::support::{RunningNode, amqp_url, delete_queue, python, unique_queue};
+use crate::support::{
+    RunningNode, amqp_url, delete_queue, python, python_command, python_output, unique_queue,
+};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs};
 use std::{process::Stdio, time::Duration};
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::Command,
-};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// The seed's Python center gets its answers from our node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_center_calls_our_node() {
     let node = RunningNode::start(&unique_queue("py-center")).await;
 
-    let output = tokio::time::timeout(
+    let output = python_output(
+        python("seed_center.py").args([&node.queue, "10", "20", "30"]),
         Duration::from_secs(30),
-        python("seed_center.py")
-            .args([&node.queue, "10", "20", "30"])
-            .output(),
     )
-    .await
-    .expect("the Python center finishes")
-    .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "11\n21\n31\n");
+    .await;
+    assert_eq!(output, "11\n21\n31\n");
 
     node.stop().await;
 }
@@ -93,22 +83,11 @@ async fn the_readme_python_client_calls_our_node() {
         .expect("the README has the Python client block");
     let script = block.replace("\"compute_queue\"", &format!("{:?}", node.queue));
 
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = tokio::time::timeout(
+    let output = python_output(
+        python_command().args(["-c", &script]),
         Duration::from_secs(30),
-        Command::new(python)
-            .args(["-c", &script])
-            .kill_on_drop(true)
-            .output(),
     )
-    .await
-    .expect("the README's client finishes")
-    .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout), "42\n");
+    .await;
+    assert_eq!(output, "42\n");
     node.stop().await;
 }
