@@ -35,7 +35,7 @@ pub(crate) use prometheus_client::metrics::gauge::Gauge;
 
 /// Scrapes answered at once; more wait for a free slot, so a flood of
 /// connections cannot take the node's file descriptors or memory.
-const MAX_SCRAPES: usize = 8;
+const MAX_SCRAPES: usize = 32;
 /// The wait after a failed accept (out of file descriptors, say), so the
 /// accept loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -117,8 +117,12 @@ pub fn with_expiry(properties: BasicProperties, time_left: Duration) -> BasicPro
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
+    // RabbitMQ closes the channel on an expiration it finds too large
+    // (10^13 ms, tried here); 2^32 - 1 ms, about 50 days, it takes, and a
+    // longer wait is as good as none.
+    let ttl_ms = time_left.as_millis().clamp(1, u32::MAX.into());
     properties
-        .with_expiration(time_left.as_millis().max(1).to_string().into())
+        .with_expiration(ttl_ms.to_string().into())
         .with_timestamp(now.as_secs())
 }
 
@@ -205,6 +209,11 @@ mod tests {
         assert!(!expired(&BasicProperties::default(), at(u32::MAX.into())));
         let nonsense = sent.clone().with_expiration("soon".into());
         assert!(!expired(&nonsense, at(u32::MAX.into())));
+        let patient = with_expiry(BasicProperties::default(), Duration::from_secs(1 << 40));
+        assert_eq!(
+            patient.expiration().as_ref().unwrap().as_str(),
+            "4294967295"
+        );
         let fresh = with_expiry(BasicProperties::default(), Duration::from_secs(30));
         assert!(!expired(&fresh, SystemTime::now()));
         assert!(expired(&fresh, SystemTime::now() + Duration::from_secs(32)));
