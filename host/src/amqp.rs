@@ -15,11 +15,6 @@ pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// accept and never answer; without a bound a reconnect would hang.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long to wait for the broker to confirm a published message. A
-/// broker in a memory or disk alarm blocks publishers and may never
-/// confirm; past this the message counts as not delivered.
-pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// The pseudo-queue of RabbitMQ's direct reply-to, and the prefix of the
 /// `reply_to` it gives each request.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -167,10 +162,15 @@ pub enum PublishError {
 }
 
 /// Publishes `body` through the default exchange to the queue `queue`,
-/// `mandatory`, and waits for the broker's confirm (for at most
-/// [`CONFIRM_TIMEOUT`]), so an unroutable message is known at once rather
-/// than silently dropped. The channel must be in confirm mode for
-/// [`Routed::Returned`] and [`Routed::Refused`] to be seen.
+/// `mandatory`, and waits for the broker's confirm, so an unroutable
+/// message is known at once rather than silently dropped. The channel must
+/// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
+/// be seen.
+///
+/// The wait has no bound of its own, since a timer per message costs
+/// more than the rest of a call: each caller bounds it (a node's reply by
+/// its confirm timeout, a center's call by its deadline). A broker in a
+/// memory or disk alarm may never confirm.
 ///
 /// Direct reply-to addresses are published without `mandatory`: RabbitMQ
 /// 3.10 returns a message sent to one even when it delivered it.
@@ -184,15 +184,10 @@ pub(crate) async fn publish_mandatory(
         mandatory: !queue.as_str().starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
-    let publish = async {
-        channel
-            .basic_publish("".into(), queue, options, body, properties)
-            .await?
-            .await
-    };
-    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
-        .await
-        .map_err(|_| PublishError::NoConfirm(CONFIRM_TIMEOUT))??;
+    let confirm = channel
+        .basic_publish("".into(), queue, options, body, properties)
+        .await?
+        .await?;
     Ok(match confirm {
         Confirmation::Ack(Some(returned)) => Routed::Returned(Box::new(returned)),
         Confirmation::Nack(_) => Routed::Refused,

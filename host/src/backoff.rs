@@ -1,6 +1,7 @@
-//! The waits between attempts to reach the broker again: doubling from a
-//! first wait up to a longest one. One policy for the node and the
-//! center; each says only how long its longest wait is.
+//! The waits between attempts to reach the broker again, or to publish a
+//! refused reply again: doubling from a first wait up to a longest one.
+//! One policy for the node and the center; each use says only how long
+//! its longest wait is.
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ const FIRST_WAIT: Duration = Duration::from_millis(100);
 pub(crate) const NODE_MAX_WAIT: Duration = Duration::from_secs(5);
 /// The center's longest wait: its calls are waiting, within their timeout.
 pub(crate) const CENTER_MAX_WAIT: Duration = Duration::from_secs(2);
+/// The longest wait before a node publishes a refused reply again: the
+/// request holds one of the node's slots meanwhile.
+pub(crate) const REPLY_MAX_WAIT: Duration = Duration::from_millis(400);
 
 /// Waits that double at each failed attempt, up to a longest one.
 #[derive(Debug)]

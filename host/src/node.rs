@@ -224,8 +224,7 @@ impl ComputeNode {
             ..
         } = self;
         tokio::pin!(shutdown);
-        let caller_gone = Arc::new(Throttle::default());
-        let rejected = Arc::new(Throttle::default());
+        let warnings = Arc::new(Throttle::default());
         let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
         loop {
             let handler = Arc::new(Handler {
@@ -233,8 +232,7 @@ impl ComputeNode {
                 channel: session.channel.clone(),
                 metrics: metrics.requests.clone(),
                 max_body: config.limits.max_body,
-                caller_gone: caller_gone.clone(),
-                rejected: rejected.clone(),
+                warnings: warnings.clone(),
             });
             match session.serve(&handler, shutdown.as_mut()).await {
                 Ended::Shutdown => {
@@ -242,10 +240,14 @@ impl ComputeNode {
                         in_flight = session.in_flight.len(),
                         "shutting down: finishing the requests in flight"
                     );
-                    session.stop_consuming().await;
-                    session
-                        .drain(config.limits.wall_timeout + DRAIN_GRACE)
-                        .await;
+                    // Side by side: a broker that does not answer the
+                    // cancel (under an alarm it reads nothing) must not add
+                    // its wait to the drain's. Deliveries that arrive
+                    // meanwhile are never started; closing requeues them.
+                    tokio::join!(
+                        session.stop_consuming(),
+                        session.drain(config.limits.wall_timeout + DRAIN_GRACE),
+                    );
                     session.close().await;
                     info!("stopped");
                     return Ok(());
@@ -365,6 +367,7 @@ impl Session {
 
     /// Asks the broker for no more requests; those already delivered are
     /// still answered.
+    ///
     /// Bounded: a broker that does not answer must not hold up shutdown;
     /// closing the channel then stops the deliveries anyway.
     async fn stop_consuming(&self) {

@@ -17,6 +17,7 @@
 
 use crate::{
     amqp::{self, PublishError, Routed},
+    backoff::{self, Backoff},
     escaped::Escaped,
     metrics::RequestMetrics,
     reload::LiveModule,
@@ -38,8 +39,10 @@ use tracing::{Instrument as _, debug, info_span, warn};
 
 /// How many times a reply is published before its request is given up.
 const REPLY_ATTEMPTS: u32 = 3;
-/// The wait before publishing a reply again; it doubles at each attempt.
-const REPLY_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// How long to wait for the broker to confirm a reply. A broker in a
+/// memory or disk alarm blocks publishers and may never confirm; past
+/// this the attempt counts as failed.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a request is rejected without requeue instead of answered. Each
 /// is counted under its own `outcome`.
@@ -114,8 +117,7 @@ pub(crate) struct Handler {
     /// The largest reply body, error messages included.
     pub(crate) max_body: usize,
     /// Warnings that one client could repeat per request.
-    pub(crate) caller_gone: Arc<Throttle>,
-    pub(crate) rejected: Arc<Throttle>,
+    pub(crate) warnings: Arc<Throttle>,
 }
 
 impl Handler {
@@ -173,7 +175,7 @@ impl Handler {
         match self.reply(&reply_to, &body, properties).await {
             Delivered::Settled(routed) => {
                 if let Routed::Returned(_) = routed
-                    && let Some(held_back) = self.caller_gone.admit()
+                    && let Some(held_back) = self.warnings.admit("caller-gone")
                 {
                     warn!(
                         reply_to = %Escaped(reply_to.as_str()),
@@ -188,7 +190,7 @@ impl Handler {
                 self.metrics.answered(module.name(), started.elapsed());
             }
             Delivered::GaveUp(cause) => {
-                if let Some(held_back) = self.rejected.admit() {
+                if let Some(held_back) = self.warnings.admit(Rejection::Undeliverable.outcome()) {
                     warn!(reply_to = %Escaped(reply_to.as_str()), %cause, held_back, "reply not delivered; rejecting the request without requeue");
                 }
                 self.reject(delivery, &module, Rejection::Undeliverable)
@@ -215,7 +217,7 @@ impl Handler {
     /// queue gets it and the broker never redelivers it.
     async fn reject(&self, delivery: Delivery, module: &ComputeModule, why: Rejection) {
         if why != Rejection::Undeliverable
-            && let Some(held_back) = self.rejected.admit()
+            && let Some(held_back) = self.warnings.admit(why.outcome())
         {
             warn!(
                 delivery_tag = delivery.delivery_tag,
@@ -241,16 +243,16 @@ impl Handler {
         body: &[u8],
         properties: BasicProperties,
     ) -> Delivered {
-        let mut backoff = REPLY_RETRY_BACKOFF;
+        let mut backoff = Backoff::up_to(backoff::REPLY_MAX_WAIT);
         let mut attempt = 1;
         loop {
-            let published =
-                amqp::publish_mandatory(&self.channel, reply_to.clone(), body, properties.clone())
-                    .await;
-            let failure = match published {
-                Ok(Routed::Refused) => PublishError::Refused,
-                Ok(routed) => return Delivered::Settled(routed),
-                Err(err) => err,
+            let publish =
+                amqp::publish_mandatory(&self.channel, reply_to.clone(), body, properties.clone());
+            let failure = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+                Ok(Ok(Routed::Refused)) => PublishError::Refused,
+                Ok(Ok(routed)) => return Delivered::Settled(routed),
+                Ok(Err(err)) => err,
+                Err(_) => PublishError::NoConfirm(CONFIRM_TIMEOUT),
             };
             if !self.channel.status().connected() {
                 return Delivered::ChannelLost(failure);
@@ -259,8 +261,7 @@ impl Handler {
                 return Delivered::GaveUp(failure);
             }
             debug!(attempt, cause = %failure, "reply not delivered; publishing it again");
-            tokio::time::sleep(backoff).await;
-            backoff *= 2;
+            tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
     }

@@ -1,25 +1,28 @@
 //! A warning that can repeat once per request (a caller gone, a reply
-//! refused) is logged at most once per interval, with the count of the
-//! ones held back, so one client cannot flood the node's log.
+//! refused) is logged at most once per interval for each cause, with the
+//! count of the ones held back, so one client cannot flood the node's log
+//! nor hide another cause behind its own.
 
 use std::{
+    collections::HashMap,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-/// How often a throttled warning may be logged.
+/// How often a throttled warning may be logged, for each cause.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Lets a repeated event through at most once per interval.
+/// Lets a repeated event through at most once per interval for each
+/// cause.
 #[derive(Debug)]
 pub(crate) struct Throttle {
     every: Duration,
-    state: Mutex<State>,
+    causes: Mutex<HashMap<&'static str, State>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
-    last: Option<Instant>,
+    last: Instant,
     held_back: u64,
 }
 
@@ -27,23 +30,38 @@ impl Throttle {
     pub(crate) fn new(every: Duration) -> Self {
         Throttle {
             every,
-            state: Mutex::default(),
+            causes: Mutex::default(),
         }
     }
 
-    /// `Some(n)` when this event may be logged, `n` being how many were
-    /// held back since the last one; `None` when it is held back.
-    pub(crate) fn admit(&self) -> Option<u64> {
+    /// `Some(n)` when an event of `cause` may be logged, `n` being how many
+    /// of that cause were held back since the last one; `None` when it is
+    /// held back. Causes are a fixed set of names, so the map stays small.
+    pub(crate) fn admit(&self, cause: &'static str) -> Option<u64> {
         // Only counters are changed under the lock, and nothing there
         // panics, so a poisoned lock still holds consistent data.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut causes = self.causes.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if state.last.is_some_and(|last| now - last < self.every) {
-            state.held_back += 1;
-            return None;
+        match causes.get_mut(cause) {
+            Some(state) if now - state.last < self.every => {
+                state.held_back += 1;
+                None
+            }
+            Some(state) => {
+                state.last = now;
+                Some(std::mem::take(&mut state.held_back))
+            }
+            None => {
+                causes.insert(
+                    cause,
+                    State {
+                        last: now,
+                        held_back: 0,
+                    },
+                );
+                Some(0)
+            }
         }
-        state.last = Some(now);
-        Some(std::mem::take(&mut state.held_back))
     }
 }
 
@@ -58,13 +76,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lets_one_through_per_interval_and_counts_the_rest() {
+    fn lets_one_through_per_interval_and_cause_and_counts_the_rest() {
         let throttle = Throttle::new(Duration::from_secs(3600));
-        assert_eq!(throttle.admit(), Some(0));
-        assert_eq!(throttle.admit(), None);
-        assert_eq!(throttle.admit(), None);
+        assert_eq!(throttle.admit("a"), Some(0));
+        assert_eq!(throttle.admit("a"), None);
+        assert_eq!(throttle.admit("b"), Some(0));
+        assert_eq!(throttle.admit("a"), None);
         let open = Throttle::new(Duration::ZERO);
-        assert_eq!(open.admit(), Some(0));
-        assert_eq!(open.admit(), Some(0));
+        assert_eq!(open.admit("a"), Some(0));
+        assert_eq!(open.admit("a"), Some(0));
     }
 }
