@@ -10,14 +10,15 @@ pub(crate) struct Escaped<'a>(pub(crate) &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                fmt::Write::write_char(f, c)?;
-            }
+        // Runs between control characters are written whole: this is on
+        // every request's span.
+        let mut rest = self.0;
+        while let Some((at, control)) = rest.char_indices().find(|(_, c)| c.is_control()) {
+            f.write_str(&rest[..at])?;
+            write!(f, "{}", control.escape_default())?;
+            rest = &rest[at + control.len_utf8()..];
         }
-        Ok(())
+        f.write_str(rest)
     }
 }
 
