@@ -19,7 +19,6 @@ use crate::{
     amqp::{self, ConnectError},
     metrics::{self, NodeMetrics},
     node::{ComputeNode, NodeConfig},
-    sandbox,
 };
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::{
@@ -86,62 +85,23 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
     tokio::pin!(shutdown);
     loop {
         watch.follow(&config.dir);
-        let present = match module_files(&config.dir) {
+        match module_files(&config.dir) {
             Ok(present) => {
                 if unreadable.take().is_some() {
                     info!(dir = %config.dir.display(), "the directory can be read again");
                 }
-                present
+                reconcile(&config, &present, &mut running, &mut failed, &metrics).await;
             }
+            // A directory gone for a moment must not stop every function:
+            // nothing starts or stops until it can be read again.
             Err(err) => {
                 let reason = format!("{err:#}");
                 if unreadable.as_ref() != Some(&reason) {
                     warn!(cause = %reason, functions = running.len(), "cannot read the module directory; the running functions go on serving");
                     unreadable = Some(reason);
                 }
-                // As if nothing changed: a directory gone for a moment
-                // must not stop every function.
-                running
-                    .keys()
-                    .map(|name| (name.clone(), PathBuf::new()))
-                    .collect()
-            }
-        };
-        for (name, path) in &present {
-            let unchanged_since_failing = failed
-                .get(name)
-                .is_some_and(|failure| failure.module_unchanged(path));
-            if running.contains_key(name) || unchanged_since_failing {
-                continue;
-            }
-            let queue = format!("{}.{name}", config.queue_prefix);
-            if let Err(err) = amqp::queue_name(&queue) {
-                report_failure(&mut failed, name, path, &err.into());
-                continue;
-            }
-            match start(&config, &queue, path, metrics.clone()).await {
-                Ok(function) => {
-                    failed.remove(name);
-                    running.insert(name.clone(), function);
-                }
-                Err(err) => report_failure(&mut failed, name, path, &err),
             }
         }
-        let removed: Vec<String> = running
-            .keys()
-            .filter(|name| !present.contains_key(*name))
-            .cloned()
-            .collect();
-        for name in removed {
-            info!(function = %name, "the module file is gone; stopping the function");
-            let function = running.remove(&name).expect("listed as running");
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                stop(&name, function).await;
-                metrics.remove_function(&name);
-            });
-        }
-        failed.retain(|name, _| present.contains_key(name));
 
         tokio::select! {
             _ = shutdown.as_mut() => break,
@@ -159,6 +119,52 @@ pub async fn run(config: FunctionsConfig, shutdown: impl Future) -> anyhow::Resu
         .map(|(name, function)| async move { stop(&name, function).await });
     futures_util::future::join_all(stopping).await;
     Ok(())
+}
+
+/// Serves the functions in `present` that are not served yet (and have
+/// not failed as they are now), and stops those whose file is gone.
+async fn reconcile(
+    config: &FunctionsConfig,
+    present: &BTreeMap<String, PathBuf>,
+    running: &mut BTreeMap<String, Running>,
+    failed: &mut BTreeMap<String, Failed>,
+    metrics: &Arc<NodeMetrics>,
+) {
+    for (name, path) in present {
+        let unchanged_since_failing = failed
+            .get(name)
+            .is_some_and(|failure| failure.module_unchanged(path));
+        if running.contains_key(name) || unchanged_since_failing {
+            continue;
+        }
+        let queue = format!("{}.{name}", config.queue_prefix);
+        if let Err(err) = amqp::queue_name(&queue) {
+            report_failure(failed, name, path, &err.into());
+            continue;
+        }
+        match start(config, &queue, path, metrics.clone()).await {
+            Ok(function) => {
+                failed.remove(name);
+                running.insert(name.clone(), function);
+            }
+            Err(err) => report_failure(failed, name, path, &err),
+        }
+    }
+    let removed: Vec<String> = running
+        .keys()
+        .filter(|name| !present.contains_key(*name))
+        .cloned()
+        .collect();
+    for name in removed {
+        info!(function = %name, "the module file is gone; stopping the function");
+        let function = running.remove(&name).expect("listed as running");
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            stop(&name, function).await;
+            metrics.remove_function(&name);
+        });
+    }
+    failed.retain(|name, _| present.contains_key(name));
 }
 
 /// Starts serving the module at `path` on `queue`.
@@ -196,11 +202,10 @@ async fn stop(name: &str, function: Running) {
 /// Why a function could not start.
 struct Failed {
     reason: String,
-    /// When the module itself was at fault, the digest of the file's
-    /// content then: it is not compiled again until the content changes
-    /// (a mended file with the same modification time included). `None`
-    /// when the broker was at fault, which the next scan tries again.
-    module_digest: Option<String>,
+    /// When the module itself was at fault, the file as it was then: it
+    /// is not compiled again until it changes. `None` when the broker was
+    /// at fault, which the next scan tries again.
+    module_stamp: Option<FileStamp>,
     /// Whether `reason` was logged as a warning (not only at debug level,
     /// while the file was still being written).
     warned: bool,
@@ -208,7 +213,7 @@ struct Failed {
 
 impl Failed {
     fn module_unchanged(&self, path: &Path) -> bool {
-        self.module_digest.is_some() && self.module_digest == content_digest(path)
+        self.module_stamp.is_some() && self.module_stamp == FileStamp::of(path)
     }
 }
 
@@ -236,25 +241,45 @@ fn report_failure(
     } else if !already_warned {
         warn!(function = %name, path = %path.display(), cause = %reason, "cannot serve this function; will try again when it changes");
     }
-    let module_digest = if broker_at_fault || recently_written {
+    let module_stamp = if broker_at_fault || recently_written {
         None
     } else {
-        content_digest(path)
+        FileStamp::of(path)
     };
     failed.insert(
         name.to_owned(),
         Failed {
             reason,
-            module_digest,
+            module_stamp,
             warned: !recently_written,
         },
     );
 }
 
-fn content_digest(path: &Path) -> Option<String> {
-    std::fs::read(path)
-        .ok()
-        .map(|bytes| sandbox::digest(&bytes))
+/// What tells one version of a file from the next without reading it:
+/// its inode, size, modification time and change time. The change time
+/// moves at every write and cannot be set back, so a file mended in place
+/// with its old modification time (`cp -p`, an archive) is still seen as
+/// changed; reading and hashing every broken file at every scan would cost
+/// more for a large module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
