@@ -59,11 +59,22 @@ const BACKSTOP: Duration = Duration::from_secs(2);
 /// Compiled versions kept, so swapping back (a rollback) needs no compile.
 const RECENT_VERSIONS: usize = 4;
 
+/// A version of the module file that the reloader turned down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The file was read, but its content is not a usable compute module
+    /// (garbage, truncated, wrong exports or types, imports the sandbox
+    /// does not offer). Holds its digest, `sha256:<hex>`.
+    Unusable(String),
+    /// The file could not be read (it was deleted, say).
+    Unreadable(std::io::ErrorKind),
+}
+
 /// The version of the compute module that new requests run, and what the
 /// reloader last turned down.
 pub struct LiveModule {
     current: ArcSwap<ComputeModule>,
-    rejected: Mutex<Option<String>>,
+    rejected: Mutex<Option<Rejected>>,
     swaps: AtomicU64,
     failed_reloads: AtomicU64,
 }
@@ -95,10 +106,8 @@ impl LiveModule {
         self.current.load_full()
     }
 
-    /// The last version of the file that could not be served: its digest
-    /// when its content was unusable, or `unreadable: <reason>` when the
-    /// file could not be read (for example, it was deleted).
-    pub fn last_rejected(&self) -> Option<String> {
+    /// The last version of the file that could not be served.
+    pub fn last_rejected(&self) -> Option<Rejected> {
         self.rejected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -120,9 +129,9 @@ impl LiveModule {
         self.current.swap(Arc::new(module))
     }
 
-    fn reject(&self, problem: &str) {
+    fn reject(&self, problem: Rejected) {
         self.failed_reloads.fetch_add(1, Ordering::Relaxed);
-        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem.to_owned());
+        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem);
     }
 }
 
@@ -152,9 +161,8 @@ struct Reloader {
     live: Arc<LiveModule>,
     /// Versions compiled lately, newest first.
     recent: VecDeque<ComputeModule>,
-    /// The last problem logged (a digest that failed, or a read error), so
-    /// each one is logged once.
-    reported: Option<String>,
+    /// The last problem logged, so each one is logged once.
+    reported: Option<Rejected>,
     /// Since when plain writes have arrived without a completing event.
     writing_since: Option<Instant>,
 }
@@ -269,7 +277,7 @@ impl Reloader {
         let bytes = match tokio::fs::read(&self.path).await {
             Ok(bytes) => bytes,
             Err(err) => {
-                let problem = format!("unreadable: {}", err.kind());
+                let problem = Rejected::Unreadable(err.kind());
                 if self.reported.as_ref() != Some(&problem) {
                     warn!(
                         path = %self.path.display(),
@@ -277,7 +285,7 @@ impl Reloader {
                         serving = serving.digest(),
                         "cannot read the module file; still serving the current version"
                     );
-                    self.live.reject(&problem);
+                    self.live.reject(problem.clone());
                     self.reported = Some(problem);
                 }
                 return;
@@ -288,7 +296,8 @@ impl Reloader {
             self.reported = None;
             return;
         }
-        if self.reported.as_ref() == Some(&digest) {
+        let unusable = Rejected::Unusable(digest.clone());
+        if self.reported.as_ref() == Some(&unusable) {
             return;
         }
 
@@ -336,8 +345,8 @@ impl Reloader {
                     serving = serving.digest(),
                     "the module file is not a usable compute module; still serving the current version"
                 );
-                self.live.reject(&digest);
-                self.reported = Some(digest);
+                self.live.reject(unusable.clone());
+                self.reported = Some(unusable);
             }
             Err(err) => debug!(
                 %digest,

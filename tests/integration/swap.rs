@@ -1,7 +1,7 @@
 //! Live code swaps: replacing the module file of a running node.
 
 use crate::support::{ModuleDir, RunningNode, built_module, center, unique_queue};
-use compute_host::{Center, sandbox::digest};
+use compute_host::{Center, reload::Rejected, sandbox::digest};
 use std::{
     io::Write as _,
     sync::{
@@ -37,14 +37,13 @@ async fn wait_for_module(center: &Center, digest: &str) {
     }
 }
 
-/// Waits until the node has turned down the file version `problem` (a
-/// digest, or `unreadable: ...`).
-async fn wait_for_rejection(node: &RunningNode, problem: &str) {
+/// Waits until the node has turned down the file version `problem`.
+async fn wait_for_rejection(node: &RunningNode, problem: &Rejected) {
     let deadline = Instant::now() + NOTICE;
-    while node.live.last_rejected().as_deref() != Some(problem) {
+    while node.live.last_rejected().as_ref() != Some(problem) {
         assert!(
             Instant::now() < deadline,
-            "{problem} not rejected within {NOTICE:?}; last: {:?}",
+            "{problem:?} not rejected within {NOTICE:?}; last: {:?}",
             node.live.last_rejected()
         );
         sleep(Duration::from_millis(20)).await;
@@ -220,7 +219,7 @@ async fn broken_replacements_keep_the_old_version_serving() {
     ];
     for (what, bytes) in &broken {
         dir.publish(bytes);
-        wait_for_rejection(&node, &digest(bytes)).await;
+        wait_for_rejection(&node, &Rejected::Unusable(digest(bytes))).await;
         let reply = center
             .call("41")
             .await
@@ -234,7 +233,7 @@ async fn broken_replacements_keep_the_old_version_serving() {
     }
 
     std::fs::remove_file(dir.working_copy()).unwrap();
-    wait_for_rejection(&node, "unreadable: entity not found").await;
+    wait_for_rejection(&node, &Rejected::Unreadable(std::io::ErrorKind::NotFound)).await;
     assert_eq!(
         center.call("41").await.unwrap().body,
         b"42",
