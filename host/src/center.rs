@@ -52,7 +52,7 @@
 //!
 //! center.close().await;
 //! let _ = stop.send(());
-//! serving.await??;
+//! serving.await?;
 //! # let connection = lapin::Connection::connect(&url, Default::default()).await?;
 //! # let channel = connection.create_channel().await?;
 //! # channel.queue_delete(queue.as_str().into(), Default::default()).await?;

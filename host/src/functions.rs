@@ -16,9 +16,8 @@
 //! functions go on serving; a replaced directory is watched anew.
 
 use crate::{
-    amqp::{self, ConnectError},
     metrics::{self, NodeMetrics},
-    node::{ComputeNode, NodeConfig},
+    node::{ComputeNode, NodeConfig, StartError},
 };
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::{
@@ -55,7 +54,7 @@ pub struct FunctionsConfig {
 /// A function being served.
 struct Running {
     stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 /// Serves every module in `config.dir` until `shutdown` completes, then
@@ -137,12 +136,7 @@ async fn reconcile(
         if running.contains_key(name) || unchanged_since_failing {
             continue;
         }
-        let queue = format!("{}.{name}", config.queue_prefix);
-        if let Err(err) = amqp::queue_name(&queue) {
-            report_failure(failed, name, path, &err.into());
-            continue;
-        }
-        match start(config, &queue, path, metrics.clone()).await {
+        match start(config, name, path, metrics.clone()).await {
             Ok(function) => {
                 failed.remove(name);
                 running.insert(name.clone(), function);
@@ -167,16 +161,16 @@ async fn reconcile(
     failed.retain(|name, _| present.contains_key(name));
 }
 
-/// Starts serving the module at `path` on `queue`.
+/// Starts serving the module at `path` as function `name`.
 async fn start(
     config: &FunctionsConfig,
-    queue: &str,
+    name: &str,
     path: &Path,
     metrics: Arc<NodeMetrics>,
-) -> anyhow::Result<Running> {
+) -> Result<Running, StartError> {
     let node_config = NodeConfig {
         module: path.to_owned(),
-        queue: queue.to_owned(),
+        queue: format!("{}.{name}", config.queue_prefix),
         ..config.node.clone()
     };
     let node = ComputeNode::start_with_metrics(&node_config, metrics).await?;
@@ -190,12 +184,8 @@ async fn start(
 /// Stops a function: its node drains and closes.
 async fn stop(name: &str, function: Running) {
     let _ = function.stop.send(());
-    match function.task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            warn!(function = %name, cause = format!("{err:#}"), "the function stopped with an error")
-        }
-        Err(err) => warn!(function = %name, cause = %err, "the function's task failed"),
+    if let Err(err) = function.task.await {
+        warn!(function = %name, cause = %err, "the function's task failed");
     }
 }
 
@@ -223,13 +213,10 @@ fn report_failure(
     failed: &mut BTreeMap<String, Failed>,
     name: &str,
     path: &Path,
-    err: &anyhow::Error,
+    err: &StartError,
 ) {
     let reason = format!("{err:#}");
-    let broker_at_fault = err
-        .downcast_ref::<ConnectError>()
-        .is_some_and(|err| err.lapin_error().is_some())
-        || err.downcast_ref::<lapin::Error>().is_some();
+    let broker_at_fault = matches!(err, StartError::Broker(_));
     let recently_written = modified(path)
         .and_then(|modified| SystemTime::now().duration_since(modified).ok())
         .is_some_and(|age| age < SETTLE);

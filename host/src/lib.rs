@@ -49,7 +49,7 @@ pub mod sandbox;
 mod throttle;
 pub mod wire;
 
-pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode, StartError};
+pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode};
 pub use node::{ComputeNode, NodeConfig};
 pub use reload::LiveModule;
 pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

@@ -29,7 +29,7 @@ use lapin::{
         BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
         QueueDeclareOptions,
     },
-    types::FieldTable,
+    types::{FieldTable, ShortString},
 };
 use std::{
     fmt,
@@ -102,9 +102,30 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// guest's wall-clock limit: for their replies' confirms.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
+/// Why a node could not start. Each case tells whoever starts nodes what
+/// may help: `--modules` tries a broker fault again at its next scan, and a
+/// module fault only once the file changes.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The module file is unreadable or not a usable compute module.
+    #[error(transparent)]
+    Module(anyhow::Error),
+    /// The queue's name is not a valid AMQP queue name.
+    #[error(transparent)]
+    QueueName(#[from] amqp::QueueNameError),
+    /// The broker could not be reached, or would not set up the queue.
+    #[error(transparent)]
+    Broker(anyhow::Error),
+    /// The sandbox or the metrics endpoint could not be set up.
+    #[error(transparent)]
+    Setup(anyhow::Error),
+}
+
 /// A node that is connected and consuming, ready to [`run`](Self::run).
 pub struct ComputeNode {
     config: NodeConfig,
+    /// `config.queue`, checked.
+    queue: ShortString,
     session: Session,
     live: Arc<LiveModule>,
     metrics: Arc<NodeMetrics>,
@@ -146,15 +167,15 @@ impl ComputeNode {
     ///
     /// When the module is not usable or the broker cannot be reached: a
     /// node that cannot start says so at once rather than retrying.
-    pub async fn start(config: &NodeConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: &NodeConfig) -> Result<Self, StartError> {
         let metrics = Arc::new(NodeMetrics::new());
         let listener = match config.metrics_addr {
-            Some(address) => Some(metrics::bind(address).await?),
+            Some(address) => Some(metrics::bind(address).await.map_err(StartError::Setup)?),
             None => None,
         };
         let mut node = Self::start_with_metrics(config, metrics.clone()).await?;
         if let Some(listener) = listener {
-            node.metrics_addr = Some(listener.local_addr()?);
+            node.metrics_addr = listener.local_addr().ok();
             node._metrics_server = Some(metrics.serve(listener));
         }
         Ok(node)
@@ -166,12 +187,18 @@ impl ComputeNode {
     pub(crate) async fn start_with_metrics(
         config: &NodeConfig,
         metrics: Arc<NodeMetrics>,
-    ) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
+    ) -> Result<Self, StartError> {
+        // Checked before compiling: a name that can never work is the
+        // cheapest fault to report.
+        let queue = amqp::queue_name(&config.queue)?;
+        let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())
+            .map_err(StartError::Setup)?;
         let started = Instant::now();
-        let module = sandbox.load(&config.module)?;
+        let module = sandbox.load(&config.module).map_err(StartError::Module)?;
         let compile_ms = started.elapsed().as_millis();
-        let session = Session::open(config, &metrics).await?;
+        let session = Session::open(config, &queue, &metrics)
+            .await
+            .map_err(StartError::Broker)?;
         info!(
             module = %config.module.display(),
             function = module.name(),
@@ -186,6 +213,7 @@ impl ComputeNode {
         metrics.add_function(live.clone());
         Ok(ComputeNode {
             config: config.clone(),
+            queue,
             session,
             _reloader: reload::watch(&config.module, sandbox, live.clone()),
             live,
@@ -207,15 +235,12 @@ impl ComputeNode {
 
     /// Serves requests until `shutdown` completes, reconnecting whenever
     /// the connection is lost, then drains the requests in flight and
-    /// closes.
-    ///
-    /// # Errors
-    ///
-    /// None so far: every fault after [`start`](Self::start) is retried.
-    /// The `Result` leaves room for faults that retrying cannot mend.
-    pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+    /// closes. Nothing after [`start`](Self::start) stops it but
+    /// `shutdown`: every fault is retried.
+    pub async fn run(self, shutdown: impl Future) {
         let ComputeNode {
             config,
+            queue,
             mut session,
             live,
             metrics,
@@ -250,7 +275,7 @@ impl ComputeNode {
                     );
                     session.close().await;
                     info!("stopped");
-                    return Ok(());
+                    return;
                 }
                 Ended::Lost(cause) => {
                     warn!(
@@ -265,11 +290,11 @@ impl ComputeNode {
                         backoff.reset();
                     }
                     session.close().await;
-                    match reopen(&config, &metrics, &mut backoff, shutdown.as_mut()).await {
+                    match reopen(&config, &queue, &metrics, &mut backoff, shutdown.as_mut()).await {
                         Some(reopened) => session = reopened,
                         None => {
                             info!("shut down while reconnecting");
-                            return Ok(());
+                            return;
                         }
                     }
                 }
@@ -282,10 +307,13 @@ impl Session {
     /// Connects, declares the queue and starts consuming, waiting at most
     /// [`amqp::ANSWER_TIMEOUT`] in all: while a broker starts up it may
     /// accept the connection and not answer on it.
-    async fn open(config: &NodeConfig, metrics: &NodeMetrics) -> anyhow::Result<Session> {
-        let queue = amqp::queue_name(&config.queue)?;
-        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, Self::set_up(config, queue, metrics)).await
-        {
+    async fn open(
+        config: &NodeConfig,
+        queue: &ShortString,
+        metrics: &NodeMetrics,
+    ) -> anyhow::Result<Session> {
+        let set_up = Self::set_up(config, queue.clone(), metrics);
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up).await {
             Ok(opened) => opened,
             Err(_) => anyhow::bail!(
                 "RabbitMQ did not answer within {:?} while the node set up its queue",
@@ -296,7 +324,7 @@ impl Session {
 
     async fn set_up(
         config: &NodeConfig,
-        queue: lapin::types::ShortString,
+        queue: ShortString,
         metrics: &NodeMetrics,
     ) -> anyhow::Result<Session> {
         let connection = amqp::connect(&config.amqp_url).await?;
@@ -422,6 +450,7 @@ impl Session {
 /// one opens (`Some`) or `shutdown` completes (`None`).
 async fn reopen(
     config: &NodeConfig,
+    queue: &ShortString,
     metrics: &NodeMetrics,
     backoff: &mut Backoff,
     mut shutdown: Pin<&mut impl Future>,
@@ -435,7 +464,7 @@ async fn reopen(
         }
         let opened = tokio::select! {
             _ = shutdown.as_mut() => return None,
-            opened = Session::open(config, metrics) => opened,
+            opened = Session::open(config, queue, metrics) => opened,
         };
         match opened {
             Ok(session) => {
@@ -478,6 +507,12 @@ fn watch_alarms(connection: &Connection, blocked: metrics::Gauge) -> AbortOnDrop
 }
 
 /// Starts a node with `config` and serves until `shutdown` completes.
-pub async fn run(config: NodeConfig, shutdown: impl Future) -> anyhow::Result<()> {
-    ComputeNode::start(&config).await?.run(shutdown).await
+///
+/// # Errors
+///
+/// Only when the node cannot start; once started it runs until
+/// `shutdown`.
+pub async fn run(config: NodeConfig, shutdown: impl Future) -> Result<(), StartError> {
+    ComputeNode::start(&config).await?.run(shutdown).await;
+    Ok(())
 }

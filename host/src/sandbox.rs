@@ -200,7 +200,10 @@ impl Sandbox {
         // these imports grant nothing.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Ok(Sandbox {
-            _epoch: Arc::new(EpochTicker::start(engine.clone())),
+            _epoch: Arc::new(
+                EpochTicker::start(engine.clone())
+                    .context("cannot start the epoch ticker thread")?,
+            ),
             engine,
             linker: Arc::new(linker),
             limits,
@@ -524,24 +527,21 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
+        let thread = thread::Builder::new().name("epoch-ticker".into()).spawn({
+            let stop = stop.clone();
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
                 }
-            })
-            .expect("cannot start the epoch ticker thread");
-        EpochTicker {
+            }
+        })?;
+        Ok(EpochTicker {
             stop,
             thread: Some(thread),
-        }
+        })
     }
 }
 

@@ -91,7 +91,7 @@ pub struct RunningNode {
     /// Where it serves metrics, when asked to.
     pub metrics_addr: Option<std::net::SocketAddr>,
     stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl RunningNode {
@@ -136,10 +136,7 @@ impl RunningNode {
     /// Stops the node, checks it stopped cleanly, and deletes its queue.
     pub async fn stop(self) {
         let _ = self.stop.send(());
-        self.task
-            .await
-            .expect("node task")
-            .expect("node stops cleanly");
+        self.task.await.expect("the node stops cleanly");
         delete_queue(&self.queue).await;
     }
 }

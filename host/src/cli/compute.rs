@@ -102,7 +102,7 @@ pub async fn run(args: ComputeArgs) -> anyhow::Result<()> {
             };
             functions::run(config, super::shutdown_signal()).await
         }
-        None => node::run(args.config(), super::shutdown_signal()).await,
+        None => Ok(node::run(args.config(), super::shutdown_signal()).await?),
     }
 }
 
