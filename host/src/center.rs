@@ -163,7 +163,7 @@ pub enum CallError {
     #[error("{kind}: {message}")]
     Remote {
         /// The `x-error` kind, such as `bad-request`.
-        kind: String,
+        kind: wire::PeerErrorKind,
         /// The message for a person, from the reply body.
         message: String,
         /// What answered.
@@ -200,7 +200,7 @@ impl CallError {
     pub fn kind(&self) -> &str {
         match self {
             CallError::Timeout(_) => "timeout",
-            CallError::Remote { kind, .. } => kind,
+            CallError::Remote { kind, .. } => kind.as_str(),
             CallError::NoRoute(_) => "no-route",
             CallError::Publish(_) => "publish-failed",
             CallError::TooLarge { .. } => "too-large",
@@ -641,7 +641,7 @@ fn into_reply(delivery: Delivery) -> Result<Reply, CallError> {
             origin,
         }),
         Some(kind) => Err(CallError::Remote {
-            kind,
+            kind: kind.as_str().into(),
             message: String::from_utf8_lossy(&delivery.data).into_owned(),
             origin,
         }),

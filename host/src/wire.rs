@@ -70,6 +70,75 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+impl std::str::FromStr for ErrorKind {
+    type Err = UnknownErrorKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [
+            ErrorKind::BadRequest,
+            ErrorKind::ComputeFailed,
+            ErrorKind::Timeout,
+            ErrorKind::TooLarge,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+        .ok_or(UnknownErrorKind)
+    }
+}
+
+/// An `x-error` value that is none of the [`ErrorKind`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a known x-error kind")]
+pub struct UnknownErrorKind;
+
+/// The `x-error` kind of a reply, as a peer sent it: one of ours, or one
+/// this build does not know (a newer node's, or another implementation's),
+/// kept as it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerErrorKind {
+    /// One of the kinds this build knows.
+    Known(ErrorKind),
+    /// Any other name.
+    Other(String),
+}
+
+impl PeerErrorKind {
+    /// The name as it appears in the `x-error` header.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PeerErrorKind::Known(kind) => kind.as_str(),
+            PeerErrorKind::Other(name) => name,
+        }
+    }
+}
+
+impl From<&str> for PeerErrorKind {
+    fn from(name: &str) -> Self {
+        name.parse().map_or_else(
+            |_| PeerErrorKind::Other(name.to_owned()),
+            PeerErrorKind::Known,
+        )
+    }
+}
+
+impl fmt::Display for PeerErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for PeerErrorKind {
+    fn eq(&self, name: &str) -> bool {
+        self.as_str() == name
+    }
+}
+
+impl PartialEq<&str> for PeerErrorKind {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
 /// The properties of the reply to a request with `request` properties.
 pub fn reply_properties(
     request: &BasicProperties,
@@ -183,6 +252,26 @@ mod tests {
             header_text(&reply, FUNCTION_HEADER).as_deref(),
             Some("increase")
         );
+    }
+
+    #[test]
+    fn error_kinds_from_peers_are_typed_and_unknown_ones_kept() {
+        for kind in [
+            ErrorKind::BadRequest,
+            ErrorKind::ComputeFailed,
+            ErrorKind::Timeout,
+            ErrorKind::TooLarge,
+        ] {
+            assert_eq!(kind.as_str().parse(), Ok(kind));
+            assert_eq!(
+                PeerErrorKind::from(kind.as_str()),
+                PeerErrorKind::Known(kind)
+            );
+        }
+        let newer = PeerErrorKind::from("rate-limited");
+        assert_eq!(newer, PeerErrorKind::Other("rate-limited".into()));
+        assert_eq!(newer, "rate-limited");
+        assert_eq!("nonsense".parse::<ErrorKind>(), Err(UnknownErrorKind));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Calls through the `Center` library: matching replies to requests.
 
 use crate::support::{RawClient, RunningNode, amqp_url, center, unique_queue};
-use compute_host::{CallError, Center, CenterOptions, ReplyMode};
+use compute_host::{
+    CallError, Center, CenterOptions, ReplyMode,
+    wire::{ErrorKind, PeerErrorKind},
+};
 use futures_util::{StreamExt as _, stream};
 use lapin::BasicProperties;
 use std::time::Duration;
@@ -140,7 +143,7 @@ async fn remote_errors_carry_their_kind_and_message() {
             message,
             origin,
         }) => {
-            assert_eq!(kind, "bad-request");
+            assert_eq!(kind, PeerErrorKind::Known(ErrorKind::BadRequest));
             assert!(message.contains("\"seven\""), "{message}");
             assert_eq!(origin.function.as_deref(), Some("increase"));
         }

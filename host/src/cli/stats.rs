@@ -181,7 +181,7 @@ mod tests {
         let mut stats = Stats::default();
         for n in 0..1000 {
             let invented = Err(CallError::Remote {
-                kind: format!("kind-{n}"),
+                kind: crate::wire::PeerErrorKind::Other(format!("kind-{n}")),
                 message: String::new(),
                 origin: Origin::default(),
             });
