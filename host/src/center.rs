@@ -63,6 +63,7 @@
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     backoff::{self, Backoff},
+    lock::lock,
     wire,
 };
 use arc_swap::ArcSwap;
@@ -595,14 +596,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         lock(self.pending).remove(&self.correlation_id);
     }
-}
-
-/// The map is only held for an insert or a remove, and no code panics
-/// while holding it, so a poisoned lock still holds consistent data.
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Answer>>> {
-    pending
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Hands each reply to the call waiting for it. Replies nobody waits for

@@ -24,6 +24,8 @@
 //!   after a lost connection.
 //! - `escaped` (private): text from clients and guests, its control
 //!   characters escaped for the log.
+//! - `lock` (private): locking a mutex that a panic may have poisoned,
+//!   in one place.
 //! - `throttle` (private): warnings that a client could repeat per
 //!   request, logged at most once per interval.
 //! - `metrics` (private): the node's Prometheus metrics and the small
@@ -41,6 +43,7 @@ pub mod center;
 pub mod cli;
 mod escaped;
 pub mod functions;
+mod lock;
 mod metrics;
 pub mod node;
 pub mod reload;

@@ -5,7 +5,7 @@
 //! module's swaps, failed reloads and current digest are read from the
 //! [`LiveModule`] at each scrape, so the reloader knows nothing of metrics.
 
-use crate::reload::LiveModule;
+use crate::{lock::lock, reload::LiveModule};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -273,14 +273,6 @@ pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot serve metrics on {address}"))
-}
-
-/// The map is only held to insert, remove or read it, and no code panics
-/// while holding it.
-fn lock(modules: &Modules) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<LiveModule>>> {
-    modules
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Each function's swaps, failed reloads and current version, read at

@@ -24,7 +24,10 @@
 //! any broken file, so it is never served; it is only logged at debug
 //! level while writes are still arriving.
 
-use crate::sandbox::{self, ComputeModule, Sandbox};
+use crate::{
+    lock::lock,
+    sandbox::{self, ComputeModule, Sandbox},
+};
 use arc_swap::ArcSwap;
 use notify::{
     EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
@@ -108,10 +111,7 @@ impl LiveModule {
 
     /// The last version of the file that could not be served.
     pub fn last_rejected(&self) -> Option<Rejected> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.rejected).clone()
     }
 
     /// How many new versions have been swapped in.
@@ -131,7 +131,7 @@ impl LiveModule {
 
     fn reject(&self, problem: Rejected) {
         self.failed_reloads.fetch_add(1, Ordering::Relaxed);
-        *self.rejected.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem);
+        *lock(&self.rejected) = Some(problem);
     }
 }
 

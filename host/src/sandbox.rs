@@ -9,7 +9,7 @@
 //! component) are shared; only the [`Store`] is per request, so no state
 //! leaks from one request to the next.
 
-use crate::{escaped::Escaped, wire::ErrorKind};
+use crate::{escaped::Escaped, lock::lock, wire::ErrorKind};
 use anyhow::Context as _;
 use futures_util::FutureExt;
 use sha2::{Digest as _, Sha256};
@@ -464,10 +464,7 @@ struct CapturedOutput {
 impl GuestOutput {
     /// Logs what the guest printed, if anything.
     fn log(&self, function: &str) {
-        let captured = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let captured = lock(&self.0);
         if captured.kept.is_empty() {
             return;
         }
@@ -499,10 +496,7 @@ impl AsyncWrite for GuestOutput {
         _: &mut Context<'_>,
         bytes: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut captured = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut captured = lock(&self.0);
         let room = GUEST_OUTPUT_CAP.saturating_sub(captured.kept.len());
         let kept = bytes.len().min(room);
         captured.kept.extend_from_slice(&bytes[..kept]);

@@ -3,6 +3,7 @@
 //! count of the ones held back, so one client cannot flood the node's log
 //! nor hide another cause behind its own.
 
+use crate::lock::lock;
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -38,9 +39,7 @@ impl Throttle {
     /// of that cause were held back since the last one; `None` when it is
     /// held back. Causes are a fixed set of names, so the map stays small.
     pub(crate) fn admit(&self, cause: &'static str) -> Option<u64> {
-        // Only counters are changed under the lock, and nothing there
-        // panics, so a poisoned lock still holds consistent data.
-        let mut causes = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut causes = lock(&self.causes);
         let now = Instant::now();
         match causes.get_mut(cause) {
             Some(state) if now - state.last < self.every => {
