@@ -38,23 +38,21 @@ pub struct ConnectError {
 /// An `amqps://` URL is refused when this build has no TLS, rather than
 /// silently connecting in plain text.
 pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
-    let refuse = |cause: String, hint| ConnectError {
-        url: Redacted(url.to_owned()),
-        cause,
-        hint,
-        client_error: None,
-    };
     if !cfg!(feature = "tls") && url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
-        return Err(refuse(
+        return Err(ConnectError::new(
+            url,
             "this build has no TLS, so it will not connect to an amqps:// URL in plain text".into(),
             "build with `--features compute-host/tls`, or use amqp:// on a trusted network",
+            None,
         ));
     }
     let connect = Connection::connect(url, ConnectionProperties::default());
     let Ok(connected) = tokio::time::timeout(ANSWER_TIMEOUT, connect).await else {
-        return Err(refuse(
+        return Err(ConnectError::new(
+            url,
             format!("no answer within {ANSWER_TIMEOUT:?}"),
             "is the broker starting up, or is something else listening there?",
+            None,
         ));
     };
     connected.map_err(|source| {
@@ -70,16 +68,25 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
                 "check the URL, the user name and the password",
             ),
         };
-        ConnectError {
-            url: Redacted(url.to_owned()),
-            cause,
-            hint,
-            client_error: Some(source),
-        }
+        ConnectError::new(url, cause, hint, Some(source))
     })
 }
 
 impl ConnectError {
+    fn new(
+        url: &str,
+        cause: String,
+        hint: &'static str,
+        client_error: Option<lapin::Error>,
+    ) -> Self {
+        ConnectError {
+            url: Redacted(url.to_owned()),
+            cause,
+            hint,
+            client_error,
+        }
+    }
+
     /// The underlying client error, when the client library failed (and
     /// not this crate's own checks).
     pub fn lapin_error(&self) -> Option<&lapin::Error> {
@@ -89,23 +96,23 @@ impl ConnectError {
     /// The connection opened but the broker did not answer while setting
     /// up a channel or queue on it.
     pub(crate) fn no_answer(url: &str) -> Self {
-        ConnectError {
-            url: Redacted(url.to_owned()),
-            cause: format!("no answer within {ANSWER_TIMEOUT:?} while setting up"),
-            hint: "is the broker overloaded or in a resource alarm?",
-            client_error: None,
-        }
+        ConnectError::new(
+            url,
+            format!("no answer within {ANSWER_TIMEOUT:?} while setting up"),
+            "is the broker overloaded or in a resource alarm?",
+            None,
+        )
     }
 
     /// The connection opened but setting up a channel or queue on it
     /// failed (for example a missing vhost permission).
     pub(crate) fn setup(url: &str, source: lapin::Error) -> Self {
-        ConnectError {
-            url: Redacted(url.to_owned()),
-            cause: source.to_string(),
-            hint: "check that the user may declare and consume queues",
-            client_error: Some(source),
-        }
+        ConnectError::new(
+            url,
+            source.to_string(),
+            "check that the user may declare and consume queues",
+            Some(source),
+        )
     }
 }
 
@@ -167,8 +174,8 @@ pub enum PublishError {
 /// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
 /// be seen.
 ///
-/// The wait has no bound of its own, since a timer per message costs
-/// more than the rest of a call: each caller bounds it (a node's reply by
+/// The wait has no bound of its own, so a call does not pay for a second
+/// timer: each caller bounds it (a node's reply by
 /// its confirm timeout, a center's call by its deadline). A broker in a
 /// memory or disk alarm may never confirm.
 ///

@@ -5,7 +5,7 @@
 //! module's swaps, failed reloads and current digest are read from the
 //! [`LiveModule`] at each scrape, so the reloader knows nothing of metrics.
 
-use crate::{lock::lock, reload::LiveModule};
+use crate::{lock::lock, reload::LiveModule, throttle::Throttle};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -207,6 +207,7 @@ impl NodeMetrics {
             info!(%address, "serving metrics on http://{address}/metrics");
         }
         let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES));
+        let warnings = Throttle::default();
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 let Ok(slot) = scrapes.clone().acquire_owned().await else {
@@ -215,7 +216,9 @@ impl NodeMetrics {
                 let (stream, peer) = match listener.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
-                        warn!(cause = %err, "cannot accept a metrics connection");
+                        if let Some(held_back) = warnings.admit("accept") {
+                            warn!(cause = %err, held_back, "cannot accept a metrics connection");
+                        }
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }

@@ -146,7 +146,7 @@ impl Handler {
     async fn answer(&self, delivery: Delivery, module: Arc<ComputeModule>) {
         let reply_to = match Rejection::check(&delivery.properties) {
             Ok(reply_to) => reply_to.clone(),
-            Err(rejection) => return self.reject(delivery, &module, rejection).await,
+            Err(rejection) => return self.reject(delivery, &module, rejection, None).await,
         };
 
         let started = Instant::now();
@@ -189,12 +189,14 @@ impl Handler {
                 self.metrics.settled(module.name(), outcome);
                 self.metrics.answered(module.name(), started.elapsed());
             }
-            Delivered::GaveUp(cause) => {
-                if let Some(held_back) = self.warnings.admit(Rejection::Undeliverable.outcome()) {
-                    warn!(reply_to = %Escaped(reply_to.as_str()), %cause, held_back, "reply not delivered; rejecting the request without requeue");
-                }
-                self.reject(delivery, &module, Rejection::Undeliverable)
-                    .await;
+            Delivered::GaveUp(last_failure) => {
+                self.reject(
+                    delivery,
+                    &module,
+                    Rejection::Undeliverable,
+                    Some(&last_failure),
+                )
+                .await;
             }
             Delivered::ChannelLost(cause) => {
                 // The node warns once about the lost connection; the
@@ -214,14 +216,20 @@ impl Handler {
     }
 
     /// Rejects `delivery` without requeue, so a dead-letter exchange on the
-    /// queue gets it and the broker never redelivers it.
-    async fn reject(&self, delivery: Delivery, module: &ComputeModule, why: Rejection) {
-        if why != Rejection::Undeliverable
-            && let Some(held_back) = self.warnings.admit(why.outcome())
-        {
+    /// queue gets it and the broker never redelivers it. `last_failure` is
+    /// why the reply's last attempt failed, for an undeliverable one.
+    async fn reject(
+        &self,
+        delivery: Delivery,
+        module: &ComputeModule,
+        why: Rejection,
+        last_failure: Option<&PublishError>,
+    ) {
+        if let Some(held_back) = self.warnings.admit(why.outcome()) {
             warn!(
                 delivery_tag = delivery.delivery_tag,
                 cause = %why,
+                last_failure = last_failure.map(tracing::field::display),
                 held_back,
                 "rejecting a request without requeue"
             );
