@@ -22,9 +22,8 @@
 //! let queue = format!("doc.{}", uuid::Uuid::new_v4());
 //! // A compute node serving `increase` on `queue` (the `compute` command).
 //! let node = ComputeNode::start(&NodeConfig {
-//!     queue: queue.clone(),
 //!     amqp_url: url.clone(),
-//!     ..NodeConfig::new(module)
+//!     ..NodeConfig::module(module, &queue)
 //! })
 //! .await?;
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -115,7 +114,7 @@ pub struct CenterOptions {
 impl Default for CenterOptions {
     fn default() -> Self {
         CenterOptions {
-            queue: "compute_queue".into(),
+            queue: crate::queues::DEFAULT_QUEUE.into(),
             timeout: Duration::from_secs(30),
             retries: 3,
             reply_mode: ReplyMode::Queue,

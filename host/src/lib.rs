@@ -5,18 +5,20 @@
 //!
 //! - [`wire`]: the wire format every peer shares (bodies, headers, error
 //!   kinds), compatible with the classic Python `pika` RPC examples.
-//! - [`sandbox`]: the WebAssembly side. Compiles a compute module once and
-//!   runs each request in a fresh instance under a CPU deadline and a
-//!   memory cap, with its output captured into the log.
-//! - [`node`]: the compute node. Consumes the request queue, hands each
-//!   delivery to its own task, reconnects when the broker goes away,
+//! - [`sandbox`]: the WebAssembly side. One engine and one instance pool
+//!   for every function; each request runs in a fresh instance under a
+//!   CPU deadline and a memory cap, with its output captured into the log.
+//! - [`node`]: the compute node. One connection, a consumer per function,
+//!   each delivery in its own task; reconnects when the broker goes away,
 //!   drains in-flight work on shutdown.
-//! - [`functions`]: several functions in one node (`--modules DIR`), one
-//!   [`ComputeNode`] per module file, started and stopped as files come
-//!   and go.
-//! - [`reload`]: live code swaps. Watches the module file and swaps each
-//!   new version that compiles and checks out into the [`LiveModule`] that
-//!   requests read, without a lock and without failing a request.
+//! - [`functions`]: the table of functions a node serves. Compiles the
+//!   bytes its sources offer, off the request path, and swaps each usable
+//!   version in without failing a request.
+//! - `source` (private): where functions come from: a module file or a
+//!   directory of them, watched.
+//! - [`live`]: one function's versions: the current one that requests
+//!   read without a lock, and the recent ones kept compiled.
+//! - [`queues`]: which queue serves which function, and the defaults.
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
@@ -43,16 +45,18 @@ pub mod center;
 pub mod cli;
 mod escaped;
 pub mod functions;
+pub mod live;
 mod lock;
 mod metrics;
 pub mod node;
-pub mod reload;
+pub mod queues;
 mod request;
 pub mod sandbox;
+mod source;
 mod throttle;
 pub mod wire;
 
 pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode};
-pub use node::{ComputeNode, NodeConfig};
-pub use reload::LiveModule;
+pub use live::LiveModule;
+pub use node::{ComputeNode, NodeConfig, Source};
 pub use sandbox::{ComputeError, ComputeModule, Limits, Sandbox};

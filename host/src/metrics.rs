@@ -5,7 +5,7 @@
 //! module's swaps, failed reloads and current digest are read from the
 //! [`LiveModule`] at each scrape, so the reloader knows nothing of metrics.
 
-use crate::{lock::lock, reload::LiveModule, throttle::Throttle};
+use crate::{live::LiveModule, lock::lock, throttle::Throttle};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -82,6 +82,11 @@ impl RequestMetrics {
         InFlight(&self.in_flight)
     }
 
+    /// Requests being computed or replied to.
+    pub(crate) fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
     /// Records how long a guest call took.
     pub(crate) fn guest_call(&self, function: &str, took: Duration) {
         observe(&self.guest_seconds, function, took);
@@ -135,14 +140,20 @@ pub(crate) struct NodeMetrics {
 
 impl NodeMetrics {
     /// Adds a function's module metrics (swaps, reload failures, digest).
-    pub(crate) fn add_function(&self, live: Arc<LiveModule>) {
-        let name = live.current().name().to_owned();
-        lock(&self.modules).insert(name, live);
+    pub(crate) fn add_function(&self, name: &str, live: Arc<LiveModule>) {
+        lock(&self.modules).insert(name.to_owned(), live);
     }
 
-    /// Drops a function's module metrics once it is no longer served.
-    pub(crate) fn remove_function(&self, name: &str) {
-        lock(&self.modules).remove(name);
+    /// Drops a function's module metrics once it is no longer served,
+    /// unless a function of the same name has been added since.
+    pub(crate) fn remove_function(&self, name: &str, live: &Arc<LiveModule>) {
+        let mut modules = lock(&self.modules);
+        if modules
+            .get(name)
+            .is_some_and(|kept| Arc::ptr_eq(kept, live))
+        {
+            modules.remove(name);
+        }
     }
 
     pub(crate) fn new() -> Self {
@@ -271,11 +282,18 @@ impl NodeMetrics {
 }
 
 /// Binds the metrics address, so a taken port is an error at start.
-pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
+pub(crate) async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(address)
         .await
-        .with_context(|| format!("cannot serve metrics on {address}"))
+        .map_err(|source| BindError { address, source })
+}
+
+/// The metrics address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {address}: {source}")]
+pub struct BindError {
+    address: SocketAddr,
+    source: std::io::Error,
 }
 
 /// Each function's swaps, failed reloads and current version, read at

@@ -293,9 +293,8 @@ async fn hostile_node(test: &str, limits: Limits) -> (ModuleDir, RunningNode) {
     let dir = ModuleDir::with_working_copy(&increase_module());
     dir.publish(&hostile_or_echo());
     let node = RunningNode::start_with(NodeConfig {
-        queue: unique_queue(test),
         limits,
-        ..NodeConfig::new(dir.working_copy())
+        ..NodeConfig::module(dir.working_copy(), unique_queue(test))
     })
     .await;
     (dir, node)

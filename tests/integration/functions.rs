@@ -4,7 +4,7 @@
 use crate::support::{amqp_url, built_module, center, delete_queue};
 use compute_host::{
     Center, NodeConfig,
-    functions::{self, FunctionsConfig},
+    node::{self, StartError},
 };
 use std::{
     path::{Path, PathBuf},
@@ -185,17 +185,13 @@ async fn a_directory_replaced_by_two_renames_stops_nothing() {
 
 /// Runs a node serving `dir` with queue prefix `prefix`, until the sender
 /// is used or dropped.
-fn serve(dir: &Path, prefix: &str) -> (oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>) {
-    let config = FunctionsConfig {
-        dir: dir.to_owned(),
-        queue_prefix: prefix.to_owned(),
-        node: NodeConfig {
-            amqp_url: amqp_url(),
-            ..NodeConfig::new("unused")
-        },
+fn serve(dir: &Path, prefix: &str) -> (oneshot::Sender<()>, JoinHandle<Result<(), StartError>>) {
+    let config = NodeConfig {
+        amqp_url: amqp_url(),
+        ..NodeConfig::dir(dir, prefix)
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let node = tokio::spawn(functions::run(config, async move {
+    let node = tokio::spawn(node::run(config, async move {
         let _ = stopped.await;
     }));
     (stop, node)

@@ -15,9 +15,8 @@ use std::time::Duration;
 async fn metrics_count_what_the_node_did() {
     let dir = ModuleDir::with_working_copy(&increase_module());
     let node = RunningNode::start_with(NodeConfig {
-        queue: unique_queue("metrics"),
         metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-        ..NodeConfig::new(dir.working_copy())
+        ..NodeConfig::module(dir.working_copy(), unique_queue("metrics"))
     })
     .await;
     let address = node.metrics_addr.expect("metrics are served");

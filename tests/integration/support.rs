@@ -3,7 +3,7 @@
 //! calls to count, and a raw AMQP client for checking the wire format byte
 //! by byte.
 
-use compute_host::{Center, CenterOptions, ComputeNode, LiveModule, NodeConfig, amqp};
+use compute_host::{Center, CenterOptions, ComputeNode, LiveModule, NodeConfig, Source, amqp};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -103,11 +103,7 @@ impl RunningNode {
 
     /// Starts a node on `queue` serving (and watching) `module`.
     pub async fn start_module(queue: &str, module: &Path) -> Self {
-        Self::start_with(NodeConfig {
-            queue: queue.to_owned(),
-            ..NodeConfig::new(module)
-        })
-        .await
+        Self::start_with(NodeConfig::module(module, queue)).await
     }
 
     /// Starts a node with `config`, on the test broker.
@@ -116,9 +112,14 @@ impl RunningNode {
             amqp_url: amqp_url(),
             ..config
         };
-        let queue = config.queue.as_str();
+        let Source::Module { path, queue } = &config.source else {
+            panic!("a running node serves one module: {config:?}");
+        };
+        let function = path.file_stem().unwrap().to_string_lossy();
         let node = ComputeNode::start(&config).await.expect("node starts");
-        let live = node.live_module();
+        let live = node
+            .live_module(&function)
+            .expect("the node serves its module");
         let metrics_addr = node.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.run(async move {

@@ -1,7 +1,7 @@
 //! Live code swaps: replacing the module file of a running node.
 
 use crate::support::{ModuleDir, RunningNode, built_module, center, unique_queue};
-use compute_host::{Center, reload::Rejected, sandbox::digest};
+use compute_host::{Center, live::Rejected, sandbox::digest};
 use std::{
     io::Write as _,
     sync::{

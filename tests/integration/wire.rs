@@ -112,12 +112,11 @@ async fn a_request_without_reply_to_is_dropped_not_redelivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_max_body_gets_a_too_large_reply() {
     let node = RunningNode::start_with(NodeConfig {
-        queue: unique_queue("wire-too-large"),
         limits: Limits {
             max_body: 100,
             ..Limits::default()
         },
-        ..NodeConfig::new(increase_module())
+        ..NodeConfig::module(increase_module(), unique_queue("wire-too-large"))
     })
     .await;
     let mut client = RawClient::connect().await;

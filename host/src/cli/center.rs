@@ -27,7 +27,7 @@ pub struct CenterArgs {
     pub inputs: Vec<String>,
 
     /// The queue the compute nodes consume.
-    #[arg(long, value_name = "NAME", default_value = "compute_queue")]
+    #[arg(long, value_name = "NAME", default_value = crate::queues::DEFAULT_QUEUE)]
     pub queue: String,
 
     /// Call function NAME of a node serving `--modules`: the queue

@@ -2,8 +2,8 @@
 
 use crate::{
     amqp,
-    functions::{self, FunctionsConfig},
-    node::{self, NodeConfig},
+    node::{self, NodeConfig, Source},
+    queues,
     sandbox::Limits,
 };
 use clap::Parser;
@@ -18,7 +18,7 @@ pub struct ComputeArgs {
     pub module: PathBuf,
 
     /// The queue to take requests from.
-    #[arg(long, value_name = "NAME", default_value = "compute_queue")]
+    #[arg(long, value_name = "NAME", default_value = queues::DEFAULT_QUEUE)]
     pub queue: String,
 
     /// Serve every `*.wasm` in DIR instead of one module, each on queue
@@ -28,15 +28,16 @@ pub struct ComputeArgs {
     pub modules: Option<PathBuf>,
 
     /// The prefix of the queues of `--modules`.
-    #[arg(long, value_name = "PREFIX", default_value = "compute")]
+    #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
     pub queue_prefix: String,
 
     /// The broker to connect to.
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
     pub amqp_url: amqp::Redacted,
 
-    /// Requests taken from the broker and computed at once.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Requests of each function taken from the broker at once; also the
+    /// requests computed at once, across every function.
+    #[arg(long, value_name = "N", default_value_t = node::DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
     /// CPU time one request may use in the guest, in seconds; past it the
@@ -75,9 +76,18 @@ pub struct ComputeArgs {
 impl ComputeArgs {
     /// The node configuration these arguments describe.
     pub fn config(&self) -> NodeConfig {
+        let source = match &self.modules {
+            Some(dir) => Source::Dir {
+                path: dir.clone(),
+                queue_prefix: self.queue_prefix.clone(),
+            },
+            None => Source::Module {
+                path: self.module.clone(),
+                queue: self.queue.clone(),
+            },
+        };
         NodeConfig {
-            module: self.module.clone(),
-            queue: self.queue.clone(),
+            source,
             amqp_url: self.amqp_url.0.clone(),
             prefetch: self.prefetch,
             limits: Limits {
@@ -93,17 +103,7 @@ impl ComputeArgs {
 
 /// Serves until Ctrl-C or SIGTERM, then drains and exits.
 pub async fn run(args: ComputeArgs) -> anyhow::Result<()> {
-    match &args.modules {
-        Some(dir) => {
-            let config = FunctionsConfig {
-                dir: dir.clone(),
-                queue_prefix: args.queue_prefix.clone(),
-                node: args.config(),
-            };
-            functions::run(config, super::shutdown_signal()).await
-        }
-        None => Ok(node::run(args.config(), super::shutdown_signal()).await?),
-    }
+    Ok(node::run(args.config(), super::shutdown_signal()).await?)
 }
 
 #[cfg(test)]
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn defaults_match_the_python_examples() {
         let args = ComputeArgs::try_parse_from(["compute"]).unwrap();
-        assert_eq!(args.queue, "compute_queue");
+        assert_eq!(args.queue, queues::DEFAULT_QUEUE);
         assert_eq!(args.config().limits.memory, 64 << 20);
     }
 }

@@ -1,0 +1,345 @@
+//! One function's consumer: a channel of the node's connection, the
+//! function's queue declared and consumed on it, each delivery handed to
+//! its own task.
+//!
+//! Concurrency is bounded by the channel's prefetch: the broker never has
+//! more than `prefetch` unacked requests of this function out to the node.
+//! When the function is removed or the node stops, the consumer is
+//! cancelled and every request in flight is answered (reply and ack)
+//! before the channel closes. When the connection is lost, the requests
+//! in flight are abandoned (the broker redelivers them) and the consumer
+//! waits for the link's next connection; when only the consumer is
+//! cancelled (its queue was deleted), it consumes again with backoff.
+
+use super::link::Link;
+use crate::{
+    amqp,
+    backoff::{self, Backoff},
+    functions::Function,
+    metrics::RequestMetrics,
+    request::Handler,
+    throttle::Throttle,
+};
+use futures_util::StreamExt as _;
+use lapin::{
+    Channel, Connection, Consumer,
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use std::{sync::Arc, time::Duration};
+use tokio::{sync::oneshot, time::Instant};
+use tokio_util::{
+    sync::CancellationToken,
+    task::{AbortOnDropHandle, TaskTracker},
+};
+use tracing::{Instrument as _, info, info_span, warn};
+
+/// A consumer that lasts this long was a success: if it is cancelled, the
+/// next attempt starts again from the first wait.
+const STABLE_CONSUMER: Duration = Duration::from_secs(30);
+
+/// What every consumer of a node shares.
+pub(super) struct Shared {
+    pub(super) link: Arc<Link>,
+    pub(super) prefetch: u16,
+    pub(super) metrics: Arc<RequestMetrics>,
+    pub(super) max_body: usize,
+    pub(super) warnings: Arc<Throttle>,
+    /// How long a stopping consumer waits for its requests in flight.
+    pub(super) drain_limit: Duration,
+}
+
+/// A function's consumer, running.
+pub(super) struct Running {
+    stop: CancellationToken,
+    /// Ends with the channel, still open, when the consumer stopped while
+    /// connected.
+    task: AbortOnDropHandle<Option<Channel>>,
+}
+
+impl Running {
+    /// Starts consuming `function`'s queue. `first` learns whether the
+    /// first attempt to consume succeeded; later attempts are logged.
+    pub(super) fn start(
+        function: Arc<Function>,
+        shared: Arc<Shared>,
+        first: Option<oneshot::Sender<Result<(), String>>>,
+    ) -> Running {
+        let stop = CancellationToken::new();
+        let span = info_span!("function", function = function.name());
+        let task = tokio::spawn(serve(function, shared, stop.clone(), first).instrument(span));
+        Running {
+            stop,
+            task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Stops consuming, answers the requests in flight, closes the
+    /// channel.
+    pub(super) async fn stop(self) {
+        if let Some(channel) = self.finish().await {
+            close(&channel).await;
+        }
+    }
+
+    /// Stops consuming and answers the requests in flight, leaving the
+    /// channel to whoever closes the connection: a broker that does not
+    /// answer (under an alarm it reads nothing) then costs one wait, not
+    /// one per function.
+    pub(super) async fn finish(self) -> Option<Channel> {
+        self.stop.cancel();
+        self.task.await.unwrap_or_else(|err| {
+            warn!(cause = %err, "a function's consumer failed");
+            None
+        })
+    }
+}
+
+/// Consumes `function`'s queue on whatever connection the link has, until
+/// `stop`.
+async fn serve(
+    function: Arc<Function>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    mut first: Option<oneshot::Sender<Result<(), String>>>,
+) -> Option<Channel> {
+    let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
+    let mut last_failure: Option<String> = None;
+    loop {
+        let connection = tokio::select! {
+            _ = stop.cancelled() => return None,
+            connection = shared.link.connected() => connection,
+        };
+        let opened = tokio::select! {
+            _ = stop.cancelled() => return None,
+            opened = Session::open(&connection, &function, shared.prefetch) => opened,
+        };
+        let mut session = match opened {
+            Ok(session) => session,
+            Err(cause) => {
+                if !connection.status().connected() {
+                    shared.link.lost();
+                } else if let Some(first) = first.take() {
+                    let _ = first.send(Err(cause));
+                } else if last_failure.as_ref() != Some(&cause) {
+                    warn!(queue = function.queue(), %cause, retry_in_ms = backoff.upcoming().as_millis() as u64, "cannot consume the function's queue; trying again");
+                    last_failure = Some(cause);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.next_wait()) => continue,
+                }
+            }
+        };
+        if let Some(first) = first.take() {
+            let _ = first.send(Ok(()));
+        } else if last_failure.take().is_some() {
+            info!(
+                queue = function.queue(),
+                "consuming the function's queue again"
+            );
+        }
+        let handler = Arc::new(Handler {
+            live: function.live().clone(),
+            channel: session.channel.clone(),
+            metrics: shared.metrics.clone(),
+            max_body: shared.max_body,
+            warnings: shared.warnings.clone(),
+        });
+        match session.serve(&handler, &stop).await {
+            Ended::Stopped => {
+                // Side by side: a broker that does not answer the cancel
+                // (under an alarm it reads nothing) must not add its wait
+                // to the drain's. Deliveries that arrive meanwhile are
+                // never started; closing requeues them.
+                tokio::join!(session.stop_consuming(), session.drain(shared.drain_limit));
+                return Some(session.channel);
+            }
+            Ended::Lost(cause) => {
+                // Their acks could never reach the broker now, and their
+                // replies could wait forever for a confirm.
+                session.abandon.cancel();
+                let lasted = session.opened.elapsed();
+                close(&session.channel).await;
+                if !connection.status().connected() {
+                    // The link logs it once for every function.
+                    shared.link.lost();
+                    continue;
+                }
+                warn!(queue = function.queue(), %cause, "the broker cancelled the function's consumer; consuming again");
+                if lasted >= STABLE_CONSUMER {
+                    backoff.reset();
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.next_wait()) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One channel's worth of consuming: what is lost, and opened again, when
+/// the broker goes away.
+struct Session {
+    channel: Channel,
+    consumer: Consumer,
+    /// The requests being answered on this channel.
+    in_flight: TaskTracker,
+    /// Stops them when the channel is lost.
+    abandon: CancellationToken,
+    opened: Instant,
+}
+
+/// Why serving on a session stopped.
+enum Ended {
+    /// The consumer was asked to stop.
+    Stopped,
+    /// The channel failed, or the broker cancelled the consumer.
+    Lost(String),
+}
+
+impl Session {
+    /// Opens a channel, declares the queue and starts consuming, waiting
+    /// at most [`amqp::ANSWER_TIMEOUT`] in all: a broker starting up may
+    /// accept a connection and not answer on it.
+    async fn open(
+        connection: &Connection,
+        function: &Function,
+        prefetch: u16,
+    ) -> Result<Session, String> {
+        let set_up = Self::set_up(connection, function, prefetch);
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up).await {
+            Ok(opened) => opened.map_err(|err| err.to_string()),
+            Err(_) => Err(format!(
+                "RabbitMQ did not answer within {:?} while the node set up the queue",
+                amqp::ANSWER_TIMEOUT
+            )),
+        }
+    }
+
+    async fn set_up(
+        connection: &Connection,
+        function: &Function,
+        prefetch: u16,
+    ) -> Result<Session, SetUpError> {
+        let channel = connection.create_channel().await?;
+        // Declared exactly as the Python examples declare it, so either
+        // side may declare it first.
+        channel
+            .queue_declare(
+                function.queue_name().clone(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SetUpError::Declare {
+                queue: function.queue().to_owned(),
+                source,
+            })?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                function.queue_name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Session {
+            channel,
+            consumer,
+            in_flight: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+            opened: Instant::now(),
+        })
+    }
+
+    /// Hands each delivery to its own task until `stop` or the session is
+    /// lost.
+    async fn serve(&mut self, handler: &Arc<Handler>, stop: &CancellationToken) -> Ended {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ended::Stopped,
+                next = self.consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let handler = handler.clone();
+                        let abandon = self.abandon.clone();
+                        self.in_flight.spawn(async move {
+                            tokio::select! {
+                                _ = abandon.cancelled() => {}
+                                _ = handler.handle(delivery) => {}
+                            }
+                        });
+                    }
+                    Some(Err(err)) => return Ended::Lost(err.to_string()),
+                    None => return Ended::Lost("the broker cancelled the consumer (was the queue deleted?)".into()),
+                }
+            }
+        }
+    }
+
+    /// Asks the broker for no more requests; those already delivered are
+    /// still answered.
+    ///
+    /// Bounded: a broker that does not answer must not hold up shutdown;
+    /// closing the channel then stops the deliveries anyway.
+    async fn stop_consuming(&self) {
+        let cancel = self
+            .channel
+            .basic_cancel(self.consumer.tag(), BasicCancelOptions::default());
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(cause = %err, "could not cancel the consumer"),
+            Err(_) => warn!(
+                "the broker did not confirm the consumer's cancel within {:?}",
+                amqp::ANSWER_TIMEOUT
+            ),
+        }
+    }
+
+    /// Waits for the requests in flight to be answered and acked, for at
+    /// most `limit`: if the connection fails meanwhile, their confirms may
+    /// never come, and the broker redelivers them anyway.
+    async fn drain(&self, limit: Duration) {
+        self.in_flight.close();
+        if tokio::time::timeout(limit, self.in_flight.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                unacked = self.in_flight.len(),
+                "gave up waiting for the requests in flight; the broker will redeliver them"
+            );
+            self.abandon.cancel();
+        }
+    }
+
+}
+
+/// Closes `channel`, if it is still open. Requests delivered but never
+/// answered go back to the queue. Bounded, since a close on a connection
+/// that is half gone may never be answered.
+async fn close(channel: &Channel) {
+    if channel.status().connected() {
+        let close = channel.close(200, "OK".into());
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
+    }
+}
+
+/// Why a function's queue could not be consumed.
+#[derive(Debug, thiserror::Error)]
+enum SetUpError {
+    #[error("cannot declare queue {queue:?}: {source}")]
+    Declare { queue: String, source: lapin::Error },
+    #[error(transparent)]
+    Channel(#[from] lapin::Error),
+}

@@ -1,0 +1,165 @@
+//! The node's one connection to RabbitMQ, opened again whenever it is lost.
+//!
+//! Every function's consumer runs on a channel of this connection. When a
+//! consumer finds the connection gone, it says so here and waits for the
+//! next one; this task reconnects with backoff and hands the new
+//! connection to every consumer.
+
+use crate::{
+    amqp,
+    backoff::{self, Backoff},
+    metrics::{self, NodeMetrics},
+};
+use futures_util::StreamExt as _;
+use lapin::{Connection, Event};
+use std::{sync::Arc, time::Duration};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{info, warn};
+
+/// A connection that lasts this long was a success: the next reconnect
+/// starts again from the first wait. One that is lost sooner (a message
+/// that kills the connection at each delivery, say) makes the waits grow,
+/// so nothing can make the node reconnect in a hot loop.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// How often the connection's state is looked at, besides the events
+/// that report its loss.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The current connection, shared by the node's consumers.
+pub(super) struct Link {
+    url: String,
+    current: watch::Sender<Option<Arc<Connection>>>,
+    lost: Notify,
+}
+
+impl Link {
+    /// Connects to `url` (bounded by [`amqp::ANSWER_TIMEOUT`]), and keeps a
+    /// connection open from then on, until the handle is dropped.
+    pub(super) async fn connect(
+        url: &str,
+        metrics: Arc<NodeMetrics>,
+    ) -> Result<(Arc<Link>, AbortOnDropHandle<()>), amqp::ConnectError> {
+        let connection = amqp::connect(url).await?;
+        let link = Arc::new(Link {
+            url: url.to_owned(),
+            current: watch::Sender::new(Some(Arc::new(connection))),
+            lost: Notify::new(),
+        });
+        let keeper = AbortOnDropHandle::new(tokio::spawn(link.clone().keep(metrics)));
+        Ok((link, keeper))
+    }
+
+    /// The connection to open channels on, once there is one.
+    pub(super) async fn connected(&self) -> Arc<Connection> {
+        let mut current = self.current.subscribe();
+        loop {
+            if let Some(connection) = current.borrow_and_update().as_ref()
+                && connection.status().connected()
+            {
+                return connection.clone();
+            }
+            if current.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Tells the link that its connection failed.
+    pub(super) fn lost(&self) {
+        self.lost.notify_one();
+    }
+
+    /// Closes the connection, if it is open. Bounded: a close on a
+    /// connection that is half gone may never be answered.
+    pub(super) async fn close(&self) {
+        let connection = self.current.send_replace(None);
+        if let Some(connection) = connection
+            && connection.status().connected()
+        {
+            let close = connection.close(200, "OK".into());
+            let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
+        }
+    }
+
+    /// Watches the connection and opens a new one whenever it is lost.
+    async fn keep(self: Arc<Self>, metrics: Arc<NodeMetrics>) {
+        let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
+        loop {
+            let Some(connection) = self.current.borrow().clone() else {
+                return;
+            };
+            let opened = Instant::now();
+            let cause = self.until_lost(&connection, &metrics.broker_blocked).await;
+            warn!(
+                %cause,
+                "lost the session with RabbitMQ; the broker will redeliver the unacked requests; reconnecting"
+            );
+            self.current.send_replace(None);
+            if opened.elapsed() >= STABLE_SESSION {
+                backoff.reset();
+            }
+            let connection = self.reconnect(&mut backoff).await;
+            self.current.send_replace(Some(Arc::new(connection)));
+        }
+    }
+
+    /// Waits until `connection` is lost, and says why. Meanwhile logs
+    /// when the broker blocks the connection's publishing (a memory or
+    /// disk alarm: replies then wait, and so do the requests behind them)
+    /// and when it lifts the block, and shows it in `blocked`.
+    ///
+    /// The one listener of the connection's events: listeners share them
+    /// out rather than each seeing all.
+    async fn until_lost(&self, connection: &Connection, blocked: &metrics::Gauge) -> String {
+        let _cleared_when_gone = metrics::ClearOnDrop(blocked.clone());
+        let mut events = connection.events_listener();
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        blocked.set(1);
+                        warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm); replies wait until it lifts");
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        blocked.set(0);
+                        info!("RabbitMQ lifted its block; replies flow again");
+                    }
+                    Some(Event::Error(err)) if !connection.status().connected() => return err.to_string(),
+                    Some(_) => {}
+                    None => return "the connection ended".into(),
+                },
+                () = self.lost.notified() => {}
+                _ = check.tick() => {}
+            }
+            if !connection.status().connected() {
+                return "the connection is closed".into();
+            }
+        }
+    }
+
+    /// Connects again, waiting longer after each failed attempt.
+    async fn reconnect(&self, backoff: &mut Backoff) -> Connection {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            tokio::time::sleep(backoff.next_wait()).await;
+            match amqp::connect(&self.url).await {
+                Ok(connection) => {
+                    info!(attempt, "reconnected; serving again");
+                    return connection;
+                }
+                Err(err) => warn!(
+                    attempt,
+                    cause = %err,
+                    retry_in_ms = backoff.upcoming().as_millis() as u64,
+                    "cannot reconnect yet"
+                ),
+            }
+        }
+    }
+}

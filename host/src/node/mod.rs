@@ -1,0 +1,420 @@
+//! The compute node: one process serving any number of functions over one
+//! connection to RabbitMQ.
+//!
+//! A node has one [`Sandbox`] (one engine, one epoch ticker, one instance
+//! pool sized once), one connection, a channel per function, and one table
+//! of functions, each with its live version and its recent compiled
+//! versions. Sources (a module file, a directory) feed the table; the node
+//! consumes each function's queue while the function exists.
+//!
+//! On shutdown every consumer is cancelled, every request in flight is
+//! finished (reply and ack), then the channels and the connection close.
+//! When the connection drops (a broker restart, a network fault), the node
+//! opens a new one with backoff and consumes every queue again; requests
+//! that were in flight were not acked, so the broker redelivers them.
+//!
+//! # Layout
+//!
+//! - this file: [`NodeConfig`], starting and running a [`ComputeNode`].
+//! - `link`: the one connection, opened again when lost.
+//! - `consumer`: one function's channel, consumer and requests in flight.
+
+mod consumer;
+mod link;
+
+use crate::{
+    amqp::{self, Redacted},
+    functions::{Change, Function, Served, Table},
+    live::LiveModule,
+    lock::lock,
+    metrics::{self, NodeMetrics},
+    queues::{self, Queues},
+    sandbox::{Limits, LoadError, Sandbox, SandboxError},
+    source::{self, Update, dir::DirSource},
+    throttle::Throttle,
+};
+use consumer::{Running, Shared};
+use link::Link;
+use std::{
+    collections::BTreeMap, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
+    time::Duration,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tracing::{info, warn};
+
+/// How long a stopping node waits for its requests in flight, beyond the
+/// guest's wall-clock limit: for their replies' confirms.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Requests computed at once, by default: the prefetch of each function's
+/// queue, and the size of the node's instance pool.
+pub const DEFAULT_PREFETCH: u16 = 256;
+
+/// Where a node's functions come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// One module file, watched for new versions, served on `queue`. The
+    /// function's name is the file stem.
+    Module {
+        /// The module file.
+        path: PathBuf,
+        /// The queue requests arrive on.
+        queue: String,
+    },
+    /// Every `*.wasm` file in a directory, watched: function `name` is
+    /// `name.wasm`, served on `<queue_prefix>.<name>`.
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The prefix of every function's queue.
+        queue_prefix: String,
+    },
+}
+
+/// Everything a node needs to start.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// Where its functions come from.
+    pub source: Source,
+    /// The broker.
+    pub amqp_url: String,
+    /// Unacked requests the broker may send at once for each function;
+    /// also the number of requests the node computes at once, across its
+    /// functions.
+    pub prefetch: u16,
+    /// What each request may use inside the sandbox.
+    pub limits: Limits,
+    /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
+    /// Port 0 picks a free port; see [`ComputeNode::metrics_addr`].
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// A node serving `module` on [`queues::DEFAULT_QUEUE`], with the
+    /// defaults of the `compute` command.
+    pub fn new(module: impl Into<PathBuf>) -> Self {
+        Self::module(module, queues::DEFAULT_QUEUE)
+    }
+
+    /// A node serving `module` on `queue`.
+    pub fn module(module: impl Into<PathBuf>, queue: impl Into<String>) -> Self {
+        Self::serving(Source::Module {
+            path: module.into(),
+            queue: queue.into(),
+        })
+    }
+
+    /// A node serving every module in `dir`, each on `<queue_prefix>.<name>`.
+    pub fn dir(dir: impl Into<PathBuf>, queue_prefix: impl Into<String>) -> Self {
+        Self::serving(Source::Dir {
+            path: dir.into(),
+            queue_prefix: queue_prefix.into(),
+        })
+    }
+
+    fn serving(source: Source) -> Self {
+        NodeConfig {
+            source,
+            amqp_url: amqp::DEFAULT_URL.into(),
+            prefetch: DEFAULT_PREFETCH,
+            limits: Limits::default(),
+            metrics_addr: None,
+        }
+    }
+}
+
+/// Debug output with the broker's password hidden.
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("source", &self.source)
+            .field("amqp_url", &Redacted(self.amqp_url.clone()))
+            .field("prefetch", &self.prefetch)
+            .field("limits", &self.limits)
+            .field("metrics_addr", &self.metrics_addr)
+            .finish()
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The module file is unreadable or not a usable compute module.
+    #[error("{path} is not a usable compute module: {source}")]
+    Module {
+        /// The module's path.
+        path: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// The module directory cannot be read or watched.
+    #[error("cannot serve the modules in {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A queue's name is not a valid AMQP queue name.
+    #[error(transparent)]
+    QueueName(#[from] amqp::QueueNameError),
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Broker(#[from] amqp::ConnectError),
+    /// The broker would not let the node consume a function's queue.
+    #[error("cannot consume queue {queue:?}: {cause}")]
+    Queue {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        cause: String,
+    },
+    /// The sandbox could not be set up.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The metrics address could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] metrics::BindError),
+}
+
+/// A node that is connected and consuming, ready to [`run`](Self::run).
+pub struct ComputeNode {
+    served: Served,
+    changes: mpsc::UnboundedReceiver<Change>,
+    consumers: BTreeMap<String, (Arc<Function>, Running)>,
+    /// Consumers of functions that are gone, finishing their requests.
+    retiring: TaskTracker,
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    metrics: Arc<NodeMetrics>,
+    metrics_addr: Option<SocketAddr>,
+    _metrics_server: Option<AbortOnDropHandle<()>>,
+    _link_keeper: AbortOnDropHandle<()>,
+    _table: AbortOnDropHandle<()>,
+    _source: AbortOnDropHandle<()>,
+}
+
+impl ComputeNode {
+    /// Loads the functions, connects, declares their queues and starts
+    /// consuming. Requests published after this returns are served, and
+    /// new versions and new functions are served as they appear.
+    ///
+    /// # Errors
+    ///
+    /// When a module file given alone is not usable, the module directory
+    /// cannot be read, or the broker cannot be reached: a node that cannot
+    /// start says so at once rather than retrying. A module in a directory
+    /// that is not usable is logged, and served once it is mended.
+    pub async fn start(config: &NodeConfig) -> Result<Self, StartError> {
+        let metrics = Arc::new(NodeMetrics::new());
+        let listener = match config.metrics_addr {
+            Some(address) => Some(metrics::bind(address).await?),
+            None => None,
+        };
+        let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
+        let (changed, changes) = mpsc::unbounded_channel();
+        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
+
+        let (table, source) = match &config.source {
+            Source::Module { path, queue } => {
+                // Checked before compiling: a name that can never work is
+                // the cheapest fault to report.
+                let queues = Queues::One(queue.clone());
+                queues.of("")?;
+                let module = sandbox.load(path).map_err(|source| StartError::Module {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let mut table = Table::new(sandbox, queues, changed);
+                let source = source::file::watch(path, module.name(), module.digest(), updates);
+                table.add(module)?;
+                (table, source)
+            }
+            Source::Dir { path, queue_prefix } => {
+                let mut dir = DirSource::open(path).map_err(|source| StartError::Dir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let mut table =
+                    Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
+                for update in dir.scan().await {
+                    table.apply(update).await;
+                }
+                (table, dir.follow(updates))
+            }
+        };
+        let served = table.served();
+        let (link, link_keeper) = Link::connect(&config.amqp_url, metrics.clone()).await?;
+        let shared = Arc::new(Shared {
+            link: link.clone(),
+            prefetch: config.prefetch,
+            metrics: metrics.requests.clone(),
+            max_body: config.limits.max_body,
+            warnings: Arc::new(Throttle::default()),
+            drain_limit: config.limits.wall_timeout + DRAIN_GRACE,
+        });
+        let mut node = ComputeNode {
+            served,
+            changes,
+            consumers: BTreeMap::new(),
+            retiring: TaskTracker::new(),
+            shared,
+            link,
+            metrics_addr: None,
+            _metrics_server: None,
+            _link_keeper: link_keeper,
+            _table: AbortOnDropHandle::new(tokio::spawn(table.follow(updated))),
+            _source: source,
+            metrics,
+        };
+        node.consume_added(matches!(config.source, Source::Module { .. }))
+            .await?;
+        if let Some(listener) = listener {
+            node.metrics_addr = listener.local_addr().ok();
+            node._metrics_server = Some(node.metrics.clone().serve(listener));
+        }
+        let functions: Vec<Arc<Function>> = lock(&node.served).values().cloned().collect();
+        let only = match (&config.source, functions.as_slice()) {
+            (Source::Module { .. }, [only]) => Some(only.live().current()),
+            _ => None,
+        };
+        info!(
+            functions = functions.len(),
+            function = only.as_ref().map(|module| module.name()),
+            digest = only.as_ref().map(|module| module.digest()),
+            queue = functions.first().filter(|_| only.is_some()).map(|function| function.queue()),
+            broker = %Redacted(config.amqp_url.clone()),
+            prefetch = config.prefetch,
+            "waiting for requests"
+        );
+        Ok(node)
+    }
+
+    /// Starts consuming the queue of every function added so far, and
+    /// waits until each consumes or fails once. A failure fails the start
+    /// when `strict`; otherwise it is logged and tried again.
+    async fn consume_added(&mut self, strict: bool) -> Result<(), StartError> {
+        let mut first_attempts = Vec::new();
+        while let Ok(change) = self.changes.try_recv() {
+            if let Some(first) = self.apply(change, true) {
+                first_attempts.push(first);
+            }
+        }
+        for (function, first) in first_attempts {
+            match first.await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(cause)) if strict => {
+                    return Err(StartError::Queue {
+                        queue: function.queue().to_owned(),
+                        cause,
+                    });
+                }
+                Ok(Err(cause)) => warn!(
+                    function = function.name(),
+                    queue = function.queue(),
+                    %cause,
+                    "cannot consume the function's queue yet; trying again"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts or stops a consumer for a function that came or went. With
+    /// `report_first`, returns what learns how the first attempt went.
+    #[allow(clippy::type_complexity)]
+    fn apply(
+        &mut self,
+        change: Change,
+        report_first: bool,
+    ) -> Option<(Arc<Function>, oneshot::Receiver<Result<(), String>>)> {
+        match change {
+            Change::Added(function) => {
+                let (first, learned) = oneshot::channel();
+                let first = report_first.then_some(first);
+                self.metrics
+                    .add_function(function.name(), function.live().clone());
+                let running = Running::start(function.clone(), self.shared.clone(), first);
+                if let Some((_, replaced)) = self
+                    .consumers
+                    .insert(function.name().to_owned(), (function.clone(), running))
+                {
+                    self.retiring.spawn(replaced.stop());
+                }
+                report_first.then_some((function, learned))
+            }
+            Change::Removed(function) => {
+                if let Some((function, running)) = self.consumers.remove(function.name()) {
+                    let metrics = self.metrics.clone();
+                    self.retiring.spawn(async move {
+                        running.stop().await;
+                        metrics.remove_function(function.name(), function.live());
+                        info!(function = function.name(), "stopped serving the function");
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    /// The address the metrics are served on, once bound.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The versions of function `name`, if the node serves it.
+    pub fn live_module(&self, name: &str) -> Option<Arc<LiveModule>> {
+        lock(&self.served)
+            .get(name)
+            .map(|function| function.live().clone())
+    }
+
+    /// The names of the functions the node serves.
+    pub fn functions(&self) -> Vec<String> {
+        lock(&self.served).keys().cloned().collect()
+    }
+
+    /// Serves requests until `shutdown` completes, reconnecting whenever
+    /// the connection is lost, then drains the requests in flight and
+    /// closes. Nothing after [`start`](Self::start) stops it but
+    /// `shutdown`: every fault is retried.
+    pub async fn run(mut self, shutdown: impl Future) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => break,
+                Some(change) = self.changes.recv() => {
+                    self.apply(change, false);
+                }
+            }
+        }
+        info!(
+            in_flight = self.metrics.requests.in_flight(),
+            "shutting down: finishing the requests in flight"
+        );
+        let finishing = TaskTracker::new();
+        for (_, (_, running)) in std::mem::take(&mut self.consumers) {
+            finishing.spawn(running.finish());
+        }
+        finishing.close();
+        self.retiring.close();
+        tokio::join!(finishing.wait(), self.retiring.wait());
+        // No reconnecting from here on: the connection's close ends every
+        // channel.
+        drop(self._link_keeper);
+        self.link.close().await;
+        info!("stopped");
+    }
+}
+
+/// Starts a node with `config` and serves until `shutdown` completes.
+///
+/// # Errors
+///
+/// Only when the node cannot start; once started it runs until
+/// `shutdown`.
+pub async fn run(config: NodeConfig, shutdown: impl Future) -> Result<(), StartError> {
+    ComputeNode::start(&config).await?.run(shutdown).await;
+    Ok(())
+}

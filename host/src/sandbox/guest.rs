@@ -1,0 +1,89 @@
+//! What a guest's store holds: its WASI view, empty but for captured
+//! output, and the cap on its memory.
+
+use super::output::GuestOutput;
+use wasmtime::{ResourceLimiter, component::ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What a guest's store holds: an empty WASI context and where the guest's
+/// output goes, both made on the guest's first WASI call, and the memory
+/// cap.
+pub(super) struct GuestState {
+    /// Built lazily: our `no_std` modules import no WASI and never need it,
+    /// and building one costs tens of microseconds per request.
+    wasi: Option<WasiCtx>,
+    pub(super) output: Option<GuestOutput>,
+    table: ResourceTable,
+    pub(super) limits: MemoryCap,
+}
+
+impl GuestState {
+    pub(super) fn new(memory: usize) -> Self {
+        GuestState {
+            wasi: None,
+            output: None,
+            table: ResourceTable::new(),
+            limits: MemoryCap { bytes: memory },
+        }
+    }
+}
+
+/// Caps a guest's linear memory. Growing past the cap traps with a reason
+/// the caller can read, rather than failing the grow, which a guest's
+/// allocator would turn into a bare `unreachable`.
+pub(super) struct MemoryCap {
+    bytes: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes {
+            wasmtime::bail!(
+                "the compute function needed {desired} bytes of memory, more than the node's limit of {} bytes (--guest-memory)",
+                self.bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Table elements a guest may have: far more than any compute function
+/// needs, far less than would strain the node.
+pub(super) const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let GuestState {
+            wasi,
+            output,
+            table,
+            ..
+        } = self;
+        WasiCtxView {
+            // No preopened directories, no environment, no arguments, no
+            // sockets: the builder grants none of them unless asked.
+            ctx: wasi.get_or_insert_with(|| {
+                let output = output.get_or_insert_with(GuestOutput::default);
+                WasiCtx::builder()
+                    .stdout(output.clone())
+                    .stderr(output.clone())
+                    .build()
+            }),
+            table,
+        }
+    }
+}

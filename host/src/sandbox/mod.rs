@@ -1,0 +1,213 @@
+//! The WebAssembly sandbox: a compute module is compiled and type-checked
+//! once, then every request runs in a fresh instance of it, under a CPU
+//! deadline and a memory cap, with no capabilities (no files, environment,
+//! arguments or network). What a guest prints goes to the node's log,
+//! capped at [`GUEST_OUTPUT_CAP`] bytes a request, its control characters
+//! escaped.
+//!
+//! The expensive parts ([`Engine`], the linker, the pre-instantiated
+//! component) are shared; only the [`Store`](wasmtime::Store) is per
+//! request, so no state leaks from one request to the next. One sandbox
+//! serves every function of a node: one engine, one epoch ticker, one
+//! instance pool.
+//!
+//! # Layout
+//!
+//! - this file: [`Sandbox`], [`Limits`] and loading a module
+//!   ([`LoadError`]).
+//! - `pool`: the engine's configuration, its instance pool sized once.
+//! - `module`: [`ComputeModule`], running one request, [`ComputeError`].
+//! - `header`: what is wrong with bytes that are not a component at all.
+//! - `guest`: what a guest's store holds (its WASI view, its memory cap).
+//! - `output`: what a guest prints, captured and capped per request.
+//! - `epoch`: the ticker thread behind deadlines and fair scheduling.
+
+mod epoch;
+mod guest;
+mod header;
+mod module;
+mod output;
+mod pool;
+#[cfg(test)]
+mod tests;
+
+pub use header::NotAComponent;
+pub use module::{ComputeError, ComputeModule};
+pub use output::GUEST_OUTPUT_CAP;
+
+use epoch::{EPOCH_TICK, EpochTicker};
+use guest::GuestState;
+use sha2::{Digest as _, Sha256};
+use std::{path::Path, sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
+use wasmtime::{
+    Engine,
+    component::{Component, Linker},
+};
+
+mod gen_ {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "compute-function",
+        exports: { default: async },
+    });
+}
+use gen_::ComputeFunctionPre;
+
+/// Requests a sandbox made with [`Sandbox::new`] runs at once.
+pub const DEFAULT_INSTANCES: u32 = 256;
+
+/// What one request may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// CPU time the guest may run for one request (instantiation included).
+    /// Counted only while the guest's own code runs.
+    pub timeout: Duration,
+    /// Wall-clock time one request may take in the sandbox, whatever it
+    /// does: running, waiting for a thread, or blocked in a host call
+    /// (a WASI sleep or poll), which [`timeout`](Self::timeout) does not
+    /// count.
+    pub wall_timeout: Duration,
+    /// Linear memory the guest may grow to, in bytes.
+    pub memory: usize,
+    /// The largest request body the guest is given, and the largest reply
+    /// body it may return, in bytes.
+    pub max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(1),
+            wall_timeout: Duration::from_secs(10),
+            memory: 64 << 20,
+            max_body: 1 << 20,
+        }
+    }
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Unreadable {
+        /// The module's path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a binary component at all.
+    #[error(transparent)]
+    NotAComponent(#[from] NotAComponent),
+    /// A component, but not one this sandbox can serve: it does not
+    /// compile, does not provide the compute contract, or imports what
+    /// the sandbox does not offer.
+    #[error("{0:#}")]
+    Unusable(wasmtime::Error),
+}
+
+/// Why the sandbox could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The engine or the linker refused the configuration.
+    #[error("cannot set up the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// The epoch ticker's thread could not be started.
+    #[error("cannot start the epoch ticker thread: {0}")]
+    EpochTicker(std::io::Error),
+}
+
+/// The shared engine and linker that compute modules are loaded into.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    limits: Limits,
+    /// One permit per instance the pool holds for requests: a request
+    /// waits for one rather than failing on a full pool, however many
+    /// functions share the sandbox.
+    instances: Arc<Semaphore>,
+    _epoch: Arc<EpochTicker>,
+}
+
+impl Sandbox {
+    /// A sandbox whose requests run under `limits`, [`DEFAULT_INSTANCES`]
+    /// at a time at most.
+    pub fn new(limits: Limits) -> Result<Self, SandboxError> {
+        Self::with_capacity(limits, DEFAULT_INSTANCES)
+    }
+
+    /// A sandbox whose requests run under `limits`, `instances` at a time
+    /// at most, across every module loaded into it; more wait for a free
+    /// instance.
+    ///
+    /// Instances come from a pool made here: memories, tables and stacks
+    /// are reserved once and reused, so a request's fresh instance costs
+    /// no system calls to map and unmap them.
+    pub fn with_capacity(limits: Limits, instances: u32) -> Result<Self, SandboxError> {
+        let engine = pool::engine(&limits, instances).map_err(SandboxError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        // Rust's standard library imports WASI even for a pure function
+        // (its panic path writes to stderr). Each request gets a WASI
+        // context with nothing in it but a capped stdout and stderr, so
+        // these imports grant nothing.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Engine)?;
+        Ok(Sandbox {
+            _epoch: Arc::new(
+                EpochTicker::start(engine.clone()).map_err(SandboxError::EpochTicker)?,
+            ),
+            engine,
+            linker: Arc::new(linker),
+            limits,
+            instances: Arc::new(Semaphore::new(instances.max(1) as usize)),
+        })
+    }
+
+    /// What each request may use.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compiles the component at `path` and checks that it provides the
+    /// compute contract. The function's name is the file stem.
+    pub fn load(&self, path: &Path) -> Result<ComputeModule, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "compute".to_owned());
+        self.load_bytes(&name, &bytes)
+    }
+
+    /// Compiles `bytes` (a binary component) as function `name` and checks
+    /// that it provides the compute contract with nothing but the imports
+    /// the sandbox offers.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<ComputeModule, LoadError> {
+        header::check(bytes)?;
+        let pre = Component::from_binary(&self.engine, bytes)
+            .and_then(|component| self.linker.instantiate_pre(&component))
+            .and_then(ComputeFunctionPre::new)
+            .map_err(LoadError::Unusable)?;
+        Ok(ComputeModule::new(name, digest(bytes), pre, self.clone()))
+    }
+
+    /// Epoch ticks that make up the per-request deadline.
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self
+            .limits
+            .timeout
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+/// `sha256:<hex>` of `bytes`: the name of one exact module version.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}

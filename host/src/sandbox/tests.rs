@@ -1,0 +1,271 @@
+use super::*;
+use crate::wire::ErrorKind;
+use std::sync::Mutex;
+
+fn increase() -> ComputeModule {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm");
+    Sandbox::new(Limits::default())
+        .unwrap()
+        .load(&path)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn runs_the_default_module() {
+    let module = increase();
+    assert_eq!(module.name(), "increase");
+    assert_eq!(module.compute(b"41").await.unwrap(), b"42");
+}
+
+#[tokio::test]
+async fn maps_guest_failures_to_error_kinds() {
+    let module = increase();
+    let err = module.compute(b"forty").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    let err = module
+        .compute(i64::MAX.to_string().as_bytes())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ComputeFailed);
+}
+
+#[tokio::test]
+async fn refuses_bodies_over_the_size_limit() {
+    let sandbox = Sandbox::new(Limits {
+        max_body: 4,
+        ..Limits::default()
+    })
+    .unwrap();
+    let module = sandbox
+        .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+        .unwrap();
+    let err = module.compute(b"123456").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+    assert_eq!(
+        err.to_string(),
+        "the request body is 6 bytes, more than the node's limit of 4 bytes (--max-body)"
+    );
+    let err = module.compute(b"9999").await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the reply body is 5 bytes, more than the node's limit of 4 bytes (--max-body)"
+    );
+    assert_eq!(module.compute(b"998").await.unwrap(), b"999");
+}
+
+/// A request as large as `--max-body` allows reaches the guest, whose
+/// memory grows to hold it, and is answered by the function itself.
+#[tokio::test]
+async fn a_request_of_the_largest_size_reaches_the_guest() {
+    let module = increase();
+    let mut body = vec![b' '; Limits::default().max_body];
+    body[..2].copy_from_slice(b"41");
+    assert_eq!(module.compute(&body).await.unwrap(), b"42");
+    let err = module
+        .compute(&vec![b'9'; Limits::default().max_body])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest, "{err}");
+}
+
+#[tokio::test]
+async fn stops_a_guest_that_never_returns() {
+    let sandbox = Sandbox::new(Limits {
+        timeout: Duration::from_millis(50),
+        ..Limits::default()
+    })
+    .unwrap();
+    let spin = sandbox
+        .load_bytes("spin", &component("(loop $l (br $l)) unreachable"))
+        .unwrap();
+    let err = spin.compute(b"1").await.unwrap_err();
+    assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn every_built_module_computes_its_function() {
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules");
+    for (name, input, output) in [
+        ("increase", "7", "8"),
+        ("double", "7", "14"),
+        ("square", "7", "49"),
+        ("fib", "10", "55"),
+        ("triple", "7", "21"),
+        ("reverse", "abc", "cba"),
+    ] {
+        let module = sandbox.load(&modules.join(format!("{name}.wasm"))).unwrap();
+        assert_eq!(
+            module.compute(input.as_bytes()).await.unwrap(),
+            output.as_bytes(),
+            "{name}"
+        );
+        assert!(module.digest().starts_with("sha256:") && module.digest().len() == 71);
+    }
+}
+
+/// Modules built with Rust's std import WASI; the sandbox links it, with
+/// an empty context made on first use.
+#[tokio::test]
+async fn serves_a_module_that_calls_wasi() {
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let module = sandbox
+        .load_bytes("random", &wat::parse_str(CALLS_WASI_RANDOM).unwrap())
+        .unwrap();
+    assert_eq!(module.compute(b"1").await.unwrap(), b"");
+}
+
+/// A guest that misbehaves gets an error for its request, never more:
+/// memory past the cap, a trap and unbounded recursion each end as
+/// `compute-failed` with the reason, and the sandbox keeps working.
+#[tokio::test]
+async fn hostile_guests_fail_their_own_request_only() {
+    let sandbox = Sandbox::new(Limits {
+        memory: 4 << 20,
+        ..Limits::default()
+    })
+    .unwrap();
+    let hostile = |body: &str| sandbox.load_bytes("hostile", &component(body)).unwrap();
+    let cases = [
+        (
+            "grows its memory",
+            "(drop (memory.grow (i32.const 1000))) unreachable",
+            "more than the node's limit of 4194304 bytes (--guest-memory)",
+        ),
+        ("traps", "unreachable", "unreachable"),
+        (
+            "recurses forever",
+            "(call 0 (local.get 0) (local.get 1))",
+            "call stack exhausted",
+        ),
+    ];
+    for (what, body, reason) in cases {
+        let err = hostile(body).compute(b"1").await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::ComputeFailed,
+            "a guest that {what}: {err}"
+        );
+        assert!(
+            err.to_string().contains(reason),
+            "a guest that {what}: {err}"
+        );
+    }
+    let module = sandbox
+        .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+        .unwrap();
+    assert_eq!(module.compute(b"1").await.unwrap(), b"2");
+}
+
+/// A guest built with std that tries every capability is denied each,
+/// and what it prints lands in the node's log, capped per request.
+#[tokio::test]
+async fn a_nosy_guest_gets_nothing_and_its_output_is_logged_capped() {
+    let log = CapturedLog::default();
+    let _default = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .finish(),
+    );
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let nosy = sandbox
+        .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nosy.wasm"))
+        .unwrap();
+
+    let report = String::from_utf8(nosy.compute(b"look").await.unwrap()).unwrap();
+    assert_eq!(report.lines().count(), 7, "{report}");
+    assert!(
+        report.lines().all(|line| line.contains(": denied (")),
+        "{report}"
+    );
+    assert!(
+        log.text()
+            .contains("guest output: nosy: looking around (stdout)")
+    );
+    assert!(log.text().contains("nosy: looking around (stderr)"));
+
+    assert_eq!(nosy.compute(b"flood").await.unwrap(), b"flooded");
+    let flood = log.text();
+    let flood = flood.lines().last().unwrap();
+    assert!(flood.contains("dropped_bytes="), "{flood}");
+    assert!(
+        flood.len() < GUEST_OUTPUT_CAP + 200,
+        "{} bytes",
+        flood.len()
+    );
+}
+
+#[test]
+fn rejects_bytes_that_are_not_a_component() {
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let message = |bytes: &[u8]| sandbox.load_bytes("x", bytes).err().unwrap().to_string();
+    assert_eq!(message(b""), "the file is empty");
+    assert!(message(b"oops").starts_with("not a WebAssembly file"));
+    let core = wat::parse_str("(module)").unwrap();
+    assert!(message(&core).starts_with("a core WebAssembly module, not a component"));
+    let truncated =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm"))
+            .unwrap();
+    assert!(sandbox.load_bytes("x", &truncated[..1000]).is_err());
+}
+
+/// A component that calls `wasi:random` and returns an empty body.
+/// The result (tag, pointer, length) is written at offset 16.
+const CALLS_WASI_RANDOM: &str = r#"
+        (component
+          (import "wasi:random/random@0.2.0" (instance $random (export "get-random-u64" (func (result u64)))))
+          (core func $get (canon lower (func $random "get-random-u64")))
+          (core module $m
+            (import "wasi" "get" (func $get (result i64)))
+            (memory (export "memory") 1)
+            (func (export "compute") (param i32 i32) (result i32)
+              call $get
+              drop
+              (i32.store8 (i32.const 16) (i32.const 0))
+              (i32.store (i32.const 20) (i32.const 0))
+              (i32.store (i32.const 24) (i32.const 0))
+              i32.const 16)
+            (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 64))
+          (core instance $i (instantiate $m (with "wasi" (instance (export "get" (func $get))))))
+          (type $failure (variant (case "bad-request" string) (case "compute-failed" string)))
+          (export $f "failure" (type $failure))
+          (func (export "compute") (param "request" (list u8)) (result (result (list u8) (error $f)))
+            (canon lift (core func $i "compute") (memory (core memory $i "memory")) (realloc (core func $i "realloc")))))
+    "#;
+
+/// Log lines written by the test's subscriber.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
+}
+
+/// A compute component whose core function is `body`, from the
+/// fixture the integration tests share.
+fn component(body: &str) -> Vec<u8> {
+    let template = include_str!("../../../tests/fixtures/compute.wat");
+    wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
+}

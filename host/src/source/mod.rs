@@ -1,0 +1,53 @@
+//! Where a node's functions come from. A source only says "function F now
+//! has these bytes", "F cannot be read just now" or "F is gone"; compiling,
+//! checking, swapping and serving are the same for every source (see
+//! [`crate::functions`]).
+//!
+//! # Layout
+//!
+//! - `file`: one module file (`--module`), watched for new versions.
+//! - `dir`: every module in a directory (`--modules`), watched for files
+//!   that come, change and go.
+//! - `signal`: SIGHUP, which makes the file source look at once.
+
+pub(crate) mod dir;
+pub(crate) mod file;
+mod signal;
+
+use tokio::sync::mpsc;
+
+/// News about one function, from a source.
+#[derive(Debug)]
+pub(crate) struct Update {
+    /// The function's name.
+    pub(crate) function: String,
+    /// What became of it.
+    pub(crate) offer: Offer,
+}
+
+/// What a source says about a function.
+#[derive(Debug)]
+pub(crate) enum Offer {
+    /// The function now has these bytes, read from `from`.
+    Bytes {
+        bytes: Vec<u8>,
+        /// Where they came from, for the log.
+        from: String,
+        /// False while the bytes may be a write still in progress: a
+        /// failure to load them is then only logged at debug level, and
+        /// the source offers them again once they settle.
+        settled: bool,
+    },
+    /// The function's module cannot be read just now (its file was
+    /// deleted, say); the current version goes on serving.
+    Unreadable { from: String, error: std::io::Error },
+    /// The function is no longer to be served.
+    Gone,
+}
+
+/// Where sources send their updates.
+pub(crate) type Updates = mpsc::Sender<Update>;
+
+/// Updates waiting to be applied before a source waits for room: each may
+/// hold a whole module.
+pub(crate) const QUEUED_UPDATES: usize = 16;
