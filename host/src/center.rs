@@ -109,6 +109,10 @@ pub struct CenterOptions {
     /// The largest request body sent; a larger one fails its own call
     /// with [`CallError::TooLarge`] without being published.
     pub max_body: usize,
+    /// The exact version (`sha256:<hex>`) every call asks for; a node
+    /// that does not hold it answers `unknown-version`. `None` runs the
+    /// current version.
+    pub version: Option<String>,
 }
 
 impl Default for CenterOptions {
@@ -119,6 +123,7 @@ impl Default for CenterOptions {
             retries: 3,
             reply_mode: ReplyMode::Queue,
             max_body: DEFAULT_MAX_BODY,
+            version: None,
         }
     }
 }
@@ -256,6 +261,7 @@ struct Shared {
     timeout: Duration,
     retries: u32,
     max_body: usize,
+    version: Option<String>,
     /// The session calls use; replaced when its connection is lost.
     session: ArcSwap<Session>,
     /// Held by the one call that reconnects, so a lost connection is
@@ -296,6 +302,7 @@ impl Center {
                 timeout: options.timeout,
                 retries: options.retries,
                 max_body: options.max_body,
+                version: options.version,
                 session: ArcSwap::from_pointee(session),
                 reconnecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -336,7 +343,7 @@ impl Center {
         };
         let mut retried = 0;
         loop {
-            let attempt = session.publish_and_wait(&shared.queue, &correlation_id, body, deadline);
+            let attempt = session.publish_and_wait(shared, &correlation_id, body, deadline);
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => error,
@@ -513,7 +520,7 @@ impl Session {
     /// request expires at `deadline`, when nobody waits for it any more.
     async fn publish_and_wait(
         &self,
-        queue: &ShortString,
+        shared: &Shared,
         correlation_id: &str,
         body: &[u8],
         deadline: Instant,
@@ -530,11 +537,15 @@ impl Session {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
+        let properties = match &shared.version {
+            Some(digest) => wire::with_version(properties, digest),
+            None => properties,
+        };
         let properties = wire::with_expiry(
             properties,
             deadline.saturating_duration_since(Instant::now()),
         );
-        let routed = amqp::publish_mandatory(&self.channel, queue.clone(), body, properties)
+        let routed = amqp::publish_mandatory(&self.channel, shared.queue.clone(), body, properties)
             .await
             .map_err(CallError::Publish)?;
         match routed {
@@ -543,7 +554,7 @@ impl Session {
                 let returned_id = returned.delivery.properties.correlation_id();
                 match returned_id.as_ref().map(ShortString::as_str) {
                     Some(id) if id == correlation_id => {
-                        return Err(CallError::NoRoute(queue.to_string()));
+                        return Err(CallError::NoRoute(shared.queue.to_string()));
                     }
                     // The client paired another call's return with this
                     // publish; that call learns it here, and this one's
@@ -563,7 +574,7 @@ impl Session {
         // consumer ends, that is when the connection is gone.
         match receiver.await {
             Ok(Answer::Reply(delivery)) => into_reply(*delivery),
-            Ok(Answer::Returned) => Err(CallError::NoRoute(queue.to_string())),
+            Ok(Answer::Returned) => Err(CallError::NoRoute(shared.queue.to_string())),
             Err(_) => Err(CallError::ConnectionLost),
         }
     }

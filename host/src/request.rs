@@ -23,7 +23,7 @@ use crate::{
     metrics::RequestMetrics,
     sandbox::ComputeModule,
     throttle::Throttle,
-    wire,
+    wire::{self, ErrorKind},
 };
 use lapin::{
     BasicProperties, Channel,
@@ -133,33 +133,65 @@ impl Handler {
             .map_or("", ShortString::as_str);
         // This request runs on this version to the end, even if another
         // is swapped in meanwhile.
-        let module = self.live.current();
+        let current = self.live.current();
         let span = info_span!(
             "request",
             correlation_id = %Escaped(correlation_id),
-            function = module.name()
+            function = current.name()
         );
         let _in_flight = self.metrics.start();
-        self.answer(delivery, module).instrument(span).await
+        self.answer(delivery, current).instrument(span).await
     }
 
-    async fn answer(&self, delivery: Delivery, module: Arc<ComputeModule>) {
+    /// The version `properties` pin, when it is not `current`: `Ok` with
+    /// it if this node holds it, `Err` with the pinned digest if not.
+    fn pinned(
+        &self,
+        properties: &BasicProperties,
+        current: &ComputeModule,
+    ) -> Option<Result<ComputeModule, String>> {
+        let digest = wire::requested_version(properties)?;
+        if digest == current.digest() {
+            return None;
+        }
+        Some(self.live.version(&digest).ok_or(digest))
+    }
+
+    async fn answer(&self, delivery: Delivery, current: Arc<ComputeModule>) {
         let reply_to = match Rejection::check(&delivery.properties) {
             Ok(reply_to) => reply_to.clone(),
-            Err(rejection) => return self.reject(delivery, &module, rejection, None).await,
+            Err(rejection) => return self.reject(delivery, &current, rejection, None).await,
         };
 
         let started = Instant::now();
-        let outcome = module.compute(&delivery.data).await;
-        let guest_time = started.elapsed();
-        self.metrics.guest_call(module.name(), guest_time);
-        let (body, error) = match outcome {
-            Ok(body) => (body, None),
-            Err(err) => (
-                wire::error_body(&err.to_string(), self.max_body),
-                Some(err.kind()),
-            ),
+        let (module, body, error) = match self.pinned(&delivery.properties, &current) {
+            Some(Err(pinned)) => {
+                let message = format!(
+                    "this node does not hold version {} of function {} (it serves {})",
+                    Escaped(&pinned),
+                    current.name(),
+                    current.digest()
+                );
+                let body = wire::error_body(&message, self.max_body);
+                (current, body, Some(ErrorKind::UnknownVersion))
+            }
+            pinned => {
+                let module = match pinned {
+                    Some(Ok(pinned)) => Arc::new(pinned),
+                    _ => current,
+                };
+                let outcome = module.compute(&delivery.data).await;
+                self.metrics.guest_call(module.name(), started.elapsed());
+                match outcome {
+                    Ok(body) => (module, body, None),
+                    Err(err) => {
+                        let body = wire::error_body(&err.to_string(), self.max_body);
+                        (module, body, Some(err.kind()))
+                    }
+                }
+            }
         };
+        let guest_time = started.elapsed();
         debug!(
             reply_to = %Escaped(reply_to.as_str()),
             function = module.name(),

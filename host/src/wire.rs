@@ -14,6 +14,11 @@
 //!   `x-function` header (the module's file stem) and the exact module
 //!   version in `x-module-digest` (`sha256:<hex>` of the module file).
 //!   Peers may ignore both.
+//! - A request may carry `x-module-digest` too: it pins the version. The
+//!   node runs exactly that version if it holds it (the current one, a
+//!   staged one, or one of the few it keeps compiled after a swap), and
+//!   otherwise answers an `unknown-version` error reply without running
+//!   anything. Without the header, the current version runs.
 
 use lapin::{
     BasicProperties,
@@ -50,6 +55,10 @@ pub enum ErrorKind {
     /// `too-large`: the request, or the reply the function produced, is
     /// larger than the node's `--max-body`.
     TooLarge,
+    /// `unknown-version`: the request pinned a version (`x-module-digest`)
+    /// that this node does not hold. Another node, or the same one after
+    /// a deploy reaches it, may.
+    UnknownVersion,
 }
 
 impl ErrorKind {
@@ -60,6 +69,7 @@ impl ErrorKind {
             ErrorKind::ComputeFailed => "compute-failed",
             ErrorKind::Timeout => "timeout",
             ErrorKind::TooLarge => "too-large",
+            ErrorKind::UnknownVersion => "unknown-version",
         }
     }
 }
@@ -79,6 +89,7 @@ impl std::str::FromStr for ErrorKind {
             ErrorKind::ComputeFailed,
             ErrorKind::Timeout,
             ErrorKind::TooLarge,
+            ErrorKind::UnknownVersion,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == name)
@@ -214,6 +225,18 @@ pub fn expired(properties: &BasicProperties, now: SystemTime) -> bool {
     now > expires
 }
 
+/// `properties` asking for version `digest` of the function.
+pub fn with_version(properties: BasicProperties, digest: &str) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(MODULE_HEADER.into(), text_value(digest));
+    properties.with_headers(headers)
+}
+
+/// The version a request pins, if any.
+pub fn requested_version(properties: &BasicProperties) -> Option<String> {
+    header_text(properties, MODULE_HEADER)
+}
+
 /// A text header value as `pika` writes strings, so Python peers read
 /// them as `str`/`bytes` without surprises.
 fn text_value(text: &str) -> AMQPValue {
@@ -261,6 +284,7 @@ mod tests {
             ErrorKind::ComputeFailed,
             ErrorKind::Timeout,
             ErrorKind::TooLarge,
+            ErrorKind::UnknownVersion,
         ] {
             assert_eq!(kind.as_str().parse(), Ok(kind));
             assert_eq!(
@@ -306,6 +330,15 @@ mod tests {
         let fresh = with_expiry(BasicProperties::default(), Duration::from_secs(30));
         assert!(!expired(&fresh, SystemTime::now()));
         assert!(expired(&fresh, SystemTime::now() + Duration::from_secs(32)));
+    }
+
+    #[test]
+    fn a_request_pins_a_version_in_the_reply_header() {
+        let plain = BasicProperties::default().with_correlation_id("c".into());
+        assert_eq!(requested_version(&plain), None);
+        let pinned = with_version(plain, "sha256:ab");
+        assert_eq!(requested_version(&pinned).as_deref(), Some("sha256:ab"));
+        assert_eq!(pinned.correlation_id().as_ref().unwrap().as_str(), "c");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `compute --modules DIR`: several functions in one node, each on its own
 //! queue, added, replaced and removed while the node runs.
 
-use crate::support::{amqp_url, built_module, center, delete_queue};
+use crate::support::{ServerProcess, amqp_url, built_module, center, delete_queue};
 use compute_host::{
     Center, NodeConfig,
     node::{self, StartError},
@@ -232,4 +232,92 @@ async fn consumers_drop_to_zero(center: &Center) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A node serving twenty functions holds one connection to the broker and
+/// one epoch thread, and every function answers on its own queue, each
+/// with its own name in the reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_functions_share_one_connection_and_one_engine() {
+    const FUNCTIONS: usize = 20;
+    let dir = std::env::temp_dir().join(format!("compute-many-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..FUNCTIONS {
+        std::fs::copy(built_module("increase"), dir.join(format!("f{i}.wasm"))).unwrap();
+    }
+    let prefix = format!("test.many.{}", Uuid::new_v4());
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"));
+    command
+        .args(["--queue-prefix", &prefix, "--amqp-url", &amqp_url()])
+        .arg("--modules")
+        .arg(&dir);
+    let node = ServerProcess::start(&mut command, "waiting for requests").await;
+
+    for i in 0..FUNCTIONS {
+        let center = center(&format!("{prefix}.f{i}"), Duration::from_secs(10)).await;
+        let reply = center.call("41").await.expect("every function answers");
+        assert_eq!(reply.body, b"42");
+        assert_eq!(
+            reply.origin.function.as_deref(),
+            Some(format!("f{i}").as_str())
+        );
+        center.close().await;
+    }
+    let threads = std::fs::read_dir(format!("/proc/{}/task", node.pid())).unwrap();
+    let epoch_tickers = threads
+        .flatten()
+        .filter(|thread| {
+            std::fs::read_to_string(thread.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "epoch-ticker")
+        })
+        .count();
+    assert_eq!(epoch_tickers, 1, "{}", node.log());
+    assert_eq!(broker_connections(node.pid()), 1, "{}", node.log());
+
+    drop(node);
+    for i in 0..FUNCTIONS {
+        delete_queue(&format!("{prefix}.f{i}")).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// How many TCP connections process `pid` has open to the broker's port.
+fn broker_connections(pid: u32) -> usize {
+    let port = amqp_url()
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next()?.parse::<u16>().ok())
+        .unwrap_or(5672);
+    let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut count = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(remote), Some(inode)) = (fields.get(2), fields.get(9)) else {
+                continue;
+            };
+            let remote_port = remote
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok());
+            if remote_port == Some(port) && sockets.iter().any(|socket| socket == inode) {
+                count += 1;
+            }
+        }
+    }
+    count
 }

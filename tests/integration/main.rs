@@ -7,6 +7,7 @@ mod faults;
 mod functions;
 mod hostile;
 mod metrics;
+mod pinning;
 mod python;
 mod rpc;
 mod support;

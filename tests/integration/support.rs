@@ -553,3 +553,23 @@ pub async fn scrape(address: SocketAddr) -> String {
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     body.to_owned()
 }
+
+/// Waits until `check` gives `Some`, trying again every 20 ms, and fails
+/// the test, saying `what` did not happen, after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

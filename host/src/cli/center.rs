@@ -67,6 +67,12 @@ pub struct CenterArgs {
     #[arg(long, value_name = "BYTES", default_value_t = center::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
+    /// Ask for exactly this version of the function (`sha256:<hex>`, as a
+    /// reply's `x-module-digest` names it), current or not; a node that
+    /// does not hold it answers `unknown-version`.
+    #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
+    pub version: Option<String>,
+
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -89,6 +95,22 @@ impl CenterArgs {
             Some(function) => format!("{}.{function}", self.queue_prefix),
             None => self.queue.clone(),
         }
+    }
+}
+
+/// A module digest: `sha256:` and 64 lowercase hex digits.
+fn parse_digest(text: &str) -> Result<String, String> {
+    let hex = text.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() == 64
+        && hex
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected sha256: and 64 lowercase hex digits, got {text:?}"
+        ))
     }
 }
 
@@ -124,6 +146,7 @@ pub async fn run(
         retries: args.retries,
         reply_mode: args.reply_mode,
         max_body: args.max_body,
+        version: args.version.clone(),
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;

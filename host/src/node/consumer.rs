@@ -322,7 +322,6 @@ impl Session {
             self.abandon.cancel();
         }
     }
-
 }
 
 /// Closes `channel`, if it is still open. Requests delivered but never
