@@ -4,6 +4,7 @@
 
 pub mod center;
 pub mod compute;
+pub mod registry;
 pub mod stats;
 
 use std::{io::IsTerminal as _, time::Duration};
@@ -57,7 +58,7 @@ pub async fn shutdown_signal() {
 }
 
 /// A duration given in seconds, fractions allowed (`0.5`).
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("expected a number of seconds, got {text:?}"))?;

@@ -15,7 +15,7 @@ use crate::{
     lock::lock,
     queues::Queues,
     sandbox::{self, ComputeModule, LoadError, Sandbox},
-    source::{Offer, Update},
+    source::{Offer, Update, Verdict},
 };
 use lapin::types::ShortString;
 use std::{
@@ -126,17 +126,27 @@ impl Table {
         }
     }
 
-    /// Applies one update: swaps in or adds a usable version, removes a
-    /// function that is gone. Never fails: what cannot be served is
-    /// logged, and the current version keeps serving.
-    pub(crate) async fn apply(&mut self, Update { function, offer }: Update) {
+    /// Applies one update: swaps in, stages or adds a usable version,
+    /// removes a function that is gone. Never fails: what cannot be
+    /// served is logged (and told to the source, if it asks), and the
+    /// current version keeps serving.
+    pub(crate) async fn apply(&mut self, update: Update) {
+        let Update {
+            function,
+            offer,
+            verdict,
+        } = update;
         let existing = lock(&self.served).get(&function).cloned();
-        match offer {
+        let outcome = match offer {
             Offer::Bytes {
                 bytes,
                 from,
                 settled,
-            } => self.offer(&function, existing, bytes, &from, settled).await,
+                stage,
+            } => {
+                self.offer(&function, existing, bytes, &from, settled, stage)
+                    .await
+            }
             Offer::Unreadable { from, error } => {
                 if let Some(existing) = existing {
                     warn!(
@@ -148,6 +158,7 @@ impl Table {
                     );
                     existing.live.reject(Rejected::Unreadable(error.kind()));
                 }
+                Err(format!("cannot read {from}: {error}"))
             }
             Offer::Gone => {
                 self.turned_down.remove(&function);
@@ -158,7 +169,11 @@ impl Table {
                     );
                     let _ = self.changes.send(Change::Removed(existing));
                 }
+                Ok(())
             }
+        };
+        if let Some(verdict) = verdict {
+            let _ = verdict.send(outcome);
         }
     }
 
@@ -169,18 +184,27 @@ impl Table {
         bytes: Vec<u8>,
         from: &str,
         settled: bool,
-    ) {
+        stage: bool,
+    ) -> Verdict {
         let digest = sandbox::digest(&bytes);
         let serving = existing.as_ref().map(|existing| existing.live.current());
-        if serving
-            .as_ref()
-            .is_some_and(|serving| serving.digest() == digest)
-        {
+        let already = match (&existing, stage) {
+            (Some(existing), true) => existing.live.staged().as_deref() == Some(digest.as_str()),
+            _ => serving
+                .as_ref()
+                .is_some_and(|serving| serving.digest() == digest),
+        };
+        if already {
             self.turned_down.remove(function);
-            return;
+            return Ok(());
+        }
+        if stage && existing.is_none() {
+            return Err(format!(
+                "function {function} has no current version to stage {digest} beside"
+            ));
         }
         if self.turned_down.get(function) == Some(&digest) {
-            return;
+            return Err(format!("{digest} was turned down before"));
         }
 
         let started = Instant::now();
@@ -204,34 +228,43 @@ impl Table {
         } else {
             started.elapsed().as_millis()
         };
-        let loaded = loaded
-            .map_err(FunctionError::from)
-            .and_then(|module| match &existing {
-                Some(existing) => Ok(existing.live.swap(module)),
-                None => self
-                    .add(module)
-                    .map(|added| added.live.current())
-                    .map_err(FunctionError::from),
-            });
-        match (loaded, serving) {
-            (Ok(was), Some(_)) => {
+        let loaded =
+            loaded
+                .map_err(FunctionError::from)
+                .and_then(|module| match (&existing, stage) {
+                    (Some(existing), true) => {
+                        existing.live.stage(module);
+                        Ok(None)
+                    }
+                    (Some(existing), false) => Ok(Some(existing.live.swap(module))),
+                    (None, _) => self.add(module).map(|_| None).map_err(FunctionError::from),
+                });
+        match loaded {
+            Ok(was) => {
                 self.turned_down.remove(function);
-                info!(
-                    function,
-                    path = %from,
-                    "serving {digest} (was {}), compiled in {compile_ms} ms{}",
-                    was.digest(),
-                    if reused { " (kept from before)" } else { "" },
-                );
+                let kept = if reused { " (kept from before)" } else { "" };
+                match (was, stage) {
+                    (Some(was), _) => info!(
+                        function,
+                        from,
+                        "serving {digest} (was {}), compiled in {compile_ms} ms{kept}",
+                        was.digest(),
+                    ),
+                    (None, true) => info!(
+                        function,
+                        from,
+                        "staged {digest} for pinned requests, compiled in {compile_ms} ms{kept}"
+                    ),
+                    (None, false) => {
+                        info!(function, from, %digest, compile_ms, "serving a new function")
+                    }
+                }
+                Ok(())
             }
-            (Ok(_), None) => {
-                self.turned_down.remove(function);
-                info!(function, path = %from, %digest, compile_ms, "serving a new function");
-            }
-            (Err(err), serving) if settled => {
+            Err(err) if settled => {
                 warn!(
                     function,
-                    path = %from,
+                    from,
                     %digest,
                     cause = %err,
                     serving = serving.as_ref().map(|serving| serving.digest()),
@@ -242,13 +275,17 @@ impl Table {
                     existing.live.reject(Rejected::Unusable(digest.clone()));
                 }
                 self.turned_down.insert(function.to_owned(), digest);
+                Err(err.to_string())
             }
-            (Err(err), _) => debug!(
-                function,
-                %digest,
-                cause = %err,
-                "the module file is still being written; waiting for the writer to finish"
-            ),
+            Err(err) => {
+                debug!(
+                    function,
+                    %digest,
+                    cause = %err,
+                    "the module file is still being written; waiting for the writer to finish"
+                );
+                Err(err.to_string())
+            }
         }
     }
 

@@ -50,6 +50,7 @@ mod lock;
 mod metrics;
 pub mod node;
 pub mod queues;
+pub mod registry;
 mod request;
 pub mod sandbox;
 mod source;

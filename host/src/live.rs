@@ -36,9 +36,13 @@ pub struct LiveModule {
     current: ArcSwap<ComputeModule>,
     /// Newest first; the current version among them.
     recent: Mutex<VecDeque<ComputeModule>>,
+    /// A version only pinned requests run, until it is promoted.
+    staged: Mutex<Option<ComputeModule>>,
     rejected: Mutex<Option<Rejected>>,
     swaps: AtomicU64,
     failed_reloads: AtomicU64,
+    in_flight: AtomicU64,
+    served: AtomicU64,
 }
 
 impl std::fmt::Debug for LiveModule {
@@ -58,9 +62,12 @@ impl LiveModule {
         LiveModule {
             recent: Mutex::new(VecDeque::from([module.clone()])),
             current: ArcSwap::from_pointee(module),
+            staged: Mutex::new(None),
             rejected: Mutex::new(None),
             swaps: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            served: AtomicU64::new(0),
         }
     }
 
@@ -69,12 +76,25 @@ impl LiveModule {
         self.current.load_full()
     }
 
-    /// Version `digest`, if it is current or kept compiled.
+    /// Version `digest`, if it is current, staged or kept compiled.
     pub fn version(&self, digest: &str) -> Option<ComputeModule> {
-        lock(&self.recent)
-            .iter()
-            .find(|module| module.digest() == digest)
-            .cloned()
+        let staged = lock(&self.staged)
+            .as_ref()
+            .filter(|module| module.digest() == digest)
+            .cloned();
+        staged.or_else(|| {
+            lock(&self.recent)
+                .iter()
+                .find(|module| module.digest() == digest)
+                .cloned()
+        })
+    }
+
+    /// The staged version's digest, if there is one.
+    pub fn staged(&self) -> Option<String> {
+        lock(&self.staged)
+            .as_ref()
+            .map(|module| module.digest().to_owned())
     }
 
     /// The last version that could not be served.
@@ -92,9 +112,34 @@ impl LiveModule {
         self.failed_reloads.load(Ordering::Relaxed)
     }
 
+    /// Requests of this function being answered.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests of this function settled, whatever their outcome.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped, then served.
+    pub(crate) fn count_request(&self) -> Counted<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Counted(self)
+    }
+
     /// Makes `module` current, keeps it among the recent versions, and
     /// returns the version it replaced.
     pub(crate) fn swap(&self, module: ComputeModule) -> Arc<ComputeModule> {
+        {
+            let mut staged = lock(&self.staged);
+            if staged
+                .as_ref()
+                .is_some_and(|staged| staged.digest() == module.digest())
+            {
+                *staged = None;
+            }
+        }
         {
             let mut recent = lock(&self.recent);
             recent.retain(|kept| kept.digest() != module.digest());
@@ -105,8 +150,24 @@ impl LiveModule {
         self.current.swap(Arc::new(module))
     }
 
+    /// Holds `module` for pinned requests only, in place of any version
+    /// staged before.
+    pub(crate) fn stage(&self, module: ComputeModule) {
+        *lock(&self.staged) = Some(module);
+    }
+
     pub(crate) fn reject(&self, problem: Rejected) {
         self.failed_reloads.fetch_add(1, Ordering::Relaxed);
         *lock(&self.rejected) = Some(problem);
+    }
+}
+
+/// A request being answered; counted as served when dropped.
+pub(crate) struct Counted<'a>(&'a LiveModule);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.served.fetch_add(1, Ordering::Relaxed);
     }
 }

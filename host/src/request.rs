@@ -140,6 +140,7 @@ impl Handler {
             function = current.name()
         );
         let _in_flight = self.metrics.start();
+        let _counted = self.live.count_request();
         self.answer(delivery, current).instrument(span).await
     }
 

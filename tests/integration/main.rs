@@ -9,6 +9,7 @@ mod hostile;
 mod metrics;
 mod pinning;
 mod python;
+mod registry;
 mod rpc;
 mod support;
 mod swap;

@@ -11,7 +11,7 @@ async fn main() -> ExitCode {
     // lapin warns about each returned reply; the node logs those itself.
     cli::init_tracing("info,lapin=error", args.log_format);
     match cli::compute::run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("compute: {err:#}");
             ExitCode::from(2)

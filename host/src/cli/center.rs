@@ -19,7 +19,8 @@ use tracing::warn;
 
 /// Sends each input to a compute node and prints each result.
 #[derive(Debug, Parser)]
-#[command(name = "center", version)]
+// `--version` pins a module version, so the program's own version is `-V`.
+#[command(name = "center", version, disable_version_flag = true)]
 pub struct CenterArgs {
     /// The inputs, one request each. Without any, reads one input per line
     /// from standard input.
@@ -72,6 +73,10 @@ pub struct CenterArgs {
     /// does not hold it answers `unknown-version`.
     #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
     pub version: Option<String>,
+
+    /// Print the program's version.
+    #[arg(short = 'V', action = clap::ArgAction::Version)]
+    pub print_version: (),
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]

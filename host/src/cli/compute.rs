@@ -1,18 +1,26 @@
-//! `compute`: serve a compute module on a queue.
+//! `compute`: serve compute functions, from a module file, a directory or
+//! the registry; and the registry's commands (`compute deploy`, ...).
 
+use super::registry::RegistryCommand;
 use crate::{
     amqp,
     node::{self, NodeConfig, Source},
-    queues,
+    queues, registry,
+    registry::signing::Trust,
     sandbox::Limits,
 };
+use anyhow::Context as _;
 use clap::Parser;
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 /// A compute node: answers RabbitMQ requests with a WebAssembly function.
 #[derive(Debug, Parser)]
-#[command(name = "compute", version)]
+#[command(name = "compute", version, args_conflicts_with_subcommands = true)]
 pub struct ComputeArgs {
+    /// A registry command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<RegistryCommand>,
+
     /// The compute module (a WebAssembly component) to serve.
     #[arg(long, value_name = "PATH", default_value = "modules/increase.wasm")]
     pub module: PathBuf,
@@ -27,7 +35,24 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["module", "queue"])]
     pub modules: Option<PathBuf>,
 
-    /// The prefix of the queues of `--modules`.
+    /// Serve every function of the registry stream NAME (default
+    /// `compute.modules`), each on `<queue-prefix>.<name>`: what `compute
+    /// deploy` publishes, promotes, rolls back and removes, read from the
+    /// stream's start and then followed live.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = registry::DEFAULT_STREAM, conflicts_with_all = ["module", "queue", "modules"])]
+    pub registry: Option<String>,
+
+    /// A public key (`compute keygen` writes one as FILE.pub) whose
+    /// signed versions the node serves from the registry. Repeatable.
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    pub trusted_key: Vec<PathBuf>,
+
+    /// Serve unsigned registry versions: anyone who can publish to the
+    /// registry then runs code on this node.
+    #[arg(long, requires = "registry", conflicts_with = "trusted_key")]
+    pub allow_unsigned: bool,
+
+    /// The prefix of the queues of `--modules` and `--registry`.
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
     pub queue_prefix: String,
 
@@ -75,18 +100,28 @@ pub struct ComputeArgs {
 
 impl ComputeArgs {
     /// The node configuration these arguments describe.
-    pub fn config(&self) -> NodeConfig {
-        let source = match &self.modules {
-            Some(dir) => Source::Dir {
+    ///
+    /// # Errors
+    ///
+    /// When a trusted key cannot be read, or `--registry` is given with
+    /// neither `--trusted-key` nor `--allow-unsigned`.
+    pub fn config(&self) -> anyhow::Result<NodeConfig> {
+        let source = match (&self.registry, &self.modules) {
+            (Some(stream), _) => Source::Registry {
+                stream: stream.clone(),
+                queue_prefix: self.queue_prefix.clone(),
+                trust: self.trust()?,
+            },
+            (None, Some(dir)) => Source::Dir {
                 path: dir.clone(),
                 queue_prefix: self.queue_prefix.clone(),
             },
-            None => Source::Module {
+            (None, None) => Source::Module {
                 path: self.module.clone(),
                 queue: self.queue.clone(),
             },
         };
-        NodeConfig {
+        Ok(NodeConfig {
             source,
             amqp_url: self.amqp_url.0.clone(),
             prefetch: self.prefetch,
@@ -97,13 +132,31 @@ impl ComputeArgs {
                 max_body: self.max_body,
             },
             metrics_addr: self.metrics_addr,
+        })
+    }
+
+    fn trust(&self) -> anyhow::Result<Trust> {
+        if self.allow_unsigned {
+            tracing::warn!(
+                "--allow-unsigned: anyone who can publish to the registry runs code on this node"
+            );
+            return Ok(Trust::Anyone);
         }
+        anyhow::ensure!(
+            !self.trusted_key.is_empty(),
+            "--registry serves only versions signed by a key it trusts: give --trusted-key FILE (see `compute keygen`), or --allow-unsigned to serve anything published to the registry"
+        );
+        Trust::keys(&self.trusted_key).context("cannot read a trusted key")
     }
 }
 
 /// Serves until Ctrl-C or SIGTERM, then drains and exits.
-pub async fn run(args: ComputeArgs) -> anyhow::Result<()> {
-    Ok(node::run(args.config(), super::shutdown_signal()).await?)
+pub async fn run(args: ComputeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(command) = args.command {
+        return super::registry::run(command).await;
+    }
+    node::run(args.config()?, super::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
@@ -120,7 +173,7 @@ mod tests {
     fn debug_output_never_shows_the_password() {
         let args = ComputeArgs::try_parse_from(["compute", "--amqp-url", "amqp://u:secret@h/%2f"])
             .unwrap();
-        for debug in [format!("{args:?}"), format!("{:?}", args.config())] {
+        for debug in [format!("{args:?}"), format!("{:?}", args.config().unwrap())] {
             assert!(!debug.contains("secret"), "{debug}");
             assert!(debug.contains("amqp://u:***@h/%2f"), "{debug}");
         }
@@ -130,6 +183,6 @@ mod tests {
     fn defaults_match_the_python_examples() {
         let args = ComputeArgs::try_parse_from(["compute"]).unwrap();
         assert_eq!(args.queue, queues::DEFAULT_QUEUE);
-        assert_eq!(args.config().limits.memory, 64 << 20);
+        assert_eq!(args.config().unwrap().limits.memory, 64 << 20);
     }
 }

@@ -30,7 +30,7 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The current connection, shared by the node's consumers.
-pub(super) struct Link {
+pub(crate) struct Link {
     url: String,
     current: watch::Sender<Option<Arc<Connection>>>,
     lost: Notify,
@@ -54,7 +54,7 @@ impl Link {
     }
 
     /// The connection to open channels on, once there is one.
-    pub(super) async fn connected(&self) -> Arc<Connection> {
+    pub(crate) async fn connected(&self) -> Arc<Connection> {
         let mut current = self.current.subscribe();
         loop {
             if let Some(connection) = current.borrow_and_update().as_ref()
@@ -69,7 +69,7 @@ impl Link {
     }
 
     /// Tells the link that its connection failed.
-    pub(super) fn lost(&self) {
+    pub(crate) fn lost(&self) {
         self.lost.notify_one();
     }
 

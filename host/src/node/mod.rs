@@ -20,7 +20,7 @@
 //! - `consumer`: one function's channel, consumer and requests in flight.
 
 mod consumer;
-mod link;
+pub(crate) mod link;
 
 use crate::{
     amqp::{self, Redacted},
@@ -29,6 +29,7 @@ use crate::{
     lock::lock,
     metrics::{self, NodeMetrics},
     queues::{self, Queues},
+    registry::{follow::Follower, report::Identity, signing::Trust},
     sandbox::{Limits, LoadError, Sandbox, SandboxError},
     source::{self, Update, dir::DirSource},
     throttle::Throttle,
@@ -46,6 +47,10 @@ use tracing::{info, warn};
 /// How long a stopping node waits for its requests in flight, beyond the
 /// guest's wall-clock limit: for their replies' confirms.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a starting node reads the registry before it serves what it
+/// has: compiling what the registry serves may take seconds.
+const REGISTRY_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// Requests computed at once, by default: the prefetch of each function's
 /// queue, and the size of the node's instance pool.
@@ -69,6 +74,16 @@ pub enum Source {
         path: PathBuf,
         /// The prefix of every function's queue.
         queue_prefix: String,
+    },
+    /// Every function of a registry stream, followed: function `name` is
+    /// served on `<queue_prefix>.<name>`.
+    Registry {
+        /// The stream.
+        stream: String,
+        /// The prefix of every function's queue.
+        queue_prefix: String,
+        /// Whose signatures the node accepts.
+        trust: Trust,
     },
 }
 
@@ -216,6 +231,7 @@ impl ComputeNode {
         let (changed, changes) = mpsc::unbounded_channel();
         let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
 
+        let mut link = None;
         let (table, source) = match &config.source {
             Source::Module { path, queue } => {
                 // Checked before compiling: a name that can never work is
@@ -229,7 +245,7 @@ impl ComputeNode {
                 let mut table = Table::new(sandbox, queues, changed);
                 let source = source::file::watch(path, module.name(), module.digest(), updates);
                 table.add(module)?;
-                (table, source)
+                (spawn_table(table, updated), source)
             }
             Source::Dir { path, queue_prefix } => {
                 let mut dir = DirSource::open(path).map_err(|source| StartError::Dir {
@@ -241,11 +257,41 @@ impl ComputeNode {
                 for update in dir.scan().await {
                     table.apply(update).await;
                 }
-                (table, dir.follow(updates))
+                (spawn_table(table, updated), dir.follow(updates))
+            }
+            Source::Registry {
+                stream,
+                queue_prefix,
+                trust,
+            } => {
+                let connected = Link::connect(&config.amqp_url, metrics.clone()).await?;
+                let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
+                let follower = Follower {
+                    stream: stream.clone(),
+                    trust: trust.clone(),
+                    link: connected.0.clone(),
+                    updates,
+                    served: table.served(),
+                    identity: Identity::new(),
+                };
+                link = Some(connected);
+                let table = spawn_table(table, updated);
+                let (caught_up, catching_up) = oneshot::channel();
+                let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
+                if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
+                    .await
+                    .is_err()
+                {
+                    warn!(%stream, "the registry is not read to its end yet; its functions are served as they are read");
+                }
+                (table, source)
             }
         };
-        let served = table.served();
-        let (link, link_keeper) = Link::connect(&config.amqp_url, metrics.clone()).await?;
+        let served = table.0.clone();
+        let (link, link_keeper) = match link {
+            Some(link) => link,
+            None => Link::connect(&config.amqp_url, metrics.clone()).await?,
+        };
         let shared = Arc::new(Shared {
             link: link.clone(),
             prefetch: config.prefetch,
@@ -264,7 +310,7 @@ impl ComputeNode {
             metrics_addr: None,
             _metrics_server: None,
             _link_keeper: link_keeper,
-            _table: AbortOnDropHandle::new(tokio::spawn(table.follow(updated))),
+            _table: table.1,
             _source: source,
             metrics,
         };
@@ -406,6 +452,15 @@ impl ComputeNode {
         self.link.close().await;
         info!("stopped");
     }
+}
+
+/// The table's functions, and the task that applies its sources' updates.
+fn spawn_table(table: Table, updates: mpsc::Receiver<Update>) -> (Served, AbortOnDropHandle<()>) {
+    let served = table.served();
+    (
+        served,
+        AbortOnDropHandle::new(tokio::spawn(table.follow(updates))),
+    )
 }
 
 /// Starts a node with `config` and serves until `shutdown` completes.

@@ -94,14 +94,15 @@ impl DirSource {
                 continue;
             };
             self.offered.insert(function.clone(), (stamp, settled));
-            updates.push(Update {
-                function: function.clone(),
-                offer: Offer::Bytes {
+            updates.push(Update::new(
+                function.clone(),
+                Offer::Bytes {
                     bytes,
                     from: path.display().to_string(),
                     settled,
+                    stage: false,
                 },
-            });
+            ));
         }
         let gone: Vec<String> = self
             .offered
@@ -111,10 +112,7 @@ impl DirSource {
             .collect();
         for function in gone {
             self.offered.remove(&function);
-            updates.push(Update {
-                function,
-                offer: Offer::Gone,
-            });
+            updates.push(Update::new(function, Offer::Gone));
         }
         updates
     }

@@ -216,6 +216,7 @@ impl FileSource {
                     bytes,
                     from,
                     settled,
+                    stage: false,
                 };
                 (offered, offer)
             }
@@ -228,10 +229,7 @@ impl FileSource {
             }
         };
         self.offered = Some(offered);
-        let update = Update {
-            function: self.function.clone(),
-            offer,
-        };
+        let update = Update::new(self.function.clone(), offer);
         // The node is stopping when nobody takes updates any more.
         let _ = self.updates.send(update).await;
     }

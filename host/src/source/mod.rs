@@ -14,7 +14,7 @@ pub(crate) mod dir;
 pub(crate) mod file;
 mod signal;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// News about one function, from a source.
 #[derive(Debug)]
@@ -23,7 +23,22 @@ pub(crate) struct Update {
     pub(crate) function: String,
     /// What became of it.
     pub(crate) offer: Offer,
+    /// Learns what the node made of it, for a source that reports.
+    pub(crate) verdict: Option<oneshot::Sender<Verdict>>,
 }
+
+impl Update {
+    pub(crate) fn new(function: String, offer: Offer) -> Self {
+        Update {
+            function,
+            offer,
+            verdict: None,
+        }
+    }
+}
+
+/// What the node made of an update: `Err` says why it serves nothing new.
+pub(crate) type Verdict = Result<(), String>;
 
 /// What a source says about a function.
 #[derive(Debug)]
@@ -37,6 +52,8 @@ pub(crate) enum Offer {
         /// failure to load them is then only logged at debug level, and
         /// the source offers them again once they settle.
         settled: bool,
+        /// Held for requests that pin them, not made current.
+        stage: bool,
     },
     /// The function's module cannot be read just now (its file was
     /// deleted, say); the current version goes on serving.

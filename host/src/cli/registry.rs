@@ -1,0 +1,336 @@
+//! `compute deploy | promote | rollback | remove | status | keygen`: the
+//! registry's commands.
+
+use crate::{
+    amqp,
+    registry::{
+        self, Retention,
+        deploy::{self, Registry, Rollout},
+        report::NodeStatus,
+        signing::{self, DeployKey},
+    },
+    sandbox::{Limits, Sandbox},
+};
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+use tokio::time::Instant;
+
+/// A registry command.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Publish a new version of a function to every node following the
+    /// registry, and wait for each to report.
+    Deploy {
+        /// The module (a WebAssembly component).
+        path: PathBuf,
+        /// The function's name; the file stem by default.
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
+        /// Only for requests that pin it (`center --version`) until
+        /// `compute promote`.
+        #[arg(long)]
+        stage: bool,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// Make an earlier version of a function current on every node.
+    Promote {
+        function: String,
+        digest: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// Make a function's previous current version current again.
+    Rollback {
+        function: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// Stop serving a function on every node.
+    Remove {
+        function: String,
+        #[command(flatten)]
+        rollout: RolloutArgs,
+    },
+    /// What every node following the registry serves.
+    Status {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// One JSON object per node.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a key pair for signing deploys: the secret key in FILE, the
+    /// public key (for `--trusted-key`) in FILE.pub.
+    Keygen { file: PathBuf },
+}
+
+/// Where the registry is.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// The registry stream.
+    #[arg(long, value_name = "NAME", default_value = registry::DEFAULT_STREAM)]
+    pub registry: String,
+    /// The broker.
+    #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
+    pub amqp_url: amqp::Redacted,
+    /// The stream's retention, in bytes, when this command creates it.
+    #[arg(long, value_name = "BYTES", default_value_t = Retention::default().max_bytes)]
+    pub registry_max_bytes: u64,
+    /// The size of one segment of the stream, in bytes, when this
+    /// command creates it.
+    #[arg(long, value_name = "BYTES", default_value_t = Retention::default().segment_bytes)]
+    pub registry_segment_bytes: u64,
+    /// How long to wait for nodes to answer a status request, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = super::parse_seconds)]
+    pub discover: Duration,
+}
+
+/// How a change is rolled out.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The secret key to sign with (see `compute keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// How long to wait for every node's report, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
+    pub wait: Duration,
+    /// One JSON object per report, then one for the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a registry command. Exit code 1 when a node rejected the change
+/// or did not report.
+pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        RegistryCommand::Keygen { file } => {
+            let public = signing::keygen(&file)?;
+            println!(
+                "secret key: {} (keep it private); public key: {} (give it to nodes: --trusted-key)",
+                file.display(),
+                public.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        RegistryCommand::Status { registry, json } => status(&registry, json).await,
+        RegistryCommand::Deploy {
+            path,
+            function,
+            stage,
+            rollout,
+        } => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let function = match function {
+                Some(function) => function,
+                None => path
+                    .file_stem()
+                    .map(|stem| stem.to_string_lossy().into_owned())
+                    .context("the module's path has no file name: give --function")?,
+            };
+            // Refused here, before any node sees it.
+            Sandbox::with_capacity(Limits::default(), 1)?
+                .load_bytes(&function, &bytes)
+                .with_context(|| {
+                    format!(
+                        "{} is not a usable compute module; nothing was deployed",
+                        path.display()
+                    )
+                })?;
+            let digest = crate::sandbox::digest(&bytes);
+            let message = deploy::publish(&function, &digest, stage);
+            roll_out(&rollout, &function, &digest, |_| Ok(vec![(message, bytes)])).await
+        }
+        RegistryCommand::Promote {
+            function,
+            digest,
+            rollout,
+        } => {
+            let message = deploy::promote(&function, &digest);
+            roll_out(&rollout, &function, &digest, |state| {
+                deploy::check_promote(state, &function, &digest)?;
+                Ok(vec![(message, Vec::new())])
+            })
+            .await
+        }
+        RegistryCommand::Rollback { function, rollout } => {
+            let (url, stream) = (&rollout.registry.amqp_url.0, &rollout.registry.registry);
+            let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
+            let target = deploy::rollback_target(&registry.read().await?, &function)?;
+            registry.close().await;
+            let message = deploy::promote(&function, &target);
+            roll_out(&rollout, &function, &target, |_| {
+                Ok(vec![(message, Vec::new())])
+            })
+            .await
+        }
+        RegistryCommand::Remove { function, rollout } => {
+            let (url, stream) = (&rollout.registry.amqp_url.0, &rollout.registry.registry);
+            let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
+            let state = registry.read().await?;
+            anyhow::ensure!(
+                state.functions.contains_key(&function),
+                "the registry holds no function {function}"
+            );
+            let key = sign_key(&rollout)?;
+            registry
+                .append(
+                    &state,
+                    vec![(deploy::remove(&function), Vec::new())],
+                    key.as_ref(),
+                )
+                .await?;
+            registry.close().await;
+            println!("removed {function}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn retention(args: &RegistryArgs) -> Retention {
+    Retention {
+        max_bytes: args.registry_max_bytes,
+        segment_bytes: args.registry_segment_bytes,
+    }
+}
+
+fn sign_key(args: &RolloutArgs) -> anyhow::Result<Option<DeployKey>> {
+    args.sign_key
+        .as_deref()
+        .map(DeployKey::read)
+        .transpose()
+        .context("cannot read the signing key")
+}
+
+/// Finds the nodes, reads the registry, appends what `messages` makes of
+/// it, and waits for every node to report on `function` at `digest`.
+async fn roll_out(
+    args: &RolloutArgs,
+    function: &str,
+    digest: &str,
+    messages: impl FnOnce(
+        &registry::state::State,
+    )
+        -> Result<Vec<(registry::message::Message, Vec<u8>)>, deploy::DeployError>,
+) -> anyhow::Result<ExitCode> {
+    let key = sign_key(args)?;
+    let registry = Registry::connect(
+        &args.registry.amqp_url.0,
+        &args.registry.registry,
+        retention(&args.registry),
+    )
+    .await?;
+    let mut reports = registry.reports().await?;
+    let nodes = registry.nodes(args.registry.discover).await?;
+    let state = registry.read().await?;
+    let messages = messages(&state)?;
+    registry.append(&state, messages, key.as_ref()).await?;
+    let appended = Instant::now();
+    let rollout =
+        deploy::collect(&mut reports, &nodes, function, digest, appended, args.wait).await;
+    registry.close().await;
+    print_rollout(&rollout, &nodes, digest, args.json);
+    Ok(if rollout.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bool) {
+    let serving = rollout
+        .reports
+        .iter()
+        .filter(|report| report.outcome == "serving")
+        .count();
+    if json {
+        for report in &rollout.reports {
+            println!("{}", serde_json::to_string(report).unwrap_or_default());
+        }
+        for node in &rollout.silent {
+            println!(
+                "{}",
+                serde_json::json!({"node": node.node, "host": node.host, "outcome": "silent"})
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "digest": digest,
+                "serving": serving,
+                "nodes": nodes.len(),
+                "ms": rollout.took.as_millis() as u64,
+            })
+        );
+        return;
+    }
+    for report in &rollout.reports {
+        match &report.reason {
+            None => println!(
+                "{} ({})  {} {}",
+                report.node, report.host, report.outcome, report.digest
+            ),
+            Some(reason) => println!("{} ({})  rejected: {reason}", report.node, report.host),
+        }
+    }
+    for node in &rollout.silent {
+        println!("{} ({})  did not report", node.node, node.host);
+    }
+    if nodes.is_empty() {
+        println!("published {digest}; no node follows the registry");
+    } else {
+        println!(
+            "deployed {digest} to {serving}/{} nodes in {} ms",
+            nodes.len(),
+            rollout.took.as_millis()
+        );
+    }
+}
+
+async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let registry = Registry::connect(&args.amqp_url.0, &args.registry, retention(args)).await?;
+    let nodes = registry.nodes(args.discover).await?;
+    registry.close().await;
+    if json {
+        for node in &nodes {
+            println!("{}", serde_json::to_string(node).unwrap_or_default());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<22} {:<14} {:>8}  {:<12} {:<20} {:<20} {:>9} {:>9}",
+        "NODE", "HOST", "UPTIME", "FUNCTION", "CURRENT", "STAGED", "IN-FLIGHT", "SERVED"
+    );
+    let short = |digest: &str| digest.chars().take(19).collect::<String>();
+    for node in &nodes {
+        for function in &node.functions {
+            println!(
+                "{:<22} {:<14} {:>7}s  {:<12} {:<20} {:<20} {:>9} {:>9}",
+                node.node,
+                node.host,
+                node.uptime_s,
+                function.name,
+                short(&function.current),
+                function
+                    .staged
+                    .as_deref()
+                    .map(short)
+                    .unwrap_or_else(|| "-".into()),
+                function.in_flight,
+                function.served,
+            );
+        }
+        if node.functions.is_empty() {
+            println!(
+                "{:<22} {:<14} {:>7}s  (no functions)",
+                node.node, node.host, node.uptime_s
+            );
+        }
+    }
+    println!("{} node(s)", nodes.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,435 @@
+//! The deployer's side of the registry: read what it holds, append
+//! versions and promotes (writing again the versions in use that would
+//! otherwise age out), find the nodes that follow it, and collect their
+//! reports.
+
+use super::{
+    Retention,
+    follow::channel_for_exchanges,
+    message::{Action, Message, Role},
+    report::{NodeStatus, Report},
+    signing::DeployKey,
+    state::{MESSAGE_OVERHEAD, State},
+};
+use crate::amqp::{self, ConnectError};
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, Consumer,
+    options::{
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long reading the whole stream may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error(transparent)]
+    Connect(#[from] Box<ConnectError>),
+    #[error("RabbitMQ refused: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ did not answer within {0:?} while {1}")]
+    Timeout(Duration, &'static str),
+    #[error("the broker did not confirm a registry message")]
+    NotConfirmed,
+    #[error("the registry holds no version {digest} of {function}")]
+    UnknownVersion { function: String, digest: String },
+    #[error("the registry holds no function {0}")]
+    UnknownFunction(String),
+    #[error("{0} has no previous version to roll back to")]
+    NoPrevious(String),
+    #[error(
+        "the versions in use take {live} bytes, more than the stream can keep safely ({keep_within}); declare the registry with a larger --registry-max-bytes"
+    )]
+    RetentionTooSmall { live: u64, keep_within: u64 },
+}
+
+/// A connection to the registry, for deploying.
+pub struct Registry {
+    connection: Connection,
+    /// In confirm mode: each message is confirmed before the next.
+    channel: Channel,
+    events: Channel,
+    stream: String,
+    retention: Retention,
+}
+
+impl Registry {
+    /// Connects and declares the stream (with `retention`) and the
+    /// exchanges beside it.
+    pub async fn connect(
+        url: &str,
+        stream: &str,
+        retention: Retention,
+    ) -> Result<Self, DeployError> {
+        let connection = amqp::connect(url).await.map_err(Box::new)?;
+        let set_up = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .queue_declare(
+                    stream.into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    retention.arguments(),
+                )
+                .await?;
+            let events = channel_for_exchanges(&connection, stream).await?;
+            Ok::<_, lapin::Error>((channel, events))
+        };
+        let (channel, events) =
+            bounded(amqp::ANSWER_TIMEOUT, "declaring the registry", set_up).await??;
+        Ok(Registry {
+            connection,
+            channel,
+            events,
+            stream: stream.to_owned(),
+            retention,
+        })
+    }
+
+    /// Reads the whole stream: writes a marker, then reads from the first
+    /// message to the marker.
+    pub async fn read(&self) -> Result<State, DeployError> {
+        let marker = uuid::Uuid::new_v4().to_string();
+        let sync = Message {
+            action: Action::Sync,
+            function: String::new(),
+            digest: String::new(),
+            role: None,
+            signature: None,
+        };
+        self.publish(&sync, &[], &marker).await?;
+        let channel = self.connection.create_channel().await?;
+        channel.basic_qos(64, BasicQosOptions::default()).await?;
+        let mut from_first = FieldTable::default();
+        from_first.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString(LongString::from("first")),
+        );
+        let mut consumer = channel
+            .basic_consume(
+                self.stream.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                from_first,
+            )
+            .await?;
+        let read = async {
+            let mut state = State::default();
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery?;
+                delivery
+                    .acker
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await?;
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str());
+                if id == Some(marker.as_str()) {
+                    break;
+                }
+                // What nodes would ignore, a deployer ignores too.
+                if let Ok(message) = Message::read(&delivery.properties, &delivery.data) {
+                    let _ = state.apply(&message, &delivery.data);
+                }
+            }
+            Ok::<_, lapin::Error>(state)
+        };
+        let state = bounded(READ_TIMEOUT, "reading the registry", read).await??;
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(state)
+    }
+
+    /// Starts collecting the nodes' reports; call before appending.
+    pub async fn reports(&self) -> Result<Consumer, DeployError> {
+        let queue = self
+            .events
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.events
+            .queue_bind(
+                queue.name().clone(),
+                super::events_exchange(&self.stream).into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(self
+            .events
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?)
+    }
+
+    /// Asks every node following the registry for its status, and takes
+    /// the answers that come within `wait`.
+    pub async fn nodes(&self, wait: Duration) -> Result<Vec<NodeStatus>, DeployError> {
+        let channel = self.connection.create_channel().await?;
+        let mut answers = channel
+            .basic_consume(
+                amqp::DIRECT_REPLY_TO.into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_publish(
+                super::status_exchange(&self.stream).into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                b"status",
+                BasicProperties::default().with_reply_to(amqp::DIRECT_REPLY_TO.into()),
+            )
+            .await?;
+        let mut nodes = Vec::new();
+        let deadline = Instant::now() + wait;
+        while let Ok(Some(Ok(answer))) = tokio::time::timeout_at(deadline, answers.next()).await {
+            if let Ok(status) = serde_json::from_slice::<NodeStatus>(&answer.data) {
+                nodes.push(status);
+            }
+        }
+        let _ = channel.close(200, "OK".into()).await;
+        nodes.sort_by(|a, b| (&a.host, &a.node).cmp(&(&b.host, &b.node)));
+        Ok(nodes)
+    }
+
+    /// Appends `messages` (with their bodies), signed with `key` if given,
+    /// after writing again every version in use of `state` that the new
+    /// bytes could push out of the stream's retention.
+    pub async fn append(
+        &self,
+        state: &State,
+        messages: Vec<(Message, Vec<u8>)>,
+        key: Option<&DeployKey>,
+    ) -> Result<(), DeployError> {
+        let keep_within = self.retention.keep_within();
+        let incoming: u64 = messages
+            .iter()
+            .map(|(_, body)| body.len() as u64 + MESSAGE_OVERHEAD)
+            .sum();
+        let live = state.live_bytes() + incoming;
+        if live > keep_within / 2 {
+            return Err(DeployError::RetentionTooSmall { live, keep_within });
+        }
+        let mut all = Vec::new();
+        for (function, digest, role) in state.to_keep(incoming, keep_within) {
+            let bytes = state.functions[&function].stored[&digest].bytes.to_vec();
+            let keep = Message {
+                action: Action::Keep,
+                function,
+                digest,
+                role: Some(role),
+                signature: None,
+            };
+            all.push((keep, bytes));
+        }
+        all.extend(messages);
+        for (mut message, body) in all {
+            if let Some(key) = key {
+                key.sign(&mut message);
+            }
+            self.publish(&message, &body, &uuid::Uuid::new_v4().to_string())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, message: &Message, body: &[u8], id: &str) -> Result<(), DeployError> {
+        let publish = async {
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    self.stream.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    message.properties(id),
+                )
+                .await?
+                .await
+        };
+        let confirm = bounded(
+            Duration::from_secs(30),
+            "confirming a registry message",
+            publish,
+        )
+        .await??;
+        if confirm.is_nack() {
+            return Err(DeployError::NotConfirmed);
+        }
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(
+            amqp::ANSWER_TIMEOUT,
+            self.connection.close(200, "OK".into()),
+        )
+        .await;
+    }
+}
+
+/// What one rollout came to: a report from each node that answered, and
+/// the nodes that did not within the wait.
+#[derive(Debug)]
+pub struct Rollout {
+    pub reports: Vec<Report>,
+    pub silent: Vec<NodeStatus>,
+    /// From the last message appended to the last report.
+    pub took: Duration,
+}
+
+impl Rollout {
+    /// Whether every node serves the version.
+    pub fn succeeded(&self) -> bool {
+        self.silent.is_empty()
+            && self
+                .reports
+                .iter()
+                .all(|report| report.outcome == "serving")
+    }
+}
+
+/// Waits for a report on `function` at `digest` from each of `nodes`, for
+/// at most `wait`.
+pub async fn collect(
+    reports: &mut Consumer,
+    nodes: &[NodeStatus],
+    function: &str,
+    digest: &str,
+    since: Instant,
+    wait: Duration,
+) -> Rollout {
+    let deadline = since + wait;
+    let mut got: Vec<Report> = Vec::new();
+    let mut took = Duration::ZERO;
+    while got.len() < nodes.len() {
+        let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, reports.next()).await else {
+            break;
+        };
+        let Ok(report) = serde_json::from_slice::<Report>(&delivery.data) else {
+            continue;
+        };
+        let expected = report.function == function
+            && report.digest == digest
+            && nodes.iter().any(|node| node.node == report.node)
+            && !got.iter().any(|seen| seen.node == report.node);
+        if expected {
+            took = since.elapsed();
+            got.push(report);
+        }
+    }
+    let silent = nodes
+        .iter()
+        .filter(|node| !got.iter().any(|report| report.node == node.node))
+        .cloned()
+        .collect();
+    Rollout {
+        reports: got,
+        silent,
+        took,
+    }
+}
+
+/// What a promote of `digest` needs: the registry holds it for `function`.
+pub fn check_promote(state: &State, function: &str, digest: &str) -> Result<(), DeployError> {
+    let held = state
+        .functions
+        .get(function)
+        .ok_or_else(|| DeployError::UnknownFunction(function.to_owned()))?;
+    if held.stored.contains_key(digest) {
+        Ok(())
+    } else {
+        Err(DeployError::UnknownVersion {
+            function: function.to_owned(),
+            digest: digest.to_owned(),
+        })
+    }
+}
+
+/// The version a rollback of `function` goes to: its previous one.
+pub fn rollback_target(state: &State, function: &str) -> Result<String, DeployError> {
+    let held = state
+        .functions
+        .get(function)
+        .ok_or_else(|| DeployError::UnknownFunction(function.to_owned()))?;
+    held.previous
+        .clone()
+        .ok_or_else(|| DeployError::NoPrevious(function.to_owned()))
+}
+
+/// A message that makes `digest` of `function` current.
+pub fn promote(function: &str, digest: &str) -> Message {
+    Message {
+        action: Action::Promote,
+        function: function.to_owned(),
+        digest: digest.to_owned(),
+        role: None,
+        signature: None,
+    }
+}
+
+/// A message carrying new bytes of `function`.
+pub fn publish(function: &str, digest: &str, stage: bool) -> Message {
+    Message {
+        action: Action::Publish,
+        function: function.to_owned(),
+        digest: digest.to_owned(),
+        role: Some(if stage { Role::Staged } else { Role::Current }),
+        signature: None,
+    }
+}
+
+/// A message that removes `function`.
+pub fn remove(function: &str) -> Message {
+    Message {
+        action: Action::Remove,
+        function: function.to_owned(),
+        digest: String::new(),
+        role: None,
+        signature: None,
+    }
+}
+
+async fn bounded<T>(
+    limit: Duration,
+    what: &'static str,
+    future: impl Future<Output = T>,
+) -> Result<T, DeployError> {
+    tokio::time::timeout(limit, future)
+        .await
+        .map_err(|_| DeployError::Timeout(limit, what))
+}

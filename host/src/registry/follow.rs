@@ -1,0 +1,411 @@
+//! A node following the registry: reads the stream from its first offset,
+//! then live; hands the table each function's current and staged version
+//! as the messages say; reports what it made of each; answers status
+//! requests.
+//!
+//! While it catches up (messages arriving without a pause) it only
+//! replays; at the first pause it offers what the replay ended with, so a
+//! node that starts late compiles what is served now, not every version
+//! in the history. A message that is unsigned or wrongly signed (when the
+//! node trusts keys), malformed, or that promotes a version the registry
+//! does not hold, changes nothing and is reported.
+
+use super::{
+    message::{Action, Message, Role},
+    report::{FunctionStatus, Identity, NodeStatus, Report},
+    signing::Trust,
+    state::State,
+};
+use crate::{
+    amqp,
+    backoff::{self, Backoff},
+    functions::Served,
+    lock::lock,
+    node::link::Link,
+    source::{Offer, Update, Updates},
+};
+use futures_util::StreamExt as _;
+use lapin::{
+    BasicProperties, Channel, Connection, Consumer, ExchangeKind,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+/// A pause this long in the stream ends a catch-up.
+const CAUGHT_UP_AFTER: Duration = Duration::from_millis(150);
+/// Messages of the stream delivered ahead of the node's acks.
+const STREAM_PREFETCH: u16 = 32;
+
+/// What the follower needs.
+pub(crate) struct Follower {
+    pub(crate) stream: String,
+    pub(crate) trust: Trust,
+    pub(crate) link: Arc<Link>,
+    pub(crate) updates: Updates,
+    pub(crate) served: Served,
+    pub(crate) identity: Identity,
+}
+
+/// What was last offered for a function: its current and staged digests.
+type Offered = BTreeMap<String, (Option<String>, Option<String>)>;
+
+impl Follower {
+    /// Follows the stream until dropped, on whatever connection the link
+    /// has. `caught_up` learns when the first replay has been offered.
+    pub(crate) async fn run(self, caught_up: oneshot::Sender<()>) {
+        let mut caught_up = Some(caught_up);
+        let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
+        let mut offered = Offered::new();
+        let mut last_problem: Option<String> = None;
+        loop {
+            let connection = self.link.connected().await;
+            let problem = self
+                .follow(&connection, &mut offered, &mut caught_up, &mut backoff)
+                .await;
+            if !connection.status().connected() {
+                self.link.lost();
+            } else if last_problem.as_ref() != Some(&problem) {
+                warn!(stream = %self.stream, cause = %problem, "cannot follow the registry; trying again");
+                last_problem = Some(problem);
+            }
+            // Nothing to wait for: a missing stream means nothing to
+            // serve yet.
+            if let Some(caught_up) = caught_up.take() {
+                let _ = caught_up.send(());
+            }
+            tokio::time::sleep(backoff.next_wait()).await;
+        }
+    }
+
+    /// Follows the stream on `connection` until something fails; says
+    /// what.
+    async fn follow(
+        &self,
+        connection: &Connection,
+        offered: &mut Offered,
+        caught_up: &mut Option<oneshot::Sender<()>>,
+        backoff: &mut Backoff,
+    ) -> String {
+        let (mut stream, mut status, _stream_channel, channel) =
+            match self.subscribe(connection).await {
+                Ok(subscribed) => subscribed,
+                Err(err) => return err.to_string(),
+            };
+        info!(stream = %self.stream, "following the registry from its first message");
+        backoff.reset();
+        let mut state = State::default();
+        // While replaying (after every subscribe: the stream is read from
+        // its first message again), what the replay has so far is offered
+        // once it goes quiet.
+        let mut replaying = true;
+        let mut pause = Some(tokio::time::Instant::now() + CAUGHT_UP_AFTER);
+        loop {
+            let paused = async {
+                match pause {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                next = stream.next() => match next {
+                    Some(Ok(delivery)) => {
+                        self.replay(&mut state, &channel, &delivery.properties, &delivery.data).await;
+                        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                        // Live, each message takes effect at once.
+                        if replaying {
+                            pause = Some(tokio::time::Instant::now() + CAUGHT_UP_AFTER);
+                        } else {
+                            self.offer(&state, offered, &channel).await;
+                        }
+                    }
+                    Some(Err(err)) => return err.to_string(),
+                    None => return "the broker cancelled the registry consumer".into(),
+                },
+                Some(Ok(request)) = status.next() => {
+                    self.answer_status(&channel, &request.properties).await;
+                }
+                () = paused => {
+                    pause = None;
+                    replaying = false;
+                    self.offer(&state, offered, &channel).await;
+                    if let Some(caught_up) = caught_up.take() {
+                        let _ = caught_up.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens a channel, consumes the stream from its first message, and
+    /// binds a private queue to the status exchange.
+    async fn subscribe(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Consumer, Consumer, Channel, Channel), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let stream: ShortString = self.stream.as_str().into();
+        // Passive: deployers create the stream with its retention; a node
+        // needs only to read it.
+        channel
+            .queue_declare(
+                stream.clone(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
+            .await?;
+        let mut from_first = FieldTable::default();
+        from_first.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString(LongString::from("first")),
+        );
+        let consumer = channel
+            .basic_consume(
+                stream,
+                "".into(),
+                BasicConsumeOptions::default(),
+                from_first,
+            )
+            .await?;
+        let events = channel_for_exchanges(connection, &self.stream).await?;
+        let status_queue = events
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        events
+            .queue_bind(
+                status_queue.name().clone(),
+                super::status_exchange(&self.stream).into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let status = events
+            .basic_consume(
+                status_queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((consumer, status, channel, events))
+    }
+
+    /// Applies one message to `state`, if it may act; reports it if not.
+    async fn replay(
+        &self,
+        state: &mut State,
+        channel: &Channel,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) {
+        let message = match Message::read(properties, body) {
+            Ok(message) => message,
+            Err(problem) => {
+                warn!(cause = %problem, "ignoring a registry message that cannot be read");
+                return;
+            }
+        };
+        if message.action == Action::Sync {
+            return;
+        }
+        let refused = match self.trust.check(&message) {
+            Ok(()) => state
+                .apply(&message, body)
+                .err()
+                .map(|refused| refused.to_string()),
+            Err(untrusted) => Some(untrusted.to_string()),
+        };
+        if let Some(reason) = refused {
+            warn!(
+                function = message.function,
+                digest = message.digest,
+                action = message.action.as_str(),
+                %reason,
+                "ignoring a registry message"
+            );
+            let role = message.role.unwrap_or(Role::Current);
+            self.report(
+                channel,
+                &message.function,
+                &message.digest,
+                role,
+                Err(reason),
+            )
+            .await;
+        }
+    }
+
+    /// Offers the table each function's current and staged versions that
+    /// changed since last offered, and functions that are gone; reports
+    /// what became of each.
+    async fn offer(&self, state: &State, offered: &mut Offered, channel: &Channel) {
+        let gone: Vec<String> = offered
+            .keys()
+            .filter(|name| !state.functions.contains_key(*name))
+            .cloned()
+            .collect();
+        for function in gone {
+            offered.remove(&function);
+            let _ = self.updates.send(Update::new(function, Offer::Gone)).await;
+        }
+        for (name, function) in &state.functions {
+            let before = offered.entry(name.clone()).or_default();
+            let wanted = [
+                (Role::Current, &function.current, &mut before.0),
+                (Role::Staged, &function.staged, &mut before.1),
+            ];
+            for (role, digest, was) in wanted {
+                let Some(digest) = digest else {
+                    *was = None;
+                    continue;
+                };
+                if was.as_ref() == Some(digest) {
+                    continue;
+                }
+                let Some(stored) = function.stored.get(digest) else {
+                    continue;
+                };
+                let (verdict, learned) = oneshot::channel();
+                let update = Update {
+                    function: name.clone(),
+                    offer: Offer::Bytes {
+                        bytes: stored.bytes.to_vec(),
+                        from: format!("registry {}", self.stream),
+                        settled: true,
+                        stage: role == Role::Staged,
+                    },
+                    verdict: Some(verdict),
+                };
+                if self.updates.send(update).await.is_err() {
+                    return;
+                }
+                let outcome = learned
+                    .await
+                    .unwrap_or_else(|_| Err("the node is stopping".into()));
+                if outcome.is_ok() {
+                    *was = Some(digest.clone());
+                }
+                self.report(channel, name, digest, role, outcome).await;
+            }
+        }
+    }
+
+    /// Publishes what became of a version on the events exchange.
+    async fn report(
+        &self,
+        channel: &Channel,
+        function: &str,
+        digest: &str,
+        role: Role,
+        outcome: Result<(), String>,
+    ) {
+        let report = Report {
+            node: self.identity.node.clone(),
+            host: self.identity.host.clone(),
+            function: function.to_owned(),
+            digest: digest.to_owned(),
+            role: role.as_str().to_owned(),
+            outcome: if outcome.is_ok() {
+                "serving"
+            } else {
+                "rejected"
+            }
+            .to_owned(),
+            reason: outcome.err(),
+        };
+        let body = serde_json::to_vec(&report).unwrap_or_default();
+        let publish = channel.basic_publish(
+            super::events_exchange(&self.stream).into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_content_type("application/json".into()),
+        );
+        if let Err(err) = tokio::time::timeout(amqp::ANSWER_TIMEOUT, publish).await {
+            debug!(cause = %err, "could not report to the registry's events exchange");
+        }
+    }
+
+    /// Answers a status request with what this node serves.
+    async fn answer_status(&self, channel: &Channel, request: &BasicProperties) {
+        let Some(reply_to) = request.reply_to().clone() else {
+            return;
+        };
+        let functions = lock(&self.served)
+            .values()
+            .map(|function| FunctionStatus {
+                name: function.name().to_owned(),
+                queue: function.queue().to_owned(),
+                current: function.live().current().digest().to_owned(),
+                staged: function.live().staged(),
+                in_flight: function.live().in_flight(),
+                served: function.live().served(),
+            })
+            .collect();
+        let status = NodeStatus {
+            node: self.identity.node.clone(),
+            host: self.identity.host.clone(),
+            uptime_s: self.identity.started.elapsed().as_secs(),
+            functions,
+        };
+        let mut properties =
+            BasicProperties::default().with_content_type("application/json".into());
+        if let Some(id) = request.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let body = serde_json::to_vec(&status).unwrap_or_default();
+        let publish = channel.basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        );
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, publish).await;
+    }
+}
+
+/// A channel on which the events and status exchanges are declared.
+pub(crate) async fn channel_for_exchanges(
+    connection: &Connection,
+    stream: &str,
+) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    for exchange in [
+        super::events_exchange(stream),
+        super::status_exchange(stream),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(channel)
+}

@@ -1,0 +1,246 @@
+//! One message of the registry stream: what it does to one function, and
+//! the headers that carry it.
+
+use crate::wire;
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+/// Header that says what a message does.
+pub const ACTION_HEADER: &str = "x-action";
+/// Header that says which role a version takes (`publish` and `keep`).
+pub const ROLE_HEADER: &str = "x-role";
+/// Header holding the ed25519 signature of the message, hex.
+pub const SIGNATURE_HEADER: &str = "x-signature";
+/// Header holding the public key that signed the message, hex.
+pub const SIGNED_BY_HEADER: &str = "x-signed-by";
+
+/// What a registry message does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// New bytes of a function, current or staged: the body is the
+    /// component.
+    Publish,
+    /// An earlier version becomes current (a promote, or a rollback).
+    Promote,
+    /// The function is no longer served.
+    Remove,
+    /// Bytes written again, with the role they have now, so the stream's
+    /// retention never drops a version still in use. Changes nothing
+    /// else.
+    Keep,
+    /// A marker a tool writes to know when it has read everything before
+    /// it. Changes nothing.
+    Sync,
+}
+
+impl Action {
+    /// Its name in the `x-action` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Promote => "promote",
+            Action::Remove => "remove",
+            Action::Keep => "keep",
+            Action::Sync => "sync",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [
+            Action::Publish,
+            Action::Promote,
+            Action::Remove,
+            Action::Keep,
+            Action::Sync,
+        ]
+        .into_iter()
+        .find(|action| action.as_str() == name)
+    }
+}
+
+/// The role of a version of a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// What requests run.
+    Current,
+    /// Only for requests that pin it, until it is promoted.
+    Staged,
+    /// The current version before the last promote: where a rollback
+    /// goes.
+    Previous,
+}
+
+impl Role {
+    /// Its name in the `x-role` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Current => "current",
+            Role::Staged => "staged",
+            Role::Previous => "previous",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Role::Current, Role::Staged, Role::Previous]
+            .into_iter()
+            .find(|role| role.as_str() == name)
+    }
+}
+
+/// A registry message, its headers read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub action: Action,
+    /// The function; empty for [`Action::Sync`].
+    pub function: String,
+    /// The version; empty for [`Action::Remove`] and [`Action::Sync`].
+    pub digest: String,
+    /// The role, for [`Action::Publish`] and [`Action::Keep`].
+    pub role: Option<Role>,
+    /// The signature and the key that made it, if signed.
+    pub signature: Option<(String, String)>,
+}
+
+/// Why a message could not be read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadMessage {
+    #[error("no {ACTION_HEADER} header, or an unknown action")]
+    Action,
+    #[error("no {} header", wire::FUNCTION_HEADER)]
+    Function,
+    #[error("no {} header", wire::MODULE_HEADER)]
+    Digest,
+    #[error("no {ROLE_HEADER} header, or an unknown role")]
+    Role,
+    #[error("its body's digest is {actual}, not the {claimed} it claims")]
+    DigestMismatch { claimed: String, actual: String },
+}
+
+impl Message {
+    /// Reads a message's headers, and checks that a body it carries has
+    /// the digest it claims.
+    pub fn read(properties: &BasicProperties, body: &[u8]) -> Result<Self, BadMessage> {
+        let text = |name| wire::header_text(properties, name);
+        let action = text(ACTION_HEADER)
+            .as_deref()
+            .and_then(Action::parse)
+            .ok_or(BadMessage::Action)?;
+        if action == Action::Sync {
+            return Ok(Message {
+                action,
+                function: String::new(),
+                digest: String::new(),
+                role: None,
+                signature: None,
+            });
+        }
+        let function = text(wire::FUNCTION_HEADER).ok_or(BadMessage::Function)?;
+        let digest = match action {
+            Action::Remove => String::new(),
+            _ => text(wire::MODULE_HEADER).ok_or(BadMessage::Digest)?,
+        };
+        let role = match action {
+            Action::Publish | Action::Keep => Some(
+                text(ROLE_HEADER)
+                    .as_deref()
+                    .and_then(Role::parse)
+                    .filter(|role| action == Action::Keep || *role != Role::Previous)
+                    .ok_or(BadMessage::Role)?,
+            ),
+            _ => None,
+        };
+        if matches!(action, Action::Publish | Action::Keep) {
+            let actual = crate::sandbox::digest(body);
+            if actual != digest {
+                return Err(BadMessage::DigestMismatch {
+                    claimed: digest,
+                    actual,
+                });
+            }
+        }
+        let signature = text(SIGNATURE_HEADER).zip(text(SIGNED_BY_HEADER));
+        Ok(Message {
+            action,
+            function,
+            digest,
+            role,
+            signature,
+        })
+    }
+
+    /// What a signature covers: everything the message does, so a
+    /// signature cannot be moved onto another action, function, version
+    /// or role.
+    pub fn signed_text(&self) -> String {
+        format!(
+            "compute-registry-v1\n{}\n{}\n{}\n{}",
+            self.action.as_str(),
+            self.function,
+            self.digest,
+            self.role.map_or("", Role::as_str)
+        )
+    }
+
+    /// The properties that carry this message.
+    pub fn properties(&self, message_id: &str) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        let mut put = |name: &str, value: &str| {
+            headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+        };
+        put(ACTION_HEADER, self.action.as_str());
+        if !self.function.is_empty() {
+            put(wire::FUNCTION_HEADER, &self.function);
+        }
+        if !self.digest.is_empty() {
+            put(wire::MODULE_HEADER, &self.digest);
+        }
+        if let Some(role) = self.role {
+            put(ROLE_HEADER, role.as_str());
+        }
+        if let Some((signature, key)) = &self.signature {
+            put(SIGNATURE_HEADER, signature);
+            put(SIGNED_BY_HEADER, key);
+        }
+        BasicProperties::default()
+            .with_headers(headers)
+            .with_message_id(message_id.into())
+            .with_delivery_mode(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_reads_back_what_it_wrote_and_its_body_must_match() {
+        let body = b"component bytes";
+        let message = Message {
+            action: Action::Publish,
+            function: "increase".into(),
+            digest: crate::sandbox::digest(body),
+            role: Some(Role::Staged),
+            signature: Some(("ab".into(), "cd".into())),
+        };
+        let properties = message.properties("id-1");
+        assert_eq!(Message::read(&properties, body), Ok(message.clone()));
+        assert!(matches!(
+            Message::read(&properties, b"other bytes"),
+            Err(BadMessage::DigestMismatch { .. })
+        ));
+        let unsigned = Message {
+            signature: None,
+            ..message
+        };
+        assert_ne!(
+            unsigned.signed_text(),
+            Message {
+                role: Some(Role::Current),
+                ..unsigned.clone()
+            }
+            .signed_text()
+        );
+    }
+}

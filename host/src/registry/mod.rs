@@ -1,0 +1,91 @@
+//! The registry of function versions: a RabbitMQ stream that every node
+//! reads from its first offset, so each node serves what the others do,
+//! and that deployers append to.
+//!
+//! Each message is one action on one function (see [`message`]): new
+//! bytes (current or staged), a promote (or rollback), a removal, or bytes
+//! written again so retention never drops a version in use. The broker
+//! stores everything; nodes keep only the versions in use.
+//!
+//! # Layout
+//!
+//! - this file: the stream's name, its retention, and the exchanges
+//!   beside it.
+//! - [`message`]: one message's headers.
+//! - [`state`]: what the messages say each function is, replayed.
+//! - [`signing`]: ed25519 keys; who may deploy.
+//! - [`report`]: what nodes tell deployers (`serving`, `rejected`) and
+//!   their status.
+//! - `follow` (private): a node following the stream.
+//! - [`deploy`]: the deployer's side: `compute deploy`, `promote`,
+//!   `rollback`, `remove`, `status`.
+
+pub mod deploy;
+pub(crate) mod follow;
+pub mod message;
+pub mod report;
+pub mod signing;
+pub mod state;
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+
+/// The stream's name unless told otherwise.
+pub const DEFAULT_STREAM: &str = "compute.modules";
+
+/// How much the stream keeps. Versions in use are written again before
+/// they could age out (see [`state::State::to_keep`]), so this bounds the
+/// history, never what is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The stream's size, past which its oldest segments are dropped.
+    pub max_bytes: u64,
+    /// The size of one segment: what is dropped at once.
+    pub segment_bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_bytes: 4 << 30,
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Retention {
+    /// Versions in use stay within the newest this many bytes: half the
+    /// stream, less a segment, so a segment dropped at once never holds
+    /// one.
+    pub fn keep_within(&self) -> u64 {
+        (self.max_bytes / 2).saturating_sub(self.segment_bytes)
+    }
+
+    /// The arguments the stream is declared with.
+    pub(crate) fn arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("stream")),
+        );
+        arguments.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(self.max_bytes as i64),
+        );
+        arguments.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(self.segment_bytes as i64),
+        );
+        arguments
+    }
+}
+
+/// The fanout exchange nodes report on: `<stream>.events`.
+pub fn events_exchange(stream: &str) -> String {
+    format!("{stream}.events")
+}
+
+/// The fanout exchange nodes answer status requests on:
+/// `<stream>.status`.
+pub fn status_exchange(stream: &str) -> String {
+    format!("{stream}.status")
+}

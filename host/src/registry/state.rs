@@ -1,0 +1,264 @@
+//! What the registry says each function is, replayed from its messages in
+//! order. Nodes replay it to know what to serve; tools replay it to know
+//! what a promote or rollback means, and which versions to write again
+//! before the stream's retention could drop them.
+
+use super::message::{Action, Message, Role};
+use std::{collections::BTreeMap, sync::Arc};
+
+/// Bytes a message costs in the stream beyond its body: headers and
+/// framing, counted generously.
+pub const MESSAGE_OVERHEAD: u64 = 512;
+
+/// One version's bytes, as the latest message that carried them.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub bytes: Arc<Vec<u8>>,
+    /// How many bytes the stream held before this message.
+    pub position: u64,
+}
+
+/// One function's versions.
+#[derive(Clone, Debug, Default)]
+pub struct FunctionState {
+    pub current: Option<String>,
+    pub staged: Option<String>,
+    pub previous: Option<String>,
+    /// The bytes of the versions above.
+    pub stored: BTreeMap<String, Stored>,
+}
+
+impl FunctionState {
+    /// The role `digest` has now, if any.
+    pub fn role_of(&self, digest: &str) -> Option<Role> {
+        let is = |slot: &Option<String>| slot.as_deref() == Some(digest);
+        if is(&self.current) {
+            Some(Role::Current)
+        } else if is(&self.staged) {
+            Some(Role::Staged)
+        } else if is(&self.previous) {
+            Some(Role::Previous)
+        } else {
+            None
+        }
+    }
+
+    fn make_current(&mut self, digest: &str) {
+        if self.current.as_deref() != Some(digest) {
+            self.previous = self.current.take();
+        }
+        self.current = Some(digest.to_owned());
+        if self.staged.as_deref() == Some(digest) {
+            self.staged = None;
+        }
+    }
+
+    /// Forgets the bytes of versions that have no role any more.
+    fn forget_unused(&mut self) {
+        let live = [&self.current, &self.staged, &self.previous];
+        self.stored
+            .retain(|digest, _| live.iter().any(|slot| slot.as_deref() == Some(digest)));
+    }
+}
+
+/// Why a message changed nothing.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("promotes {digest} of {function}, a version the registry does not hold")]
+    UnknownVersion { function: String, digest: String },
+}
+
+/// Every function the registry holds.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub functions: BTreeMap<String, FunctionState>,
+    /// Bytes written to the stream so far, as far as this replay saw.
+    pub written: u64,
+}
+
+impl State {
+    /// Applies one message (with its body), read at the end of what came
+    /// before it.
+    pub fn apply(&mut self, message: &Message, body: &[u8]) -> Result<(), Refused> {
+        let position = self.written;
+        self.written += body.len() as u64 + MESSAGE_OVERHEAD;
+        let stored = || Stored {
+            bytes: Arc::new(body.to_vec()),
+            position,
+        };
+        match message.action {
+            Action::Sync => return Ok(()),
+            Action::Remove => {
+                self.functions.remove(&message.function);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let function = self.functions.entry(message.function.clone()).or_default();
+        let digest = message.digest.as_str();
+        match (message.action, message.role) {
+            (Action::Publish, Some(Role::Staged)) => {
+                function.stored.insert(digest.to_owned(), stored());
+                function.staged = Some(digest.to_owned());
+            }
+            (Action::Publish, _) => {
+                function.stored.insert(digest.to_owned(), stored());
+                function.make_current(digest);
+            }
+            (Action::Promote, _) => {
+                if !function.stored.contains_key(digest) {
+                    let refused = Refused::UnknownVersion {
+                        function: message.function.clone(),
+                        digest: digest.to_owned(),
+                    };
+                    if function.current.is_none() && function.staged.is_none() {
+                        self.functions.remove(&message.function);
+                    }
+                    return Err(refused);
+                }
+                function.make_current(digest);
+            }
+            (Action::Keep, role) => {
+                function.stored.insert(digest.to_owned(), stored());
+                let slot = match role {
+                    Some(Role::Staged) => &mut function.staged,
+                    Some(Role::Previous) => &mut function.previous,
+                    _ => &mut function.current,
+                };
+                *slot = Some(digest.to_owned());
+            }
+            (Action::Remove | Action::Sync, _) => {}
+        }
+        function.forget_unused();
+        Ok(())
+    }
+
+    /// The versions in use (function, digest, role) whose bytes must be
+    /// written again before `incoming` more bytes are, to stay within the
+    /// newest `keep_within` bytes of the stream.
+    pub fn to_keep(&self, incoming: u64, keep_within: u64) -> Vec<(String, String, Role)> {
+        let mut incoming = incoming;
+        let mut chosen: Vec<(String, String, Role)> = Vec::new();
+        loop {
+            let mut more = Vec::new();
+            for (name, function) in &self.functions {
+                for (digest, stored) in &function.stored {
+                    let age = self.written - stored.position;
+                    let already = chosen.iter().any(|(f, d, _)| f == name && d == digest);
+                    if !already
+                        && age + incoming > keep_within
+                        && let Some(role) = function.role_of(digest)
+                    {
+                        more.push((
+                            name.clone(),
+                            digest.clone(),
+                            role,
+                            stored.bytes.len() as u64,
+                        ));
+                    }
+                }
+            }
+            if more.is_empty() {
+                return chosen;
+            }
+            for (name, digest, role, size) in more {
+                incoming += size + MESSAGE_OVERHEAD;
+                chosen.push((name, digest, role));
+            }
+        }
+    }
+
+    /// The bytes of every version in use, in all.
+    pub fn live_bytes(&self) -> u64 {
+        self.functions
+            .values()
+            .flat_map(|function| function.stored.values())
+            .map(|stored| stored.bytes.len() as u64 + MESSAGE_OVERHEAD)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(action: Action, function: &str, digest: &str, role: Option<Role>) -> Message {
+        Message {
+            action,
+            function: function.into(),
+            digest: digest.into(),
+            role,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn publish_stage_promote_and_rollback_move_the_roles() {
+        let mut state = State::default();
+        let publish = |digest, role| message(Action::Publish, "f", digest, Some(role));
+        state.apply(&publish("a", Role::Current), b"a").unwrap();
+        state.apply(&publish("b", Role::Current), b"b").unwrap();
+        state.apply(&publish("c", Role::Staged), b"c").unwrap();
+        let f = &state.functions["f"];
+        assert_eq!(
+            (
+                f.current.as_deref(),
+                f.staged.as_deref(),
+                f.previous.as_deref()
+            ),
+            (Some("b"), Some("c"), Some("a"))
+        );
+        state
+            .apply(&message(Action::Promote, "f", "c", None), b"")
+            .unwrap();
+        let f = &state.functions["f"];
+        assert_eq!(
+            (
+                f.current.as_deref(),
+                f.staged.as_deref(),
+                f.previous.as_deref()
+            ),
+            (Some("c"), None, Some("b"))
+        );
+        assert!(!f.stored.contains_key("a"), "a has no role any more");
+        // A rollback is a promote of the previous version.
+        state
+            .apply(&message(Action::Promote, "f", "b", None), b"")
+            .unwrap();
+        assert_eq!(state.functions["f"].current.as_deref(), Some("b"));
+        assert!(
+            state
+                .apply(&message(Action::Promote, "f", "zz", None), b"")
+                .is_err()
+        );
+        state
+            .apply(&message(Action::Remove, "f", "", None), b"")
+            .unwrap();
+        assert!(state.functions.is_empty());
+    }
+
+    #[test]
+    fn versions_in_use_are_kept_before_they_age_out() {
+        let mut state = State::default();
+        state
+            .apply(
+                &message(Action::Publish, "old", "a", Some(Role::Current)),
+                &[0; 1000],
+            )
+            .unwrap();
+        for i in 0..10 {
+            let digest = format!("b{i}");
+            state
+                .apply(
+                    &message(Action::Publish, "busy", &digest, Some(Role::Current)),
+                    &[0; 1000],
+                )
+                .unwrap();
+        }
+        // `old` is about 15 KB back; the busy function's current and
+        // previous are recent.
+        let keep = state.to_keep(1_000, 10_000);
+        assert_eq!(keep, [("old".into(), "a".into(), Role::Current)]);
+        assert!(state.to_keep(1_000, 100_000).is_empty());
+    }
+}

@@ -1,0 +1,503 @@
+//! The registry: versions deployed through a RabbitMQ stream to every node
+//! that follows it, staged, pinned, promoted, rolled back, signed, and
+//! kept through the stream's retention.
+
+use crate::support::{ServerProcess, amqp_url, built_module, center, delete_queue, unique_queue};
+use compute_host::{
+    Center, CenterOptions,
+    registry::{
+        Retention,
+        deploy::{self, Registry},
+    },
+    sandbox::digest,
+};
+use std::{
+    path::{Path, PathBuf},
+    process::Output,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// The registries' retention: 2 MB in segments of 100 KB.
+const RETENTION: Retention = Retention {
+    max_bytes: 2_000_000,
+    segment_bytes: 100_000,
+};
+/// A retention small enough that a test sees it drop messages soon: 400 KB
+/// in segments of 20 KB, a few dozen modules.
+const SMALL_RETENTION: Retention = Retention {
+    max_bytes: 400_000,
+    segment_bytes: 20_000,
+};
+
+/// One test's registry: a stream of its own, and queues under a prefix of
+/// its own.
+struct TestRegistry {
+    stream: String,
+    prefix: String,
+}
+
+impl TestRegistry {
+    fn new(test: &str) -> Self {
+        TestRegistry {
+            stream: unique_queue(&format!("registry.{test}")),
+            prefix: unique_queue(&format!("functions.{test}")),
+        }
+    }
+
+    /// Starts `compute --registry` with `args`, and waits until it serves.
+    async fn node(&self, args: &[&str]) -> ServerProcess {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"));
+        command
+            .args(["--registry", &self.stream, "--queue-prefix", &self.prefix])
+            .args(["--amqp-url", &amqp_url()])
+            .args(args);
+        ServerProcess::start(&mut command, "waiting for requests").await
+    }
+
+    /// Runs `compute COMMAND ARGS...` against this registry.
+    async fn compute(&self, command: &str, args: &[&str]) -> Output {
+        let max_bytes = RETENTION.max_bytes.to_string();
+        let segment = RETENTION.segment_bytes.to_string();
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+            .arg(command)
+            .args(args)
+            .args(["--registry", &self.stream, "--amqp-url", &amqp_url()])
+            .args(["--registry-max-bytes", &max_bytes])
+            .args(["--registry-segment-bytes", &segment])
+            .output();
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the command finishes")
+            .expect("the command runs")
+    }
+
+    /// Deploys `module` as function `increase`; panics unless every node
+    /// reports serving it.
+    async fn deploy(&self, module: &Path, extra: &[&str]) -> String {
+        let path = module.to_string_lossy().into_owned();
+        let mut args = vec![path.as_str(), "--function", "increase"];
+        args.extend_from_slice(extra);
+        let output = self.compute("deploy", &args).await;
+        let text = text(&output);
+        assert!(output.status.success(), "{text}");
+        text
+    }
+
+    fn queue(&self) -> String {
+        format!("{}.increase", self.prefix)
+    }
+
+    async fn remove(self) {
+        delete_queue(&self.queue()).await;
+        delete_queue(&self.stream).await;
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// What a caller calling without pause saw: each call's start and the
+/// version that answered it, and every failure.
+#[derive(Default)]
+struct Calls {
+    answered: Mutex<Vec<(Instant, String)>>,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Calls {
+    /// Calls `increase` on `queue` until `stop`.
+    fn start(center: Center, stop: Arc<AtomicBool>) -> (Arc<Calls>, tokio::task::JoinHandle<()>) {
+        let calls = Arc::new(Calls::default());
+        let task = tokio::spawn({
+            let calls = calls.clone();
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    match center.call("7").await {
+                        Ok(reply) => calls
+                            .answered
+                            .lock()
+                            .unwrap()
+                            .push((started, reply.origin.module.unwrap_or_default())),
+                        Err(err) => calls.failures.lock().unwrap().push(err.to_string()),
+                    }
+                }
+                center.close().await;
+            }
+        });
+        (calls, task)
+    }
+
+    /// Asserts that every call that started after `since` was answered
+    /// by `digest`.
+    fn assert_answered_by_since(&self, digest: &str, since: Instant) {
+        let answered = self.answered.lock().unwrap();
+        let stale: Vec<&String> = answered
+            .iter()
+            .filter(|(started, by)| *started >= since && by != digest)
+            .map(|(_, by)| by)
+            .collect();
+        assert!(stale.is_empty(), "answered by {stale:?}, not {digest}");
+        assert!(
+            answered.iter().any(|(started, _)| *started >= since),
+            "no call since"
+        );
+    }
+}
+
+/// Three nodes follow a registry while a center calls without pause:
+/// a deploy, a staged version tried with pinned calls then promoted, a
+/// rollback, a broken version (refused by `compute deploy`, and, forced
+/// in, rejected by every node), and a node restarted mid-rollout. No call
+/// fails, every call is answered by a deployed version, and once a deploy
+/// says it is done, no call is answered by the version before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_roll_out_to_every_node_without_a_failed_call() {
+    let registry = TestRegistry::new("rollout");
+    let (increase, double, square) = (
+        built_module("increase"),
+        built_module("double"),
+        built_module("square"),
+    );
+    let digest_of = |path: &PathBuf| digest(&std::fs::read(path).unwrap());
+
+    // Deployed before any node runs: the nodes read it from the stream.
+    let output = registry.deploy(&increase, &[]).await;
+    assert!(output.contains("no node follows the registry"), "{output}");
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(registry.node(&["--allow-unsigned"]).await);
+    }
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, calling) = Calls::start(caller, stop.clone());
+
+    let output = registry.deploy(&double, &[]).await;
+    assert!(output.contains("to 3/3 nodes in"), "{output}");
+    let after_double = Instant::now();
+
+    let output = registry.deploy(&square, &["--stage"]).await;
+    assert!(output.contains("to 3/3 nodes"), "{output}");
+    let pinned = Center::connect_with(
+        &amqp_url(),
+        CenterOptions {
+            queue: registry.queue(),
+            version: Some(digest_of(&square)),
+            ..CenterOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        assert_eq!(pinned.call("7").await.unwrap().body, b"49");
+    }
+    pinned.close().await;
+    calls.assert_answered_by_since(&digest_of(&double), after_double);
+
+    let output = registry
+        .compute("promote", &["increase", &digest_of(&square)])
+        .await;
+    assert!(output.status.success(), "{}", text(&output));
+    let after_promote = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    calls.assert_answered_by_since(&digest_of(&square), after_promote);
+
+    let output = registry.compute("rollback", &["increase"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let after_rollback = Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    calls.assert_answered_by_since(&digest_of(&double), after_rollback);
+
+    // A broken module never leaves the deployer...
+    let broken = std::env::temp_dir().join(format!("broken-{}.wasm", uuid::Uuid::new_v4()));
+    let mut bytes = std::fs::read(&increase).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&broken, &bytes).unwrap();
+    let output = registry
+        .compute(
+            "deploy",
+            &[&broken.to_string_lossy(), "--function", "increase"],
+        )
+        .await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("nothing was deployed"),
+        "{}",
+        text(&output)
+    );
+    // ...and, forced into the stream, every node rejects it.
+    let forced = Registry::connect(&amqp_url(), &registry.stream, RETENTION)
+        .await
+        .unwrap();
+    let mut reports = forced.reports().await.unwrap();
+    let following = forced.nodes(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(following.len(), 3);
+    let state = forced.read().await.unwrap();
+    let broken_digest = digest(&bytes);
+    let message = deploy::publish("increase", &broken_digest, false);
+    forced
+        .append(&state, vec![(message, bytes)], None)
+        .await
+        .unwrap();
+    let rollout = deploy::collect(
+        &mut reports,
+        &following,
+        "increase",
+        &broken_digest,
+        Instant::now(),
+        Duration::from_secs(30),
+    )
+    .await;
+    forced.close().await;
+    assert_eq!(rollout.reports.len(), 3, "{rollout:?}");
+    assert!(
+        rollout
+            .reports
+            .iter()
+            .all(|report| report.outcome == "rejected"),
+        "{rollout:?}"
+    );
+    let _ = std::fs::remove_file(&broken);
+
+    // A node restarted while a version rolls out serves it when back.
+    let mut restarted = nodes.remove(0);
+    restarted.kill().await;
+    let output = registry.deploy(&square, &[]).await;
+    assert!(output.contains("to 2/2 nodes"), "{output}");
+    let after_square = Instant::now();
+    nodes.push(registry.node(&["--allow-unsigned"]).await);
+    let status = registry.compute("status", &["--json"]).await;
+    let status = text(&status);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    assert!(
+        status
+            .lines()
+            .all(|line| line.contains(&format!("\"current\":\"{}\"", digest_of(&square)))),
+        "{status}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    calling.await.unwrap();
+    calls.assert_answered_by_since(&digest_of(&square), after_square);
+    let failures = calls.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{failures:?}");
+    let deployed = [digest_of(&increase), digest_of(&double), digest_of(&square)];
+    let answered = calls.answered.lock().unwrap().clone();
+    assert!(answered.len() > 50, "{} calls", answered.len());
+    assert!(
+        answered.iter().all(|(_, by)| deployed.contains(by)),
+        "an undeployed version answered"
+    );
+    drop(nodes);
+    registry.remove().await;
+}
+
+/// A node that trusts a key serves only what that key signed: an
+/// unsigned deploy and one signed by another key are rejected by it and
+/// reported, and the signed version keeps serving. A node given
+/// `--registry` and no key refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_versions_signed_by_a_trusted_key_are_served() {
+    let registry = TestRegistry::new("signed");
+    let keys = std::env::temp_dir().join(format!("compute-keys-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&keys).unwrap();
+    let (ours, theirs) = (keys.join("deployer"), keys.join("stranger"));
+    for key in [&ours, &theirs] {
+        let made = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+            .arg("keygen")
+            .arg(key)
+            .output()
+            .await
+            .unwrap();
+        assert!(made.status.success(), "{}", text(&made));
+    }
+    let ours_arg = ours.to_string_lossy().into_owned();
+    let trusted = format!("{ours_arg}.pub");
+
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+        .args(["--registry", &registry.stream, "--amqp-url", &amqp_url()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused).contains("--trusted-key"),
+        "{}",
+        text(&refused)
+    );
+
+    registry
+        .deploy(&built_module("increase"), &["--sign-key", &ours_arg])
+        .await;
+    let node = registry.node(&["--trusted-key", &trusted]).await;
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+
+    let double = built_module("double");
+    let double = double.to_string_lossy().into_owned();
+    let theirs = theirs.to_string_lossy().into_owned();
+    for (what, extra) in [
+        ("unsigned", vec![]),
+        ("signed by a stranger", vec!["--sign-key", theirs.as_str()]),
+    ] {
+        let mut args = vec![double.as_str(), "--function", "increase"];
+        args.extend(extra);
+        let output = registry.compute("deploy", &args).await;
+        assert_eq!(output.status.code(), Some(1), "{what}: {}", text(&output));
+        assert!(
+            text(&output).contains("rejected: it is"),
+            "{what}: {}",
+            text(&output)
+        );
+        assert_eq!(caller.call("7").await.unwrap().body, b"8", "{what}");
+    }
+    registry
+        .deploy(&built_module("double"), &["--sign-key", &ours_arg])
+        .await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"14");
+
+    caller.close().await;
+    drop(node);
+    let _ = std::fs::remove_dir_all(keys);
+    registry.remove().await;
+}
+
+/// However many versions of another function are deployed after it, the
+/// stream's retention never drops a version in use: a node started after
+/// the stream dropped its first messages still serves both functions'
+/// current versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_never_drops_a_version_in_use() {
+    let registry = TestRegistry::new("retention");
+    let deployer = Registry::connect(&amqp_url(), &registry.stream, SMALL_RETENTION)
+        .await
+        .unwrap();
+    let increase = std::fs::read(built_module("increase")).unwrap();
+    let state = deployer.read().await.unwrap();
+    let message = deploy::publish("increase", &digest(&increase), false);
+    deployer
+        .append(&state, vec![(message, increase.clone())], None)
+        .await
+        .unwrap();
+
+    // Versions of `busy`, each the `double` module with a different
+    // custom section: twice the stream's retention in all.
+    let double = std::fs::read(built_module("double")).unwrap();
+    let versions = (2 * SMALL_RETENTION.max_bytes as usize) / double.len();
+    let mut last = String::new();
+    for version in 0..versions {
+        let bytes = with_custom_section(&double, &format!("version {version}"));
+        last = digest(&bytes);
+        let state = deployer.read().await.unwrap();
+        let message = deploy::publish("busy", &last, false);
+        deployer
+            .append(&state, vec![(message, bytes)], None)
+            .await
+            .unwrap();
+    }
+    let first_offset = first_offset(&registry.stream).await;
+    assert!(first_offset > 0, "the stream dropped nothing");
+    deployer.close().await;
+
+    let node = registry.node(&["--allow-unsigned"]).await;
+    let increase_caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(increase_caller.call("7").await.unwrap().body, b"8");
+    let busy_caller = center(
+        &format!("{}.busy", registry.prefix),
+        Duration::from_secs(10),
+    )
+    .await;
+    let reply = busy_caller.call("7").await.unwrap();
+    assert_eq!(reply.body, b"14");
+    assert_eq!(reply.origin.module.as_deref(), Some(last.as_str()));
+    println!("{versions} versions deployed; the stream now starts at offset {first_offset}");
+
+    increase_caller.close().await;
+    busy_caller.close().await;
+    drop(node);
+    delete_queue(&format!("{}.busy", registry.prefix)).await;
+    registry.remove().await;
+}
+
+/// `bytes` (a component) with a custom section named `compute-test`
+/// holding `text` appended: the same function, another digest.
+fn with_custom_section(bytes: &[u8], text: &str) -> Vec<u8> {
+    let name = b"compute-test";
+    let mut payload = leb128(name.len());
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(text.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.extend(leb128(payload.len()));
+    out.extend(payload);
+    out
+}
+
+fn leb128(mut value: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The offset of the first message the stream still holds.
+async fn first_offset(stream: &str) -> i64 {
+    use futures_util::StreamExt as _;
+    use lapin::{
+        options::{BasicConsumeOptions, BasicQosOptions},
+        types::{AMQPValue, FieldTable, LongString},
+    };
+    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(1, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut from_first = FieldTable::default();
+    from_first.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            from_first,
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await
+        .expect("the stream delivers")
+        .unwrap()
+        .unwrap();
+    let first = match delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get("x-stream-offset").cloned())
+    {
+        Some(AMQPValue::LongLongInt(offset)) => offset,
+        other => panic!("no stream offset: {other:?}"),
+    };
+    let _ = connection.close(200, "OK".into()).await;
+    first
+}
