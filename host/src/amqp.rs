@@ -13,7 +13,7 @@ pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// How long to wait for the broker to answer when (re)connecting or
 /// closing. A broker that is starting up, or a connection half gone, may
 /// accept and never answer; without a bound a reconnect would hang.
-pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pseudo-queue of RabbitMQ's direct reply-to, and the prefix of the
 /// `reply_to` it gives each request.

@@ -1,5 +1,5 @@
 //! The functions a node serves, by name: each with its queue and its
-//! [`LiveModule`]. Sources offer bytes (see [`crate::source`]); the table
+//! [`LiveModule`]. Sources (a module file, a directory, the registry) offer bytes; the table
 //! compiles them off the request path, checks them, and swaps them in, or
 //! adds a new function, the same way whatever the source.
 //!

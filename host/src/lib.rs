@@ -16,6 +16,9 @@
 //!   version in without failing a request.
 //! - `source` (private): where functions come from: a module file or a
 //!   directory of them, watched.
+//! - [`registry`]: versions on a RabbitMQ stream, followed by nodes
+//!   (`--registry`) and appended to by deployers (`compute deploy`),
+//!   signed, reported, kept through retention.
 //! - [`live`]: one function's versions: the current one that requests
 //!   read without a lock, and the recent ones kept compiled.
 //! - [`queues`]: which queue serves which function, and the defaults.

@@ -30,7 +30,7 @@ pub enum ComputeError {
     /// cap, ...).
     #[error("the compute function crashed: {0}")]
     Crashed(String),
-    /// The request or the reply is larger than [`Limits::max_body`].
+    /// The request or the reply is larger than [`Limits::max_body`](super::Limits::max_body).
     #[error(
         "the {body} body is {size} bytes, more than the node's limit of {limit} bytes (--max-body)"
     )]
