@@ -33,6 +33,8 @@ measure() {
     started="$(now_ms)"
     "$COMPUTE_BIN_DIR/compute" --modules "$dir" --queue-prefix "$prefix" --amqp-url "$amqp_url" 2>"$log" &
     pid=$!
+    node_pid="$pid"
+    trap 'kill "${node_pid:-}" 2>/dev/null || true' EXIT
     until grep -q "waiting for requests" "$log"; do
         kill -0 "$pid" || { cat "$log"; exit 1; }
         sleep 0.002
@@ -41,7 +43,7 @@ measure() {
     # Every function answers, so every function's consumer is live.
     for i in $(seq 1 "$count"); do
         reply="$("$COMPUTE_BIN_DIR/center" --queue "$prefix.f$i" --amqp-url "$amqp_url" 41 2>/dev/null)"
-        [ "$reply" = "42" ] || { echo "f$i answered '$reply'"; cat "$log"; exit 1; }
+        [[ "$reply" == *"= 42" ]] || { echo "f$i answered '$reply'"; cat "$log"; kill "$pid"; exit 1; }
     done
     local rss_kib vm_kib threads connections epoch_threads
     rss_kib="$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")"
