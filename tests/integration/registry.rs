@@ -460,28 +460,14 @@ fn leb128(mut value: usize) -> Vec<u8> {
 /// The offset of the first message the stream still holds.
 async fn first_offset(stream: &str) -> i64 {
     use futures_util::StreamExt as _;
-    use lapin::{
-        options::{BasicConsumeOptions, BasicQosOptions},
-        types::{AMQPValue, FieldTable, LongString},
-    };
+    use lapin::{options::BasicQosOptions, types::AMQPValue};
     let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(1, BasicQosOptions::default())
         .await
         .unwrap();
-    let mut from_first = FieldTable::default();
-    from_first.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            from_first,
-        )
+    let mut consumer = compute_host::registry::consume_from_first(&channel, stream)
         .await
         .unwrap();
     let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())

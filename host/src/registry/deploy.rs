@@ -17,9 +17,9 @@ use lapin::{
     BasicProperties, Channel, Connection, Consumer,
     options::{
         BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -112,19 +112,7 @@ impl Registry {
         self.publish(&sync, &[], &marker).await?;
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(64, BasicQosOptions::default()).await?;
-        let mut from_first = FieldTable::default();
-        from_first.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString(LongString::from("first")),
-        );
-        let mut consumer = channel
-            .basic_consume(
-                self.stream.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                from_first,
-            )
-            .await?;
+        let mut consumer = super::consume_from_first(&channel, &self.stream).await?;
         let read = async {
             let mut state = State::default();
             while let Some(delivery) = consumer.next().await {
@@ -155,39 +143,8 @@ impl Registry {
 
     /// Starts collecting the nodes' reports; call before appending.
     pub async fn reports(&self) -> Result<Consumer, DeployError> {
-        let queue = self
-            .events
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        self.events
-            .queue_bind(
-                queue.name().clone(),
-                super::events_exchange(&self.stream).into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(self
-            .events
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?)
+        let exchange = super::events_exchange(&self.stream);
+        Ok(super::listen(&self.events, &exchange).await?)
     }
 
     /// Asks every node following the registry for its status, and takes

@@ -28,10 +28,10 @@ use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
+        QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, LongString, ShortString},
+    types::FieldTable,
 };
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use tokio::sync::oneshot;
@@ -149,12 +149,11 @@ impl Follower {
         connection: &Connection,
     ) -> Result<(Consumer, Consumer, Channel, Channel), lapin::Error> {
         let channel = connection.create_channel().await?;
-        let stream: ShortString = self.stream.as_str().into();
         // Passive: deployers create the stream with its retention; a node
         // needs only to read it.
         channel
             .queue_declare(
-                stream.clone(),
+                self.stream.as_str().into(),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()
@@ -165,51 +164,9 @@ impl Follower {
         channel
             .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
             .await?;
-        let mut from_first = FieldTable::default();
-        from_first.insert(
-            "x-stream-offset".into(),
-            AMQPValue::LongString(LongString::from("first")),
-        );
-        let consumer = channel
-            .basic_consume(
-                stream,
-                "".into(),
-                BasicConsumeOptions::default(),
-                from_first,
-            )
-            .await?;
+        let consumer = super::consume_from_first(&channel, &self.stream).await?;
         let events = channel_for_exchanges(connection, &self.stream).await?;
-        let status_queue = events
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        events
-            .queue_bind(
-                status_queue.name().clone(),
-                super::status_exchange(&self.stream).into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let status = events
-            .basic_consume(
-                status_queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let status = super::listen(&events, &super::status_exchange(&self.stream)).await?;
         Ok((consumer, status, channel, events))
     }
 
@@ -305,9 +262,9 @@ impl Follower {
                 let outcome = learned
                     .await
                     .unwrap_or_else(|_| Err("the node is stopping".into()));
-                if outcome.is_ok() {
-                    *was = Some(digest.clone());
-                }
+                // Offered once, taken or not: a rejected version is not
+                // offered (and reported) again at every later message.
+                *was = Some(digest.clone());
                 self.report(channel, name, digest, role, outcome).await;
             }
         }

@@ -27,7 +27,11 @@ pub mod report;
 pub mod signing;
 pub mod state;
 
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{
+    Channel, Consumer,
+    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
 
 /// The stream's name unless told otherwise.
 pub const DEFAULT_STREAM: &str = "compute.modules";
@@ -88,4 +92,56 @@ pub fn events_exchange(stream: &str) -> String {
 /// `<stream>.status`.
 pub fn status_exchange(stream: &str) -> String {
     format!("{stream}.status")
+}
+
+/// Consumes `stream` on `channel` from its first message (the channel's
+/// prefetch must be set: streams require it).
+pub async fn consume_from_first(channel: &Channel, stream: &str) -> Result<Consumer, lapin::Error> {
+    let mut from_first = FieldTable::default();
+    from_first.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString(LongString::from("first")),
+    );
+    channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            from_first,
+        )
+        .await
+}
+
+/// A private queue bound to the fanout `exchange`, consumed without acks:
+/// what is published there from now on, as long as the channel lives.
+pub(crate) async fn listen(channel: &Channel, exchange: &str) -> Result<Consumer, lapin::Error> {
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare("".into(), private, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
 }
