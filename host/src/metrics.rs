@@ -3,7 +3,8 @@
 //!
 //! Requests are counted by function and outcome as they are answered; the
 //! module's swaps, failed reloads and current digest are read from the
-//! [`LiveModule`] at each scrape, so the reloader knows nothing of metrics.
+//! [`LiveModule`] at each scrape, so the table of functions knows nothing
+//! of metrics.
 
 use crate::{live::LiveModule, lock::lock, throttle::Throttle};
 use prometheus_client::{

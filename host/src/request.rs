@@ -105,9 +105,11 @@ enum Delivered {
     ChannelLost(PublishError),
 }
 
-/// Handles the requests of one node. Shared by all request tasks.
+/// Handles the requests of one function on one channel. Shared by their
+/// tasks.
 pub(crate) struct Handler {
-    /// The module version new requests run on; swapped by the reloader.
+    /// The function's versions: new requests run the current one, or the
+    /// one they pin; swapped by the table of functions.
     pub(crate) live: Arc<LiveModule>,
     /// The channel the requests arrive on; replies go out on it too, so
     /// that a confirm and the matching ack travel on one channel.
