@@ -143,28 +143,28 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                 })?;
             let digest = crate::sandbox::digest(&bytes);
             let message = deploy::publish(&function, &digest, stage);
-            roll_out(&rollout, &function, &digest, |_| Ok(vec![(message, bytes)])).await
+            roll_out(&rollout, &function, |_| {
+                Ok((digest, vec![(message, bytes)]))
+            })
+            .await
         }
         RegistryCommand::Promote {
             function,
             digest,
             rollout,
         } => {
-            let message = deploy::promote(&function, &digest);
-            roll_out(&rollout, &function, &digest, |state| {
+            roll_out(&rollout, &function, |state| {
                 deploy::check_promote(state, &function, &digest)?;
-                Ok(vec![(message, Vec::new())])
+                let message = deploy::promote(&function, &digest);
+                Ok((digest, vec![(message, Vec::new())]))
             })
             .await
         }
         RegistryCommand::Rollback { function, rollout } => {
-            let (url, stream) = (&rollout.registry.amqp_url.0, &rollout.registry.registry);
-            let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
-            let target = deploy::rollback_target(&registry.read().await?, &function)?;
-            registry.close().await;
-            let message = deploy::promote(&function, &target);
-            roll_out(&rollout, &function, &target, |_| {
-                Ok(vec![(message, Vec::new())])
+            roll_out(&rollout, &function, |state| {
+                let target = deploy::rollback_target(state, &function)?;
+                let message = deploy::promote(&function, &target);
+                Ok((target, vec![(message, Vec::new())]))
             })
             .await
         }
@@ -206,16 +206,17 @@ fn sign_key(args: &RolloutArgs) -> anyhow::Result<Option<DeployKey>> {
         .context("cannot read the signing key")
 }
 
-/// Finds the nodes, reads the registry, appends what `messages` makes of
-/// it, and waits for every node to report on `function` at `digest`.
+/// What a rollout appends, planned from what the registry holds: the
+/// version the nodes are to report on, and the messages.
+type Plan = (String, Vec<(registry::message::Message, Vec<u8>)>);
+
+/// Finds the nodes, reads the registry once, appends what `plan` makes of
+/// it, and waits for every node to report on `function` at the planned
+/// version.
 async fn roll_out(
     args: &RolloutArgs,
     function: &str,
-    digest: &str,
-    messages: impl FnOnce(
-        &registry::state::State,
-    )
-        -> Result<Vec<(registry::message::Message, Vec<u8>)>, deploy::DeployError>,
+    plan: impl FnOnce(&registry::state::State) -> Result<Plan, deploy::DeployError>,
 ) -> anyhow::Result<ExitCode> {
     let key = sign_key(args)?;
     let registry = Registry::connect(
@@ -227,7 +228,8 @@ async fn roll_out(
     let mut reports = registry.reports().await?;
     let nodes = registry.nodes(args.registry.discover).await?;
     let state = registry.read().await?;
-    let messages = messages(&state)?;
+    let (digest, messages) = plan(&state)?;
+    let digest = digest.as_str();
     registry.append(&state, messages, key.as_ref()).await?;
     let appended = Instant::now();
     let rollout =
