@@ -16,3 +16,6 @@ if command -v rabbitmqctl >/dev/null; then
 else
     echo "skipping the broker-restart test: rabbitmqctl is not on PATH (the broker is not local)" >&2
 fi
+# Formatting, lints, docs, and the rebuilt modules matching the committed
+# ones.
+scripts/check-style.sh
