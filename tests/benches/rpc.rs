@@ -15,10 +15,6 @@
 //! `cargo bench -p integration --bench rpc -- guest` runs only the guest
 //! call.
 
-#[path = "../integration/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use compute_host::{Center, CenterOptions, Limits, ReplyMode, Sandbox};
 use futures_util::{StreamExt as _, stream};
 use lapin::{
@@ -31,7 +27,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use support::{ServerProcess, amqp_url, increase_module, unique_queue};
+use testkit::{ServerProcess, amqp_url, increase_module, unique_queue};
 use tokio::{process::Command, sync::oneshot};
 
 const ROUNDS: usize = 3;
@@ -161,8 +157,8 @@ async fn main() {
     direct.close().await;
     bare_server.kill().await;
     our_server.kill().await;
-    support::delete_queue(&bare_queue).await;
-    support::delete_queue(&our_queue).await;
+    testkit::delete_queue(&bare_queue).await;
+    testkit::delete_queue(&our_queue).await;
 }
 
 fn goal(what: &str, value: f64, relation: &str, target: f64) {

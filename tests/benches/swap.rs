@@ -5,10 +5,6 @@
 //! Run with `cargo bench -p integration --bench swap` (needs the broker,
 //! like the tests). Prints figures; asserts only that nothing failed.
 
-#[path = "../integration/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use compute_host::{Center, sandbox::digest};
 use std::{
     sync::{
@@ -17,7 +13,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use support::{ModuleDir, RunningNode, built_module, center, unique_queue};
+use testkit::{ModuleDir, RunningNode, built_module, center, unique_queue};
 
 const SWAPS: usize = 20;
 const IN_FLIGHT: usize = 64;

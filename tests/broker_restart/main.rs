@@ -5,18 +5,14 @@
 //! `scripts/test.sh` runs them on their own, one at a time:
 //! `cargo test -p integration --test broker_restart -- --ignored --test-threads 1`.
 
-#[path = "../integration/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use compute_host::{Center, CenterOptions};
 use std::{
     process::Command,
     time::{Duration, Instant},
 };
-use support::{
-    Batch, RawClient, ServerProcess, Tally, amqp_url, increase_module, scrape, unique_queue,
-    wait_for_metric,
+use testkit::{
+    Load, RawClient, ServerProcess, Tally, amqp_url, eventually, increase_module, scrape,
+    unique_queue, wait_for_metric,
 };
 
 const BATCH: usize = 5000;
@@ -79,7 +75,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     );
     node.terminate();
     assert!(node.wait().await.success(), "{}", node.log());
-    support::delete_queue(&queue).await;
+    testkit::delete_queue(&queue).await;
 }
 
 /// Runs a batch through a new center with `retries`, restarting the broker
@@ -94,14 +90,14 @@ async fn batch_across_a_restart(queue: &str, retries: u32, node: &ServerProcess)
     let center = Center::connect_with(&amqp_url(), options)
         .await
         .expect("center connects");
-    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    let batch = Load::batch(&center, BATCH, IN_FLIGHT);
     batch.until_done(BATCH / 5).await;
     {
         let _restart = BrokerRestart::stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let started = Instant::now();
-    let Some(tally) = batch.finish(Duration::from_secs(90)).await else {
+    let Some(calls) = batch.finish(Duration::from_secs(90)).await else {
         panic!("the batch hangs; the node's log:\n{}", node.log());
     };
     println!(
@@ -109,7 +105,7 @@ async fn batch_across_a_restart(queue: &str, retries: u32, node: &ServerProcess)
         started.elapsed()
     );
     center.close().await;
-    tally
+    calls.increase_tally()
 }
 
 /// The broker's application stopped; started again on drop, even when the
@@ -137,7 +133,7 @@ impl Drop for BrokerRestart {
 #[ignore = "raises a memory alarm on the broker; scripts/test.sh runs it alone"]
 async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
     let queue = unique_queue("alarm");
-    let nosy = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let nosy = testkit::nosy_module();
     let wall = 2;
     let wall_arg = wall.to_string();
     let args = [
@@ -159,19 +155,18 @@ async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
         let _alarm = MemoryAlarm::raise();
         // The guest's timeout reply is the first thing the node publishes
         // under the alarm.
-        let blocked = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !scrape(metrics)
-            .await
-            .lines()
-            .any(|line| line == "compute_broker_blocked 1")
-        {
-            assert!(
-                tokio::time::Instant::now() < blocked,
-                "the node never said it was blocked:\n{}",
-                node.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            "the node says it is blocked",
+            Duration::from_secs(30),
+            || async {
+                let metrics = scrape(metrics).await;
+                metrics
+                    .lines()
+                    .any(|line| line == "compute_broker_blocked 1")
+                    .then_some(())
+            },
+        )
+        .await;
         assert!(
             node.log().contains("RabbitMQ blocked publishing"),
             "{}",
@@ -186,7 +181,7 @@ async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
         assert!(status.success(), "{status}; log:\n{}", node.log());
         assert!(took < Duration::from_secs(wall + 42), "{took:?}");
     }
-    support::delete_queue(&queue).await;
+    testkit::delete_queue(&queue).await;
 }
 
 /// A memory alarm on the broker (its high watermark set to a few bytes),

@@ -1,11 +1,9 @@
 //! The `center` command as a user runs it.
 
-use crate::support::{
-    RunningNode, amqp_url, declare_queue, delete_queue, increase_module, unique_queue,
-};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs, Summary};
 use std::time::{Duration, Instant};
+use testkit::{RunningNode, amqp_url, declare_queue, delete_queue, increase_module, unique_queue};
 
 /// Runs `center` with `args` and empty stdin; returns what it printed.
 async fn run_center(args: &[&str]) -> (anyhow::Result<Summary>, String) {

@@ -4,18 +4,16 @@
 //! sandbox. Each scenario counts what was sent and what came back; nothing
 //! may be lost.
 
-use crate::support::{
-    Batch, ModuleDir, RawClient, RunningNode, ServerProcess, center, increase_module, unique_queue,
-};
 use compute_host::{CallError, Limits, NodeConfig};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties,
     options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions},
 };
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+use testkit::{
+    Load, ModuleDir, RawClient, RunningNode, ServerProcess, center, eventually, increase_module,
+    nosy_module, unique_queue,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,10 +30,14 @@ async fn a_node_killed_mid_batch_loses_nothing() {
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
-    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    let batch = Load::batch(&center, BATCH, IN_FLIGHT);
     batch.until_done(BATCH / 5).await;
     doomed.kill().await;
-    let tally = batch.finish(TIMEOUT).await.expect("the batch ends");
+    let tally = batch
+        .finish(TIMEOUT)
+        .await
+        .expect("the batch ends")
+        .increase_tally();
 
     println!("SIGKILL mid-batch: {tally:?}, lost {}", tally.lost());
     tally.assert_all_answered();
@@ -52,11 +54,15 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
-    let batch = Batch::start(&center, BATCH, IN_FLIGHT);
+    let batch = Load::batch(&center, BATCH, IN_FLIGHT);
     batch.until_done(BATCH / 5).await;
     stopping.terminate();
     let status = stopping.wait().await;
-    let tally = batch.finish(TIMEOUT).await.expect("the batch ends");
+    let tally = batch
+        .finish(TIMEOUT)
+        .await
+        .expect("the batch ends")
+        .increase_tally();
 
     println!("SIGTERM mid-batch: {tally:?}, lost {}", tally.lost());
     let log = stopping.log();
@@ -91,8 +97,11 @@ async fn runaway_guests_delay_no_other_request() {
         async move { (center.call("spin").await, started.elapsed()) }
     }));
     let others = async {
-        // Sent once the runaways are running.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Sent once the node runs all four runaways.
+        eventually("the runaways run", Duration::from_secs(10), || async {
+            (node.live.in_flight() >= 4).then_some(())
+        })
+        .await;
         futures_util::stream::iter(0..200)
             .map(|n| {
                 let center = center.clone();
@@ -168,7 +177,7 @@ async fn hostile_guests_get_error_replies_through_the_broker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_request_is_answered_normally() {
     let queue = unique_queue("redelivered");
-    crate::support::declare_queue(&queue).await;
+    testkit::declare_queue(&queue).await;
     let mut client = RawClient::connect().await;
     let properties = BasicProperties::default()
         .with_reply_to(client.reply_queue.as_str().into())
@@ -209,7 +218,7 @@ async fn a_redelivered_request_is_answered_normally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_center_drops_a_duplicate_reply() {
     let queue = unique_queue("duplicate");
-    crate::support::declare_queue(&queue).await;
+    testkit::declare_queue(&queue).await;
     let center = center(&queue, TIMEOUT).await;
     let node = RawClient::connect().await;
 
@@ -245,7 +254,7 @@ async fn the_center_drops_a_duplicate_reply() {
                     .unwrap();
             }
         }
-        crate::support::delete_queue(&queue).await;
+        testkit::delete_queue(&queue).await;
     });
 
     assert_eq!(center.call("1").await.unwrap().body, b"first");
@@ -260,7 +269,7 @@ async fn the_center_drops_a_duplicate_reply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     let queue = unique_queue("nosy");
-    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let nosy = nosy_module();
     let mut node = ServerProcess::node(&queue, &nosy, &[]).await;
     let mut client = RawClient::connect().await;
 
@@ -284,7 +293,7 @@ async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     );
     assert!(log.contains("dropped_bytes="), "{log}");
     assert!(log.len() < 20_000, "the log holds {} bytes", log.len());
-    crate::support::delete_queue(&queue).await;
+    testkit::delete_queue(&queue).await;
 }
 
 /// A node serving [`hostile_or_echo`] under `limits`, and the directory
@@ -329,7 +338,7 @@ fn hostile_or_echo() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_name_the_request_they_are_about() {
     let queue = unique_queue("json-logs");
-    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let nosy = nosy_module();
     let mut node = ServerProcess::node(&queue, &nosy, &["--log-format", "json"]).await;
     let mut client = RawClient::connect().await;
     client.request(&queue, b"look", Some("json-1")).await;
@@ -353,5 +362,5 @@ async fn json_logs_name_the_request_they_are_about() {
     assert_eq!(span["name"], "request");
     assert_eq!(span["correlation_id"], "json-1");
     assert_eq!(span["function"], "nosy");
-    crate::support::delete_queue(&queue).await;
+    testkit::delete_queue(&queue).await;
 }

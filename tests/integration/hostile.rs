@@ -5,10 +5,6 @@
 //! the next normal request, holds nothing and left nothing in its queue,
 //! and counted the poison under its own `outcome`.
 
-use crate::support::{
-    Batch, RawClient, ServerProcess, amqp_url, built_module, center, increase_module, python,
-    python_output, scrape, unique_queue, wait_for_metric,
-};
 use clap::Parser as _;
 use compute_host::{
     CallError, Center, CenterOptions, ReplyMode,
@@ -22,8 +18,12 @@ use lapin::{
 };
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+use testkit::{
+    Load, ModuleDir, RawClient, ServerProcess, amqp_url, built_module, center, eventually,
+    increase_module, python, python_output, scrape, unique_queue, wait_for_metric,
 };
 
 /// A node process under attack, with a client for normal requests.
@@ -193,7 +193,7 @@ async fn a_refused_reply_is_given_up_not_recomputed_in_a_loop() {
 /// slots do not stall it for longer than that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_asleep_in_host_calls_are_stopped_by_the_wall_clock_limit() {
-    let nosy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nosy.wasm");
+    let nosy = testkit::nosy_module();
     let mut target = Target::start(
         "sleeper",
         &nosy,
@@ -260,24 +260,30 @@ async fn per_request_warnings_are_throttled_and_escaped() {
 /// skipped with one clear line; the node serves the other functions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_named_too_long_for_a_queue_is_skipped() {
-    let dir = std::env::temp_dir().join(format!("compute-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ModuleDir::empty();
     std::fs::copy(increase_module(), dir.join("increase.wasm")).unwrap();
     let long = "f".repeat(250);
     std::fs::copy(built_module("double"), dir.join(format!("{long}.wasm"))).unwrap();
     let prefix = unique_queue("long-name");
     let mut node = ServerProcess::start(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+        testkit::compute_command()
             .args(["--amqp-url", &amqp_url(), "--queue-prefix", &prefix])
             .arg("--modules")
-            .arg(&dir),
+            .arg(&dir.path),
         "waiting for requests",
     )
     .await;
     let mut client = RawClient::connect().await;
     let queue = format!("{prefix}.increase");
     assert_eq!(client.request(&queue, b"1", None).await.data, b"2");
-    // Past a rescan or two: the long name is not tried again and again.
+    // Reported once the file has settled (it was copied just now)...
+    eventually(
+        "the long name is reported",
+        Duration::from_secs(30),
+        || async { node.log().contains("AMQP allows at most 255").then_some(()) },
+    )
+    .await;
+    // ...and, in a window of two more rescans, not tried again.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(node.is_running(), "{}", node.log());
     let log = node.log();
@@ -285,8 +291,7 @@ async fn a_module_named_too_long_for_a_queue_is_skipped() {
     assert_eq!(client.request(&queue, b"2", None).await.data, b"3");
     node.terminate();
     assert!(node.wait().await.success());
-    crate::support::delete_queue(&queue).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    testkit::delete_queue(&queue).await;
 }
 
 /// An error message longer than `--max-body` is cut to fit and says so,
@@ -334,7 +339,7 @@ async fn an_expired_request_is_not_computed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_nobody_waits_for_are_never_computed() {
     let queue = unique_queue("nobody-waits");
-    crate::support::declare_queue(&queue).await;
+    testkit::declare_queue(&queue).await;
     let impatient = center(&queue, Duration::from_millis(500)).await;
     for n in 0..5 {
         let outcome = impatient.call(n.to_string()).await;
@@ -417,7 +422,7 @@ async fn a_fuzzed_stream_of_requests_stops_no_node() {
     let sink = RawClient::connect().await;
     let center = center(&target.queue, Duration::from_secs(60)).await;
 
-    let batch = Batch::start(&center, NORMAL, 32);
+    let batch = Load::batch(&center, NORMAL, 32);
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -431,7 +436,8 @@ async fn a_fuzzed_stream_of_requests_stops_no_node() {
     let tally = batch
         .finish(Duration::from_secs(120))
         .await
-        .expect("the normal calls end");
+        .expect("the normal calls end")
+        .increase_tally();
     println!("fuzz seed {seed}: {sent} fuzzed requests beside {NORMAL} normal calls: {tally:?}");
     tally.assert_all_answered();
     center.close().await;

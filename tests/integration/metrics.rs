@@ -1,12 +1,12 @@
 //! `compute --metrics-addr`: Prometheus metrics that match what happened.
 
-use crate::support::{
-    ModuleDir, RawClient, RunningNode, built_module, center, increase_module, unique_queue,
-    wait_for_metric,
-};
 use compute_host::{NodeConfig, sandbox::digest};
 use lapin::BasicProperties;
 use std::time::Duration;
+use testkit::{
+    ModuleDir, RawClient, RunningNode, built_module, center, increase_module, unique_queue,
+    wait_for_metric,
+};
 
 /// After a known batch (100 answers, 3 bad requests, 1 request without
 /// `reply_to`) the counters say exactly that; after a swap and a broken

@@ -1,11 +1,9 @@
 //! Version pinning: a request that names a module digest in
 //! `x-module-digest` runs exactly that version, or gets `unknown-version`.
 
-use crate::support::{
-    ModuleDir, RunningNode, amqp_url, built_module, center, eventually, unique_queue,
-};
 use compute_host::{CallError, Center, CenterOptions, sandbox::digest, wire::ErrorKind};
 use std::time::Duration;
+use testkit::{ModuleDir, RunningNode, amqp_url, built_module, center, eventually, unique_queue};
 
 /// A caller that pins the version it tested keeps getting it after a swap
 /// (the node keeps recent versions compiled), a caller that pins the new

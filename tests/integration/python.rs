@@ -1,12 +1,12 @@
 //! The classic Python `pika` examples from the seed article talk to our
 //! node and our center unchanged.
 
-use crate::support::{
-    RunningNode, amqp_url, delete_queue, python, python_command, python_output, unique_queue,
-};
 use clap::Parser as _;
 use compute_host::cli::center::{self, CenterArgs};
 use std::{process::Stdio, time::Duration};
+use testkit::{
+    RunningNode, amqp_url, delete_queue, python, python_command, python_output, unique_queue,
+};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 /// The seed's Python center gets its answers from our node.

@@ -2,7 +2,6 @@
 //! that follows it, staged, pinned, promoted, rolled back, signed, and
 //! kept through the stream's retention.
 
-use crate::support::{ServerProcess, amqp_url, built_module, center, delete_queue, unique_queue};
 use compute_host::{
     Center, CenterOptions,
     registry::{
@@ -14,11 +13,11 @@ use compute_host::{
 use std::{
     path::{Path, PathBuf},
     process::Output,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
+};
+use testkit::{
+    Load, ModuleDir, ServerProcess, amqp_url, built_module, center, compute_command, delete_queue,
+    eventually, unique_queue,
 };
 use tokio::time::Instant;
 
@@ -51,7 +50,7 @@ impl TestRegistry {
 
     /// Starts `compute --registry` with `args`, and waits until it serves.
     async fn node(&self, args: &[&str]) -> ServerProcess {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"));
+        let mut command = compute_command();
         command
             .args(["--registry", &self.stream, "--queue-prefix", &self.prefix])
             .args(["--amqp-url", &amqp_url()])
@@ -63,7 +62,7 @@ impl TestRegistry {
     async fn compute(&self, command: &str, args: &[&str]) -> Output {
         let max_bytes = RETENTION.max_bytes.to_string();
         let segment = RETENTION.segment_bytes.to_string();
-        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+        let run = compute_command()
             .arg(command)
             .args(args)
             .args(["--registry", &self.stream, "--amqp-url", &amqp_url()])
@@ -106,53 +105,19 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// What a caller calling without pause saw: each call's start and the
-/// version that answered it, and every failure.
-#[derive(Default)]
-struct Calls {
-    answered: Mutex<Vec<(Instant, String)>>,
-    failures: Mutex<Vec<String>>,
-}
-
-impl Calls {
-    /// Calls `increase` on `queue` until `stop`.
-    fn start(center: Center, stop: Arc<AtomicBool>) -> (Arc<Calls>, tokio::task::JoinHandle<()>) {
-        let calls = Arc::new(Calls::default());
-        let task = tokio::spawn({
-            let calls = calls.clone();
-            async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    match center.call("7").await {
-                        Ok(reply) => calls
-                            .answered
-                            .lock()
-                            .unwrap()
-                            .push((started, reply.origin.module.unwrap_or_default())),
-                        Err(err) => calls.failures.lock().unwrap().push(err.to_string()),
-                    }
-                }
-                center.close().await;
-            }
-        });
-        (calls, task)
-    }
-
-    /// Asserts that every call that started after `since` was answered
-    /// by `digest`.
-    fn assert_answered_by_since(&self, digest: &str, since: Instant) {
-        let answered = self.answered.lock().unwrap();
-        let stale: Vec<&String> = answered
+/// Waits until a call started at or after `since` has ended, then
+/// checks that `digest` answered every call started since.
+async fn assert_answered_by_since(load: &Load, digest: &str, since: Instant) {
+    eventually("a call since", Duration::from_secs(10), || async {
+        let calls = load.so_far();
+        calls
+            .calls
             .iter()
-            .filter(|(started, by)| *started >= since && by != digest)
-            .map(|(_, by)| by)
-            .collect();
-        assert!(stale.is_empty(), "answered by {stale:?}, not {digest}");
-        assert!(
-            answered.iter().any(|(started, _)| *started >= since),
-            "no call since"
-        );
-    }
+            .any(|call| call.started >= since)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(load.so_far().versions_since(since), [digest]);
 }
 
 /// Three nodes follow a registry while a center calls without pause:
@@ -180,8 +145,7 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
     }
     let caller = center(&registry.queue(), Duration::from_secs(10)).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"8");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (calls, calling) = Calls::start(caller, stop.clone());
+    let calls = Load::steady(&caller, 1);
 
     let output = registry.deploy(&double, &[]).await;
     assert!(output.contains("to 3/3 nodes in"), "{output}");
@@ -203,24 +167,23 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
         assert_eq!(pinned.call("7").await.unwrap().body, b"49");
     }
     pinned.close().await;
-    calls.assert_answered_by_since(&digest_of(&double), after_double);
+    assert_answered_by_since(&calls, &digest_of(&double), after_double).await;
 
     let output = registry
         .compute("promote", &["increase", &digest_of(&square)])
         .await;
     assert!(output.status.success(), "{}", text(&output));
     let after_promote = Instant::now();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    calls.assert_answered_by_since(&digest_of(&square), after_promote);
+    assert_answered_by_since(&calls, &digest_of(&square), after_promote).await;
 
     let output = registry.compute("rollback", &["increase"]).await;
     assert!(output.status.success(), "{}", text(&output));
     let after_rollback = Instant::now();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    calls.assert_answered_by_since(&digest_of(&double), after_rollback);
+    assert_answered_by_since(&calls, &digest_of(&double), after_rollback).await;
 
     // A broken module never leaves the deployer...
-    let broken = std::env::temp_dir().join(format!("broken-{}.wasm", uuid::Uuid::new_v4()));
+    let scratch = ModuleDir::empty();
+    let broken = scratch.join("broken.wasm");
     let mut bytes = std::fs::read(&increase).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&broken, &bytes).unwrap();
@@ -268,7 +231,6 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
             .all(|report| report.outcome == "rejected"),
         "{rollout:?}"
     );
-    let _ = std::fs::remove_file(&broken);
 
     // A node restarted while a version rolls out serves it when back.
     let mut restarted = nodes.remove(0);
@@ -287,18 +249,20 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
         "{status}"
     );
 
-    stop.store(true, Ordering::Relaxed);
-    calling.await.unwrap();
-    calls.assert_answered_by_since(&digest_of(&square), after_square);
-    let failures = calls.failures.lock().unwrap().clone();
-    assert!(failures.is_empty(), "{failures:?}");
+    assert_answered_by_since(&calls, &digest_of(&square), after_square).await;
+    let calls = calls
+        .finish(Duration::from_secs(10))
+        .await
+        .expect("the calls end");
+    caller.close().await;
     let deployed = [digest_of(&increase), digest_of(&double), digest_of(&square)];
-    let answered = calls.answered.lock().unwrap().clone();
-    assert!(answered.len() > 50, "{} calls", answered.len());
-    assert!(
-        answered.iter().all(|(_, by)| deployed.contains(by)),
-        "an undeployed version answered"
-    );
+    let failures = calls.failures(|_, reply| {
+        deployed
+            .iter()
+            .any(|digest| reply.origin.module.as_deref() == Some(digest.as_str()))
+    });
+    assert_eq!(failures, Vec::<String>::new(), "failed or undeployed");
+    assert!(calls.calls.len() > 50, "{} calls", calls.calls.len());
     drop(nodes);
     registry.remove().await;
 }
@@ -310,11 +274,10 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_versions_signed_by_a_trusted_key_are_served() {
     let registry = TestRegistry::new("signed");
-    let keys = std::env::temp_dir().join(format!("compute-keys-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&keys).unwrap();
+    let keys = ModuleDir::empty();
     let (ours, theirs) = (keys.join("deployer"), keys.join("stranger"));
     for key in [&ours, &theirs] {
-        let made = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+        let made = compute_command()
             .arg("keygen")
             .arg(key)
             .output()
@@ -325,7 +288,7 @@ async fn only_versions_signed_by_a_trusted_key_are_served() {
     let ours_arg = ours.to_string_lossy().into_owned();
     let trusted = format!("{ours_arg}.pub");
 
-    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_compute-under-test"))
+    let refused = compute_command()
         .args(["--registry", &registry.stream, "--amqp-url", &amqp_url()])
         .output()
         .await
@@ -369,7 +332,6 @@ async fn only_versions_signed_by_a_trusted_key_are_served() {
 
     caller.close().await;
     drop(node);
-    let _ = std::fs::remove_dir_all(keys);
     registry.remove().await;
 }
 

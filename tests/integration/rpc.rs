@@ -1,6 +1,5 @@
 //! Calls through the `Center` library: matching replies to requests.
 
-use crate::support::{RawClient, RunningNode, amqp_url, center, unique_queue};
 use compute_host::{
     CallError, Center, CenterOptions, ReplyMode,
     wire::{ErrorKind, PeerErrorKind},
@@ -8,6 +7,7 @@ use compute_host::{
 use futures_util::{StreamExt as _, stream};
 use lapin::BasicProperties;
 use std::time::Duration;
+use testkit::{RawClient, RunningNode, amqp_url, center, unique_queue};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 

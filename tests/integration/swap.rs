@@ -1,16 +1,9 @@
 //! Live code swaps: replacing the module file of a running node.
 
-use crate::support::{ModuleDir, RunningNode, built_module, center, unique_queue};
-use compute_host::{Center, live::Rejected, sandbox::digest};
-use std::{
-    io::Write as _,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
-use tokio::time::{Instant, sleep};
+use compute_host::{Center, Reply, live::Rejected, sandbox::digest};
+use std::{io::Write as _, time::Duration};
+use testkit::{Load, ModuleDir, RunningNode, built_module, center, eventually, unique_queue};
+use tokio::time::sleep;
 
 /// How long a test waits for a node to notice a new file. Generous: debug
 /// builds compile a module in about half a second.
@@ -23,124 +16,33 @@ fn module_bytes(name: &str) -> Vec<u8> {
 /// Calls until a reply comes from module `digest`, or fails after
 /// [`NOTICE`].
 async fn wait_for_module(center: &Center, digest: &str) {
-    let deadline = Instant::now() + NOTICE;
-    loop {
+    let what = format!("module {digest} served");
+    eventually(&what, NOTICE, || async {
         let reply = center.call("1").await.expect("calls succeed while waiting");
-        if reply.origin.module.as_deref() == Some(digest) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "module {digest} not served within {NOTICE:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+        (reply.origin.module.as_deref() == Some(digest)).then_some(())
+    })
+    .await;
 }
 
 /// Waits until the node has turned down the file version `problem`.
 async fn wait_for_rejection(node: &RunningNode, problem: &Rejected) {
-    let deadline = Instant::now() + NOTICE;
-    while node.live.last_rejected().as_ref() != Some(problem) {
-        assert!(
-            Instant::now() < deadline,
-            "{problem:?} not rejected within {NOTICE:?}; last: {:?}",
-            node.live.last_rejected()
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{problem:?} rejected");
+    eventually(&what, NOTICE, || async {
+        (node.live.last_rejected().as_ref() == Some(problem)).then_some(())
+    })
+    .await;
 }
 
-/// What a load of calls saw while modules were swapped under it.
-#[derive(Default)]
-struct LoadReport {
-    calls: AtomicU64,
-    by_increase: AtomicU64,
-    by_double: AtomicU64,
-    failures: Mutex<Vec<String>>,
-}
-
-impl LoadReport {
-    fn failures(&self) -> Vec<String> {
-        self.failures.lock().unwrap().clone()
-    }
-}
-
-/// Calls kept going in the background of a test.
-struct Load {
-    stop: Arc<AtomicBool>,
-    report: Arc<LoadReport>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Load {
-    /// Starts `in_flight` calls through `center`.
-    fn start(center: &Center, in_flight: usize) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(LoadReport::default());
-        let task = tokio::spawn(run_load(
-            center.clone(),
-            in_flight,
-            stop.clone(),
-            report.clone(),
-        ));
-        Load { stop, report, task }
-    }
-
-    /// Stops starting calls, waits for those in flight, and returns what
-    /// they all saw.
-    async fn finish(self) -> Arc<LoadReport> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        self.report
-    }
-}
-
-/// Keeps `in_flight` calls going until `stop`, checking that each reply is
-/// n+1 from increase or 2n from double, and nothing else.
-async fn run_load(
-    center: Center,
-    in_flight: usize,
-    stop: Arc<AtomicBool>,
-    report: Arc<LoadReport>,
-) {
+/// Whether `reply` to n is n+1 from increase or 2n from double, the two
+/// versions the swap tests switch between.
+fn from_increase_or_double(n: i64, reply: &Reply) -> bool {
     let (increase, double) = (
         digest(&module_bytes("increase")),
         digest(&module_bytes("double")),
     );
-    let next = Arc::new(AtomicU64::new(1));
-    let workers = (0..in_flight).map(|_| {
-        let (center, stop, report, next) =
-            (center.clone(), stop.clone(), report.clone(), next.clone());
-        let (increase, double) = (increase.clone(), double.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let n = next.fetch_add(1, Ordering::Relaxed) as i64;
-                report.calls.fetch_add(1, Ordering::Relaxed);
-                let failure = match center.call(n.to_string()).await {
-                    Ok(reply) => {
-                        let body = String::from_utf8_lossy(&reply.body).into_owned();
-                        let module = reply.origin.module.unwrap_or_default();
-                        if module == increase && body == (n + 1).to_string() {
-                            report.by_increase.fetch_add(1, Ordering::Relaxed);
-                            None
-                        } else if module == double && body == (2 * n).to_string() {
-                            report.by_double.fetch_add(1, Ordering::Relaxed);
-                            None
-                        } else {
-                            Some(format!("{n} -> {body} from {module}"))
-                        }
-                    }
-                    Err(err) => Some(format!("{n} -> {err}")),
-                };
-                if let Some(failure) = failure {
-                    report.failures.lock().unwrap().push(failure);
-                }
-            }
-        })
-    });
-    for worker in workers.collect::<Vec<_>>() {
-        worker.await.unwrap();
-    }
+    let module = reply.origin.module.as_deref();
+    (module == Some(increase.as_str()) && reply.body == (n + 1).to_string().as_bytes())
+        || (module == Some(double.as_str()) && reply.body == (2 * n).to_string().as_bytes())
 }
 
 /// With 64 calls in flight the whole time, the module is swapped 12 times
@@ -152,33 +54,37 @@ async fn swaps_under_load_fail_no_request() {
     let node = RunningNode::start_module(&unique_queue("swap-load"), &dir.working_copy()).await;
     let center = center(&node.queue, Duration::from_secs(30)).await;
 
-    let load = Load::start(&center, 64);
+    let load = Load::steady(&center, 64);
 
-    let mut swaps = 0;
+    let before = node.live.swaps();
     for name in ["double", "increase"].iter().cycle().take(12) {
         let bytes = module_bytes(name);
+        let version = digest(&bytes);
+        let served_before = load.so_far().answered_by(&version);
         dir.publish(&bytes);
-        wait_for_module(&center, &digest(&bytes)).await;
-        swaps += 1;
-        sleep(Duration::from_millis(50)).await;
+        wait_for_module(&center, &version).await;
+        // The load itself, not only the waiting call, reaches the new
+        // version before the next swap.
+        eventually("the load reaches the new version", NOTICE, || async {
+            (load.so_far().answered_by(&version) > served_before).then_some(())
+        })
+        .await;
     }
-    let report = load.finish().await;
+    let calls = load.finish(NOTICE).await.expect("the load ends");
 
     assert_eq!(
-        report.failures(),
+        calls.failures(from_increase_or_double),
         Vec::<String>::new(),
         "errors, timeouts or mismatches during swaps"
     );
-    assert_eq!(swaps, 12);
-    assert!(
-        report.by_increase.load(Ordering::Relaxed) > 0
-            && report.by_double.load(Ordering::Relaxed) > 0
+    assert_eq!(node.live.swaps() - before, 12, "the node swapped 12 times");
+    let (increase, double) = (
+        calls.answered_by(&digest(&module_bytes("increase"))),
+        calls.answered_by(&digest(&module_bytes("double"))),
     );
     eprintln!(
-        "{} calls: {} by increase, {} by double, across {swaps} swaps",
-        report.calls.load(Ordering::Relaxed),
-        report.by_increase.load(Ordering::Relaxed),
-        report.by_double.load(Ordering::Relaxed)
+        "{} calls: {increase} by increase, {double} by double, across 12 swaps",
+        calls.calls.len()
     );
 
     center.close().await;
@@ -259,7 +165,7 @@ async fn a_slow_copy_is_never_served_half_written() {
     let node = RunningNode::start_module(&unique_queue("swap-slow-cp"), &dir.working_copy()).await;
     let center = center(&node.queue, Duration::from_secs(30)).await;
 
-    let load = Load::start(&center, 8);
+    let load = Load::steady(&center, 8);
 
     let double = module_bytes("double");
     let mut file = std::fs::File::create(dir.working_copy()).unwrap();
@@ -277,10 +183,13 @@ async fn a_slow_copy_is_never_served_half_written() {
     }
     drop(file);
     wait_for_module(&center, &digest(&double)).await;
-    let report = load.finish().await;
+    let calls = load.finish(NOTICE).await.expect("the load ends");
 
-    assert_eq!(report.failures(), Vec::<String>::new());
-    assert!(report.by_increase.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        calls.failures(from_increase_or_double),
+        Vec::<String>::new()
+    );
+    assert!(calls.answered_by(&digest(&module_bytes("increase"))) > 0);
 
     center.close().await;
     node.stop().await;

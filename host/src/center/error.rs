@@ -1,0 +1,82 @@
+//! Why a call produced no result, and why a center could not start.
+
+use super::Origin;
+use crate::{amqp, amqp::PublishError, wire};
+use std::time::Duration;
+
+/// Why a call produced no result.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No reply arrived in time.
+    #[error("timeout: no reply within {} s", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// The compute node answered with an error reply.
+    #[error("{kind}: {message}")]
+    Remote {
+        /// The `x-error` kind, such as `bad-request`.
+        kind: wire::PeerErrorKind,
+        /// The message for a person, from the reply body.
+        message: String,
+        /// What answered.
+        origin: Origin,
+    },
+    /// No queue of that name exists, so the broker returned the request.
+    #[error("no-route: no queue named {0:?} exists; start a compute node, which declares it")]
+    NoRoute(String),
+    /// The request could not be published.
+    #[error("publish-failed: could not publish the request: {0}")]
+    Publish(#[source] PublishError),
+    /// The request is larger than [`CenterOptions::max_body`](super::CenterOptions::max_body); it was not
+    /// sent, so it cannot close the channel the other calls share.
+    #[error("too-large: the request is {size} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The request's size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The broker refused the request (a negative confirm).
+    #[error("refused: the broker refused the request")]
+    Refused,
+    /// The connection closed before the reply arrived, and the call's
+    /// retries (or its time) ran out.
+    #[error("connection-lost: the connection to RabbitMQ was lost before the reply arrived")]
+    ConnectionLost,
+}
+
+impl CallError {
+    /// A short name for the kind of failure: the `x-error` kind of a remote
+    /// error, or `timeout`, `no-route`, `publish-failed`, `refused`,
+    /// `connection-lost`.
+    pub fn kind(&self) -> &str {
+        match self {
+            CallError::Timeout(_) => "timeout",
+            CallError::Remote { kind, .. } => kind.as_str(),
+            CallError::NoRoute(_) => "no-route",
+            CallError::Publish(_) => "publish-failed",
+            CallError::TooLarge { .. } => "too-large",
+            CallError::Refused => "refused",
+            CallError::ConnectionLost => "connection-lost",
+        }
+    }
+
+    /// Whether the request may never have reached a compute node because
+    /// of the connection, so that sending it again could succeed.
+    pub(super) fn lost_in_transit(&self) -> bool {
+        matches!(
+            self,
+            CallError::ConnectionLost | CallError::Publish(_) | CallError::Refused
+        )
+    }
+}
+
+/// Why a [`Center`](super::Center) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The broker could not be reached or would not set up a reply queue.
+    #[error(transparent)]
+    Connect(#[from] amqp::ConnectError),
+    /// The request queue's name is not a valid AMQP queue name.
+    #[error(transparent)]
+    QueueName(#[from] amqp::QueueNameError),
+}

@@ -1,0 +1,292 @@
+//! The center: an RPC client that keeps many requests in flight over one
+//! connection and one reply queue, and matches each reply to its request
+//! by correlation id.
+//!
+//! When the connection is lost (a broker restart), every call waiting on
+//! it is sent again on a new connection, up to [`CenterOptions::retries`]
+//! times; compute functions are pure, so computing a request twice is
+//! safe. A reply that arrives twice (a redelivered request) is handed to
+//! its call once and the copy dropped.
+//!
+//! A node and a center in one program, against a local RabbitMQ (the
+//! same steps run as the integration test `library::one_program`):
+//!
+//! ```no_run
+//! use compute_host::{CallError, Center, CenterOptions, ComputeNode, NodeConfig};
+//! use futures_util::future::join_all;
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> anyhow::Result<()> {
+//! # let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672/%2f".into());
+//! # let module = concat!(env!("CARGO_MANIFEST_DIR"), "/../modules/increase.wasm");
+//! let queue = format!("doc.{}", uuid::Uuid::new_v4());
+//! // A compute node serving `increase` on `queue` (the `compute` command).
+//! let node = ComputeNode::start(&NodeConfig {
+//!     amqp_url: url.clone(),
+//!     ..NodeConfig::module(module, &queue)
+//! })
+//! .await?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let serving = tokio::spawn(node.run(stopped));
+//!
+//! // The center: one connection, however many tasks call through clones.
+//! let options = CenterOptions { queue: queue.clone(), ..CenterOptions::default() };
+//! let center = Center::connect_with(&url, options).await?;
+//! let calls = (0..10).map(|n| {
+//!     let center = center.clone();
+//!     tokio::spawn(async move { center.call(n.to_string()).await })
+//! });
+//! for (n, reply) in join_all(calls).await.into_iter().enumerate() {
+//!     assert_eq!(reply?.unwrap().body, (n + 1).to_string().as_bytes());
+//! }
+//!
+//! // A failure is typed: here the function's own error reply.
+//! match center.call("forty-one").await {
+//!     Err(CallError::Remote { kind, message, .. }) => {
+//!         assert_eq!(kind, "bad-request");
+//!         println!("{message}");
+//!     }
+//!     other => panic!("expected a bad-request reply, got {other:?}"),
+//! }
+//!
+//! center.close().await;
+//! let _ = stop.send(());
+//! serving.await?;
+//! # let connection = lapin::Connection::connect(&url, Default::default()).await?;
+//! # let channel = connection.create_channel().await?;
+//! # channel.queue_delete(queue.as_str().into(), Default::default()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - `options`: what a caller chooses ([`CenterOptions`], [`ReplyMode`]).
+//! - `error`: why a call or the start failed ([`CallError`], [`StartError`]).
+//! - `reply`: what a successful call returns ([`Reply`], [`Origin`]).
+//! - `session`: one connection with its reply consumer; publishing a
+//!   request and waiting for its answer.
+//! - `router`: the calls waiting on a session, by correlation id, and the
+//!   task that hands each reply to its call.
+
+mod error;
+mod options;
+mod reply;
+mod router;
+mod session;
+
+pub use error::{CallError, StartError};
+pub use options::{CenterOptions, DEFAULT_MAX_BODY, ReplyMode};
+pub use reply::{Origin, Reply};
+
+use crate::{
+    amqp,
+    backoff::{self, Backoff},
+};
+use arc_swap::ArcSwap;
+use lapin::{
+    options::QueueDeclareOptions,
+    types::{FieldTable, ShortString},
+};
+use session::Session;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+/// How long a request sent again waits for its queue to be declared again
+/// (by a compute node that is itself reconnecting) before the next try.
+const QUEUE_BACK_POLL: Duration = Duration::from_millis(200);
+
+/// An RPC client for compute nodes. Cheap to clone; clones share the
+/// connection, so calls from many tasks are multiplexed over it.
+#[derive(Clone)]
+pub struct Center {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    url: String,
+    reply_mode: ReplyMode,
+    queue: ShortString,
+    timeout: Duration,
+    retries: u32,
+    max_body: usize,
+    version: Option<String>,
+    /// The session calls use; replaced when its connection is lost.
+    session: ArcSwap<Session>,
+    /// Held by the one call that reconnects, so a lost connection is
+    /// replaced once, not once per waiting call.
+    reconnecting: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl Center {
+    /// Connects to the broker at `url` with the default options.
+    pub async fn connect(url: &str) -> Result<Self, StartError> {
+        Self::connect_with(url, CenterOptions::default()).await
+    }
+
+    /// Connects to the broker at `url`, declares a private reply queue and
+    /// starts consuming it, so no reply can arrive before anyone listens.
+    /// Waits at most [`amqp::ANSWER_TIMEOUT`] for the broker.
+    pub async fn connect_with(url: &str, options: CenterOptions) -> Result<Self, StartError> {
+        let queue = amqp::queue_name(&options.queue)?;
+        let session = Session::open(url, options.reply_mode, false).await?;
+        Ok(Center {
+            shared: Arc::new(Shared {
+                url: url.to_owned(),
+                reply_mode: options.reply_mode,
+                queue,
+                timeout: options.timeout,
+                retries: options.retries,
+                max_body: options.max_body,
+                version: options.version,
+                session: ArcSwap::from_pointee(session),
+                reconnecting: tokio::sync::Mutex::new(()),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The name of this center's reply queue (it changes when the center
+    /// reconnects).
+    pub fn reply_queue(&self) -> String {
+        self.shared.session.load().reply_queue.to_string()
+    }
+
+    /// Sends `body` as one request and waits for its reply. The timeout
+    /// covers the whole call: publishing, waiting, and any reconnecting
+    /// and sending again after a lost connection.
+    pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
+        let shared = &*self.shared;
+        let body = body.as_ref();
+        if body.len() > shared.max_body {
+            return Err(CallError::TooLarge {
+                size: body.len(),
+                limit: shared.max_body,
+            });
+        }
+        let deadline = Instant::now() + shared.timeout;
+        // Kept across retries, so every copy of the request is the same
+        // request in the logs of both sides.
+        let correlation_id = Uuid::new_v4().to_string();
+        // A call that starts after the connection was lost waits for a new
+        // one rather than failing: it has not been sent anywhere yet.
+        let current = shared.session.load_full();
+        let mut session = match tokio::time::timeout_at(deadline, self.live_session(&current)).await
+        {
+            Ok(Some(live)) => live,
+            Ok(None) => return Err(CallError::ConnectionLost),
+            Err(_elapsed) => return Err(CallError::Timeout(shared.timeout)),
+        };
+        let mut retried = 0;
+        loop {
+            let attempt = session.publish_and_wait(shared, &correlation_id, body, deadline);
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error)) => error,
+                Err(_elapsed) => return Err(CallError::Timeout(shared.timeout)),
+            };
+            match &error {
+                CallError::NoRoute(_) if retried > 0 || session.reconnected => {
+                    // After a lost connection the queue may be gone with
+                    // the broker's restart, until a compute node reconnects
+                    // and declares it again.
+                    debug!(%correlation_id, "no queue yet; waiting for a node to declare it");
+                    if tokio::time::timeout_at(deadline, tokio::time::sleep(QUEUE_BACK_POLL))
+                        .await
+                        .is_err()
+                    {
+                        return Err(error);
+                    }
+                }
+                error if error.lost_in_transit() && retried < shared.retries => {
+                    retried += 1;
+                    debug!(%correlation_id, retried, %error, "sending the request again");
+                }
+                _ => return Err(error),
+            }
+            session = match tokio::time::timeout_at(deadline, self.live_session(&session)).await {
+                Ok(Some(live)) => live,
+                // Closed, or the time ran out before the broker came back.
+                Ok(None) | Err(_) => return Err(error),
+            };
+        }
+    }
+
+    /// A session that is alive: `used` if it still is, or else the one
+    /// another call opened meanwhile, or else a new one, retrying with
+    /// backoff for as long as the caller waits. `None` once closed.
+    async fn live_session(&self, used: &Arc<Session>) -> Option<Arc<Session>> {
+        let shared = &*self.shared;
+        if used.is_alive() {
+            return Some(used.clone());
+        }
+        let _only_one_reconnects = shared.reconnecting.lock().await;
+        let mut backoff = Backoff::up_to(backoff::CENTER_MAX_WAIT);
+        loop {
+            if shared.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            let current = shared.session.load_full();
+            if current.is_alive() {
+                return Some(current);
+            }
+            match Session::open(&shared.url, shared.reply_mode, true).await {
+                Ok(session) => {
+                    info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
+                    let session = Arc::new(session);
+                    shared.session.store(session.clone());
+                    return Some(session);
+                }
+                Err(err) => {
+                    let wait = backoff.next_wait();
+                    warn!(cause = %err, retry_in_ms = wait.as_millis() as u64, "cannot reconnect yet");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// How many consumers (compute nodes) the request queue has, or `None`
+    /// when no such queue exists.
+    pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
+        // A passive declare of a missing queue closes its channel, so it
+        // gets a channel of its own.
+        let session = self.shared.session.load_full();
+        let channel = session.connection.create_channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(self.shared.queue.clone(), passive, FieldTable::default())
+            .await;
+        let _ = channel.close(200, "OK".into()).await;
+        match declared {
+            Ok(queue) => Ok(Some(queue.consumer_count())),
+            // 404 NOT_FOUND: no queue of that name.
+            Err(err) if matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for
+    /// the broker to answer. Calls still waiting fail with
+    /// [`CallError::ConnectionLost`], without retrying.
+    pub async fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let session = self.shared.session.load_full();
+        let close = session.connection.close(200, "OK".into());
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
+    }
+}

@@ -1,0 +1,53 @@
+//! What a caller chooses about how a [`Center`](super::Center) calls.
+
+use std::time::Duration;
+
+/// RabbitMQ's default `max_message_size` (128 MiB): a larger message
+/// makes the broker close the channel, which every call shares.
+pub const DEFAULT_MAX_BODY: usize = 128 << 20;
+
+/// How a [`Center`](super::Center) sends its requests.
+#[derive(Clone, Debug)]
+pub struct CenterOptions {
+    /// The queue the compute nodes consume.
+    pub queue: String,
+    /// How long a call may take, from publishing to the reply, retries
+    /// and reconnecting included.
+    pub timeout: Duration,
+    /// How many times a call is sent again when the connection to the
+    /// broker is lost before its reply arrives.
+    pub retries: u32,
+    /// Where replies come back.
+    pub reply_mode: ReplyMode,
+    /// The largest request body sent; a larger one fails its own call
+    /// with [`CallError::TooLarge`](super::CallError::TooLarge) without being published.
+    pub max_body: usize,
+    /// The exact version (`sha256:<hex>`) every call asks for; a node
+    /// that does not hold it answers `unknown-version`. `None` runs the
+    /// current version.
+    pub version: Option<String>,
+}
+
+impl Default for CenterOptions {
+    fn default() -> Self {
+        CenterOptions {
+            queue: crate::queues::DEFAULT_QUEUE.into(),
+            timeout: Duration::from_secs(30),
+            retries: 3,
+            reply_mode: ReplyMode::Queue,
+            max_body: DEFAULT_MAX_BODY,
+            version: None,
+        }
+    }
+}
+
+/// Where a [`Center`](super::Center)'s replies come back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplyMode {
+    /// A private, exclusive reply queue, declared by the center.
+    #[default]
+    Queue,
+    /// RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`): no queue at
+    /// all; the broker routes replies straight to the center's channel.
+    Direct,
+}

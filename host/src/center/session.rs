@@ -1,0 +1,169 @@
+//! One connection with its reply consumer, and one request's round trip
+//! on it.
+
+use super::{
+    CallError, ReplyMode, Shared,
+    reply::{Reply, into_reply},
+    router::{Answer, Pending, Waiting, route_replies},
+};
+use crate::{
+    amqp::{self, DIRECT_REPLY_TO, Routed},
+    lock::lock,
+    wire,
+};
+use lapin::{
+    BasicProperties, Channel, Connection,
+    options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{FieldTable, ShortString},
+};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+use tokio::{sync::oneshot, time::Instant};
+
+/// One connection with its reply queue and the calls waiting on it.
+pub(super) struct Session {
+    pub(super) connection: Connection,
+    channel: Channel,
+    pub(super) reply_queue: ShortString,
+    pending: Arc<Pending>,
+    /// Cleared when the reply consumer ends: no reply can arrive any more.
+    alive: Arc<AtomicBool>,
+    /// Whether this session replaced a lost one.
+    pub(super) reconnected: bool,
+}
+
+impl Session {
+    /// Connects and starts consuming replies: from a new private reply
+    /// queue, or by direct reply-to. Bounded: while a broker starts up it
+    /// may accept the connection and not answer on it.
+    pub(super) async fn open(
+        url: &str,
+        reply_mode: ReplyMode,
+        reconnected: bool,
+    ) -> Result<Session, amqp::ConnectError> {
+        let connection = amqp::connect(url).await?;
+        let setup = tokio::time::timeout(amqp::ANSWER_TIMEOUT, async {
+            let channel = connection.create_channel().await?;
+            // Confirms tell a request the broker could not route (no such
+            // queue) at once, instead of after the timeout.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            let reply_queue = match reply_mode {
+                ReplyMode::Queue => channel
+                    .queue_declare(
+                        "".into(),
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            auto_delete: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?
+                    .name()
+                    .clone(),
+                // Consumed (no-ack) on the channel that publishes, before
+                // the first publish, as RabbitMQ requires.
+                ReplyMode::Direct => DIRECT_REPLY_TO.into(),
+            };
+            let replies = channel
+                .basic_consume(
+                    reply_queue.clone(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, reply_queue, replies))
+        });
+        let (channel, reply_queue, replies) = match setup.await {
+            Ok(set_up) => set_up.map_err(|source| amqp::ConnectError::setup(url, source))?,
+            Err(_) => return Err(amqp::ConnectError::no_answer(url)),
+        };
+
+        let pending = Arc::new(Pending::default());
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(route_replies(replies, pending.clone(), alive.clone()));
+        Ok(Session {
+            connection,
+            channel,
+            reply_queue,
+            pending,
+            alive,
+            reconnected,
+        })
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && self.channel.status().connected()
+    }
+
+    /// Publishes one request on this session and waits for its reply. The
+    /// request expires at `deadline`, when nobody waits for it any more.
+    pub(super) async fn publish_and_wait(
+        &self,
+        shared: &Shared,
+        correlation_id: &str,
+        body: &[u8],
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let (sender, receiver) = oneshot::channel();
+        let _waiting = Waiting::register(&self.pending, correlation_id.to_owned(), sender);
+        // Checked after registering: the reply router clears the map after
+        // it marks the session dead, so either this sees it dead or the
+        // clearing drops the sender registered above.
+        if !self.alive.load(Ordering::Acquire) {
+            return Err(CallError::ConnectionLost);
+        }
+
+        let properties = BasicProperties::default()
+            .with_reply_to(self.reply_queue.clone())
+            .with_correlation_id(correlation_id.into());
+        let properties = match &shared.version {
+            Some(digest) => wire::with_version(properties, digest),
+            None => properties,
+        };
+        let properties = wire::with_expiry(
+            properties,
+            deadline.saturating_duration_since(Instant::now()),
+        );
+        let routed = amqp::publish_mandatory(&self.channel, shared.queue.clone(), body, properties)
+            .await
+            .map_err(CallError::Publish)?;
+        match routed {
+            Routed::Queued => {}
+            Routed::Returned(returned) => {
+                let returned_id = returned.delivery.properties.correlation_id();
+                match returned_id.as_ref().map(ShortString::as_str) {
+                    Some(id) if id == correlation_id => {
+                        return Err(CallError::NoRoute(shared.queue.to_string()));
+                    }
+                    // The client paired another call's return with this
+                    // publish; that call learns it here, and this one's
+                    // return, if any, reaches it the same way.
+                    Some(id) => {
+                        if let Some(other) = lock(&self.pending).remove(id) {
+                            let _ = other.send(Answer::Returned);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            Routed::Refused => return Err(CallError::Refused),
+        }
+
+        // The sender is dropped without an answer only when the reply
+        // consumer ends, that is when the connection is gone.
+        match receiver.await {
+            Ok(Answer::Reply(delivery)) => into_reply(*delivery),
+            Ok(Answer::Returned) => Err(CallError::NoRoute(shared.queue.to_string())),
+            Err(_) => Err(CallError::ConnectionLost),
+        }
+    }
+}

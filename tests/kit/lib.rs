@@ -1,0 +1,38 @@
+//! The test kit: what every scenario against the real broker needs.
+//!
+//! # Layout
+//!
+//! - `broker`: the broker's address, unique queue names, declaring and
+//!   deleting queues, and a guard that deletes a test's queues however
+//!   the test ends.
+//! - `modules`: the built compute modules and private directories of
+//!   module files.
+//! - `node`: a compute node running inside the test.
+//! - `process`: a server (the `compute` binary, a bench's echo server)
+//!   running as a process of its own.
+//! - `load`: calls kept going through a [`Center`](compute_host::Center),
+//!   a fixed batch or a steady load, and what each call saw.
+//! - `raw`: a bare AMQP client, for what is on the wire byte by byte.
+//! - `python`: the Python peers (pika).
+//! - `metrics`: scraping a node's Prometheus metrics.
+//! - `eventually`: waiting for a condition, never for a fixed time.
+
+mod broker;
+mod eventually;
+mod load;
+mod metrics;
+mod modules;
+mod node;
+mod process;
+mod python;
+mod raw;
+
+pub use broker::{QueueGuard, amqp_url, center, declare_queue, delete_queue, unique_queue};
+pub use eventually::eventually;
+pub use load::{Call, Calls, Load, Tally};
+pub use metrics::{scrape, wait_for_metric};
+pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
+pub use node::RunningNode;
+pub use process::{ServerProcess, compute_command};
+pub use python::{python, python_command, python_output};
+pub use raw::RawClient;
