@@ -25,9 +25,13 @@ pub enum LogFormat {
 /// when unset.
 pub fn init_tracing(default: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A log line that cannot be written (stderr a pipe whose reader has
+    // gone) is dropped: reporting it would write to stderr again, and
+    // `eprintln!` panics there.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),

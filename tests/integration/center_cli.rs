@@ -1,19 +1,27 @@
 //! The `center` command as a user runs it.
 
 use clap::Parser as _;
-use compute_host::cli::center::{self, CenterArgs, Summary};
+use compute_host::cli::{
+    center::{self, CenterArgs},
+    stats::Stats,
+};
 use std::time::{Duration, Instant};
 use testkit::{RunningNode, amqp_url, declare_queue, delete_queue, increase_module, unique_queue};
 
 /// Runs `center` with `args` and empty stdin; returns what it printed.
-async fn run_center(args: &[&str]) -> (anyhow::Result<Summary>, String) {
+async fn run_center(args: &[&str]) -> (anyhow::Result<Stats>, String) {
+    run_center_reading(args, b"").await
+}
+
+/// Runs `center` with `args` and `stdin`; returns what it printed.
+async fn run_center_reading(args: &[&str], stdin: &[u8]) -> (anyhow::Result<Stats>, String) {
     let url = amqp_url();
     let argv = ["center", "--amqp-url", &url]
         .into_iter()
         .chain(args.iter().copied());
     let args = CenterArgs::try_parse_from(argv).expect("valid arguments");
     let mut output = Vec::new();
-    let result = center::run(args, tokio::io::empty(), &mut output).await;
+    let result = center::run(args, stdin, &mut output).await;
     (result, String::from_utf8(output).unwrap())
 }
 
@@ -28,7 +36,21 @@ async fn center_prints_each_result_in_input_order() {
         "increase(10) = 11\nincrease(20) = 21\nincrease(30) = 31\n"
     );
     let summary = summary.unwrap();
-    assert_eq!((summary.ok, summary.failed), (3, 0));
+    assert_eq!((summary.ok(), summary.failed()), (3, 0));
+
+    node.stop().await;
+}
+
+/// Inputs from stdin, one per line: blank lines (a trailing one, one of
+/// spaces, a Windows line end) are no inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_skips_blank_lines_of_stdin() {
+    let node = RunningNode::start(&unique_queue("cli-blank")).await;
+
+    let stdin = b"10\n\n   \r\n20\r\n\n";
+    let (summary, output) = run_center_reading(&["--queue", &node.queue], stdin).await;
+    assert_eq!(output, "increase(10) = 11\nincrease(20) = 21\n");
+    assert_eq!(summary.unwrap().count(), 2);
 
     node.stop().await;
 }
@@ -57,9 +79,9 @@ async fn center_json_prints_one_object_per_input() {
         "{error}"
     );
     let summary = summary.unwrap();
-    assert_eq!((summary.ok, summary.failed), (1, 1));
+    assert_eq!((summary.ok(), summary.failed()), (1, 1));
 
-    let stats: serde_json::Value = serde_json::from_str(&summary.stats.to_json()).unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&summary.to_json()).unwrap();
     let stats = stats["stats"].as_object().unwrap();
     let keys: Vec<&str> = stats.keys().map(String::as_str).collect();
     assert_eq!(
@@ -91,7 +113,7 @@ async fn center_without_a_node_times_out_each_request() {
          compute(3) failed: timeout: no reply within 1 s\n"
     );
     let summary = summary.unwrap();
-    assert_eq!((summary.ok, summary.failed), (0, 3));
+    assert_eq!((summary.ok(), summary.failed()), (0, 3));
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert!(
         elapsed < Duration::from_secs(5),
@@ -116,7 +138,7 @@ async fn center_with_no_such_queue_fails_each_request_at_once() {
         expected.clone() + &expected.replace("compute(1)", "compute(2)")
     );
     let summary = summary.unwrap();
-    assert_eq!((summary.ok, summary.failed), (0, 2));
+    assert_eq!((summary.ok(), summary.failed()), (0, 2));
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",

@@ -407,7 +407,7 @@ async fn one_bad_input_fails_only_itself_in_the_center() {
     assert!(lines[1].contains("failed: bad-request"), "{output}");
     assert!(lines[2].contains("failed: too-large"), "{output}");
     assert_eq!(lines[3], "increase(3) = 4");
-    assert_eq!((summary.ok, summary.failed), (2, 2));
+    assert_eq!((summary.ok(), summary.failed()), (2, 2));
 }
 
 /// Thousands of requests with random properties (not UTF-8 half the

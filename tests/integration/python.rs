@@ -62,7 +62,7 @@ async fn our_center_calls_the_python_node() {
         String::from_utf8(output).unwrap(),
         "compute(10) = 11\ncompute(20) = 21\ncompute(30) = 31\n"
     );
-    assert_eq!((summary.ok, summary.failed), (3, 0));
+    assert_eq!((summary.ok(), summary.failed()), (3, 0));
 
     node.kill().await.unwrap();
     delete_queue(&queue).await;

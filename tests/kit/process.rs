@@ -1,7 +1,10 @@
 //! A server running as a process of its own, so a test can kill it or
 //! stop it with a signal.
 
-use crate::{broker::amqp_url, eventually::eventually};
+use crate::{
+    broker::{QueueGuard, amqp_url},
+    eventually::eventually,
+};
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -41,6 +44,8 @@ fn package_binary(name: &str) -> PathBuf {
 pub struct ServerProcess {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// The queues deleted when the server is dropped, after it is killed.
+    queues: QueueGuard,
 }
 
 impl ServerProcess {
@@ -53,7 +58,9 @@ impl ServerProcess {
             .arg("--module")
             .arg(module)
             .args(args);
-        Self::start(&mut command, "waiting for requests").await
+        let mut node = Self::start(&mut command, "waiting for requests").await;
+        node.queues.add(queue);
+        node
     }
 
     /// Starts `command` and waits until a line of its stderr holds `ready`.
@@ -82,7 +89,11 @@ impl ServerProcess {
                 }
             }
         });
-        let server = ServerProcess { child, log };
+        let server = ServerProcess {
+            child,
+            log,
+            queues: QueueGuard::default(),
+        };
         if tokio::time::timeout(Duration::from_secs(30), running)
             .await
             .is_err()

@@ -3,7 +3,7 @@
 
 use clap::Parser as _;
 use compute_host::cli::{self, compute::ComputeArgs};
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -13,7 +13,8 @@ async fn main() -> ExitCode {
     match cli::compute::run(args).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("compute: {err:#}");
+            // Not `eprintln!`, which panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "compute: {err:#}");
             ExitCode::from(2)
         }
     }

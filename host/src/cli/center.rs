@@ -10,11 +10,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures_util::{StreamExt as _, stream};
 use std::{
-    io::Write,
+    io::{IsTerminal as _, Write},
     num::NonZeroUsize,
+    process::ExitCode,
     time::{Duration, Instant},
 };
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
 use tracing::warn;
 
 /// Sends each input to a compute node and prints each result.
@@ -119,19 +120,57 @@ fn parse_digest(text: &str) -> Result<String, String> {
     }
 }
 
-/// How a run went.
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Requests that got a result.
-    pub ok: u64,
-    /// Requests that got an error reply, timed out or were lost.
-    pub failed: u64,
-    /// Counts by kind and latencies, for `--stats`.
-    pub stats: Stats,
+/// The `center` program once its arguments are parsed: runs, prints the
+/// summary with `--stats`, and says how it went: 0 when every request
+/// succeeded, 1 when any failed, 2 when the run itself could not proceed
+/// (the broker, reading or writing).
+pub async fn main(args: CenterArgs) -> ExitCode {
+    let (stats, json) = (args.stats, args.json);
+    let input = tokio::io::stdin();
+    if args.inputs.is_empty() && std::io::stdin().is_terminal() {
+        eprintln_or_ignore(format_args!(
+            "center: reading inputs from standard input, one per line; end with Ctrl-D"
+        ));
+    }
+    match run(args, BufReader::new(input), std::io::stdout().lock()).await {
+        Ok(summary) => {
+            if stats {
+                let text = if json {
+                    summary.to_json()
+                } else {
+                    summary.to_text()
+                };
+                eprintln_or_ignore(format_args!("{text}"));
+            }
+            if summary.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        // `center ... | head` closing the pipe early is not an error.
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln_or_ignore(format_args!("center: {err:#}"));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `eprintln!` without its panic when stderr is a closed pipe.
+fn eprintln_or_ignore(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Sends every input (from the arguments, or else one per line of
-/// `input`) and writes one line per input to `output`, in input order.
+/// `input`, blank lines skipped) and writes one line per input to
+/// `output`, in input order.
 ///
 /// Inputs are read as requests go out, with at most `--concurrency` in
 /// flight, so a long input needs no more memory than a short one.
@@ -139,12 +178,12 @@ pub struct Summary {
 /// # Errors
 ///
 /// When the broker cannot be reached or reading or writing fails; a
-/// request that fails is counted in the [`Summary`] instead.
+/// request that fails is counted in the [`Stats`] instead.
 pub async fn run(
     args: CenterArgs,
     input: impl AsyncBufRead + Unpin + Send,
     mut output: impl Write,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<Stats> {
     let options = CenterOptions {
         queue: args.target_queue(),
         timeout: args.timeout,
@@ -189,6 +228,11 @@ pub async fn run(
                 Err(err) => Some((Err(err), input)),
             }
         })
+        // A blank line (a trailing one, say) is no input.
+        .filter(|line| {
+            let blank = matches!(line, Ok(line) if line.trim_ascii().is_empty());
+            std::future::ready(!blank)
+        })
         .boxed()
     } else {
         stream::iter(args.inputs.into_iter().map(|input| Ok(input.into_bytes()))).boxed()
@@ -205,17 +249,13 @@ pub async fn run(
         })
         .buffered(args.concurrency.get());
 
-    let mut summary = Summary::default();
+    let mut stats = Stats::default();
     let progress = Progress::on_terminal();
     while let Some(next) = results.next().await {
         let (input, result, latency) = next.context("cannot read standard input")?;
         let input = String::from_utf8_lossy(&input);
-        match &result {
-            Ok(_) => summary.ok += 1,
-            Err(_) => summary.failed += 1,
-        }
-        summary.stats.record(&result, latency);
-        progress.update(&summary.stats);
+        stats.record(&result, latency);
+        progress.update(&stats);
         let line = if args.json {
             json_line(&input, &result)
         } else {
@@ -227,7 +267,7 @@ pub async fn run(
     }
     progress.finish();
     center.close().await;
-    Ok(summary)
+    Ok(stats)
 }
 
 /// What answered `result`, when anything did.

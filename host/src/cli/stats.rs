@@ -69,6 +69,11 @@ impl Stats {
         self.latency_us.len()
     }
 
+    /// Calls that succeeded.
+    pub fn ok(&self) -> u64 {
+        self.ok
+    }
+
     /// Calls that failed, of any kind.
     pub fn failed(&self) -> u64 {
         self.errors.values().sum()

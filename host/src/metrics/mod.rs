@@ -1,0 +1,207 @@
+//! Prometheus metrics of a compute node, served in the text format on
+//! `--metrics-addr` (`GET /metrics`).
+//!
+//! Requests are counted by function and outcome as they are answered; the
+//! module's swaps, failed reloads and current digest are read from the
+//! [`LiveModule`] at each scrape, so the table of functions knows nothing
+//! of metrics.
+//!
+//! # Layout
+//!
+//! - this file: the node's metrics and the per-request counting.
+//! - `modules`: each function's versions, read at each scrape.
+//! - `http`: the small HTTP/1 server that answers scrapes.
+
+mod http;
+mod modules;
+
+pub(crate) use http::{BindError, bind};
+
+use crate::{live::LiveModule, lock::lock};
+use modules::ModuleCollector;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub(crate) use prometheus_client::metrics::gauge::Gauge;
+
+/// Sets a gauge back to 0 when dropped, however its owner ends.
+pub(crate) struct ClearOnDrop(pub(crate) Gauge);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.set(0);
+    }
+}
+
+/// What happened to a request: `ok`, an error kind (`bad-request`,
+/// `compute-failed`, `timeout`, `too-large`), `rejected` (no `reply_to`)
+/// or `requeued` (its reply could not be published).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    function: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    function: String,
+}
+
+/// The per-request metrics, recorded by the request handler.
+#[derive(Debug)]
+pub(crate) struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    guest_seconds: Family<FunctionLabel, Histogram>,
+    request_seconds: Family<FunctionLabel, Histogram>,
+    in_flight: Gauge,
+}
+
+impl RequestMetrics {
+    /// Counts a request that started; the guard counts it finished.
+    pub(crate) fn start(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Requests being computed or replied to.
+    pub(crate) fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// Records how long a guest call took.
+    pub(crate) fn guest_call(&self, function: &str, took: Duration) {
+        observe(&self.guest_seconds, function, took);
+    }
+
+    /// Counts a request settled with `outcome`.
+    pub(crate) fn settled(&self, function: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                function: function.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records the time from the start of computing to the ack (compute,
+    /// reply, the broker's confirm).
+    pub(crate) fn answered(&self, function: &str, took: Duration) {
+        observe(&self.request_seconds, function, took);
+    }
+}
+
+fn observe(histograms: &Family<FunctionLabel, Histogram>, function: &str, took: Duration) {
+    let label = FunctionLabel {
+        function: function.to_owned(),
+    };
+    histograms.get_or_create(&label).observe(took.as_secs_f64());
+}
+
+/// A request in flight; counted down when dropped, however it ends.
+pub(crate) struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The functions a node serves, by name, for the module metrics.
+type Modules = Mutex<BTreeMap<String, Arc<LiveModule>>>;
+
+/// A node's metrics, for all the functions it serves: the registry to
+/// encode and the request metrics to record into.
+pub(crate) struct NodeMetrics {
+    registry: Registry,
+    pub(crate) requests: Arc<RequestMetrics>,
+    /// 1 while the broker blocks publishing (a memory or disk alarm).
+    pub(crate) broker_blocked: Gauge,
+    modules: Arc<Modules>,
+}
+
+impl NodeMetrics {
+    /// Adds a function's module metrics (swaps, reload failures, digest).
+    pub(crate) fn add_function(&self, name: &str, live: Arc<LiveModule>) {
+        lock(&self.modules).insert(name.to_owned(), live);
+    }
+
+    /// Drops a function's module metrics once it is no longer served,
+    /// unless a function of the same name has been added since.
+    pub(crate) fn remove_function(&self, name: &str, live: &Arc<LiveModule>) {
+        let mut modules = lock(&self.modules);
+        if modules
+            .get(name)
+            .is_some_and(|kept| Arc::ptr_eq(kept, live))
+        {
+            modules.remove(name);
+        }
+    }
+
+    pub(crate) fn new() -> Self {
+        // 50 µs to about 26 s, doubling: a guest call is microseconds, a
+        // request with its confirm milliseconds, a runaway its deadline.
+        let buckets = || Histogram::new(exponential_buckets(50e-6, 2.0, 20));
+        let requests = Arc::new(RequestMetrics {
+            requests: Family::default(),
+            guest_seconds: Family::new_with_constructor(buckets),
+            request_seconds: Family::new_with_constructor(buckets),
+            in_flight: Gauge::default(),
+        });
+        let mut registry = Registry::with_prefix("compute");
+        registry.register(
+            "requests",
+            "Requests answered, by function and outcome",
+            requests.requests.clone(),
+        );
+        registry.register(
+            "guest_call_seconds",
+            "Time in the guest: instantiating and running the function",
+            requests.guest_seconds.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time from taking a request to its ack: compute, reply, the broker's confirm",
+            requests.request_seconds.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests being computed or replied to",
+            requests.in_flight.clone(),
+        );
+        let broker_blocked = Gauge::default();
+        registry.register(
+            "broker_blocked",
+            "1 while RabbitMQ blocks this node's publishing (a memory or disk alarm)",
+            broker_blocked.clone(),
+        );
+        let modules = Arc::new(Modules::default());
+        registry.register_collector(Box::new(ModuleCollector {
+            modules: modules.clone(),
+        }));
+        NodeMetrics {
+            registry,
+            requests,
+            broker_blocked,
+            modules,
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
