@@ -46,6 +46,21 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
             None,
         ));
     }
+    // The client reports a host name that does not resolve as an
+    // "uncategorized error": resolving it first says what is wrong. A URL
+    // that does not parse is left to the client's own message.
+    if let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() {
+        let host = uri.authority.host;
+        let lookup = tokio::net::lookup_host((host.as_str(), uri.authority.port));
+        if let Ok(Err(err)) = tokio::time::timeout(ANSWER_TIMEOUT, lookup).await {
+            return Err(ConnectError::new(
+                url,
+                format!("cannot resolve the host name {host:?}: {err}"),
+                "check the host in the URL",
+                None,
+            ));
+        }
+    }
     let connect = Connection::connect(url, ConnectionProperties::default());
     let Ok(connected) = tokio::time::timeout(ANSWER_TIMEOUT, connect).await else {
         return Err(ConnectError::new(

@@ -61,6 +61,24 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// An error and its causes on one line, for a person: each cause is added
+/// after a colon unless the message so far already says it (many errors
+/// put their cause in their own message, and `{:#}` would repeat it).
+pub fn explain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 /// A duration given in seconds, fractions allowed (`0.5`).
 pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -76,8 +94,19 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_seconds;
+    use super::{explain, parse_seconds};
     use std::time::Duration;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let inner = anyhow::Error::new(io).context("cannot read m.wasm: no such file");
+        let outer = inner.context("m.wasm is not a usable module");
+        assert_eq!(
+            explain(&outer),
+            "m.wasm is not a usable module: cannot read m.wasm: no such file"
+        );
+    }
 
     #[test]
     fn seconds_accept_fractions_and_refuse_nonsense() {

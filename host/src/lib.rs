@@ -25,8 +25,8 @@
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
-//!   connection and one reply queue, matched by correlation id, sent again
-//!   after a lost connection.
+//!   connection, replies (from a reply queue or by direct reply-to)
+//!   matched by correlation id, calls sent again after a lost connection.
 //! - `escaped` (private): text from clients and guests, its control
 //!   characters escaped for the log.
 //! - `lock` (private): locking a mutex that a panic may have poisoned,

@@ -7,6 +7,7 @@ mod faults;
 mod functions;
 mod hostile;
 mod library;
+mod messages;
 mod metrics;
 mod pinning;
 mod python;

@@ -1,6 +1,6 @@
 //! The center: an RPC client that keeps many requests in flight over one
-//! connection and one reply queue, and matches each reply to its request
-//! by correlation id.
+//! connection, takes the replies from one reply queue (or by direct
+//! reply-to), and matches each reply to its request by correlation id.
 //!
 //! When the connection is lost (a broker restart), every call waiting on
 //! it is sent again on a new connection, up to [`CenterOptions::retries`]

@@ -21,7 +21,12 @@ use tracing::warn;
 /// Sends each input to a compute node and prints each result.
 #[derive(Debug, Parser)]
 // `--version` pins a module version, so the program's own version is `-V`.
-#[command(name = "center", version, disable_version_flag = true)]
+#[command(
+    name = "center",
+    version,
+    disable_version_flag = true,
+    after_help = AFTER_HELP
+)]
 pub struct CenterArgs {
     /// The inputs, one request each. Without any, reads one input per line
     /// from standard input.
@@ -41,11 +46,13 @@ pub struct CenterArgs {
     #[arg(long, value_name = "PREFIX", default_value = "compute")]
     pub queue_prefix: String,
 
-    /// The broker to connect to.
+    /// The broker to connect to. `amqps://` needs a build with TLS
+    /// (`--features compute-host/tls`).
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
     pub amqp_url: amqp::Redacted,
 
-    /// How long each request waits for its reply, in seconds.
+    /// How long each call may take, in seconds: publishing, waiting for
+    /// the reply, and any reconnecting and sending again.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
     pub timeout: Duration,
 
@@ -54,13 +61,13 @@ pub struct CenterArgs {
     #[arg(long, value_name = "N", default_value = "3")]
     pub retries: u32,
 
-    /// Where replies come back: a private reply queue, or RabbitMQ's
-    /// direct reply-to.
+    /// Where replies come back: `queue`, a private reply queue the center
+    /// declares, or `direct`, RabbitMQ's direct reply-to (no queue).
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReplyMode::Queue)]
     pub reply_mode: ReplyMode,
 
     /// Requests in flight at once.
-    #[arg(long, value_name = "K", default_value = "256")]
+    #[arg(long, value_name = "K", default_value = "256", value_parser = parse_at_least_one)]
     pub concurrency: NonZeroUsize,
 
     /// The largest input sent, in bytes; a larger one fails on its own
@@ -102,6 +109,23 @@ impl CenterArgs {
             None => self.queue.clone(),
         }
     }
+}
+
+/// What `center --help` ends with.
+const AFTER_HELP: &str = "\
+Exit status: 0 when every request succeeded, 1 when any failed (each
+failure has its own line), 2 when the run could not proceed (the broker,
+reading or writing). RUST_LOG sets what is logged to stderr.
+
+Examples:
+  center 10 20 30
+  seq 1 100000 | center --concurrency 128 --stats
+  center --function square --json 7";
+
+/// A count of at least 1.
+fn parse_at_least_one(text: &str) -> Result<NonZeroUsize, String> {
+    text.parse()
+        .map_err(|_| format!("expected a whole number of at least 1, got {text:?}"))
 }
 
 /// A module digest: `sha256:` and 64 lowercase hex digits.
@@ -151,7 +175,7 @@ pub async fn main(args: CenterArgs) -> ExitCode {
         // `center ... | head` closing the pipe early is not an error.
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln_or_ignore(format_args!("center: {err:#}"));
+            eprintln_or_ignore(format_args!("center: {}", super::explain(&err)));
             ExitCode::from(2)
         }
     }

@@ -15,13 +15,21 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 /// A compute node: answers RabbitMQ requests with a WebAssembly function.
 #[derive(Debug, Parser)]
-#[command(name = "compute", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "compute",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
 pub struct ComputeArgs {
     /// A registry command instead of serving.
     #[command(subcommand)]
     pub command: Option<RegistryCommand>,
 
-    /// The compute module (a WebAssembly component) to serve.
+    /// The compute module (a WebAssembly component) to serve; a relative
+    /// PATH is relative to the current directory. The file is watched: a
+    /// new version written there (best by renaming a finished file over
+    /// it) is swapped in without a restart, and SIGHUP reads it at once.
     #[arg(long, value_name = "PATH", default_value = "modules/increase.wasm")]
     pub module: PathBuf,
 
@@ -56,7 +64,8 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
     pub queue_prefix: String,
 
-    /// The broker to connect to.
+    /// The broker to connect to. `amqps://` needs a build with TLS
+    /// (`--features compute-host/tls`).
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
     pub amqp_url: amqp::Redacted,
 
@@ -88,8 +97,8 @@ pub struct ComputeArgs {
     pub max_body: usize,
 
     /// Serve Prometheus metrics on this address (`GET /metrics`), for
-    /// example `127.0.0.1:9464`.
-    #[arg(long, value_name = "ADDR")]
+    /// example `127.0.0.1:9464` or `localhost:9464`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// How logs are written to stderr: `text`, or `json`, one object per
@@ -150,12 +159,51 @@ impl ComputeArgs {
     }
 }
 
+/// What `compute --help` ends with.
+const AFTER_HELP: &str = "\
+Logs go to stderr; RUST_LOG sets what is logged, for example
+RUST_LOG=compute_host=debug for a line per request.
+
+Exit status: 0 after a clean stop (Ctrl-C or SIGTERM: the requests in
+flight are answered first), 2 when the node cannot start.
+
+Examples:
+  compute --module modules/increase.wasm
+  compute --modules modules/ --metrics-addr 127.0.0.1:9464
+  compute --registry --trusted-key deployer.pub";
+
+/// An address to listen on, `HOST:PORT`, the host a name or an IP.
+fn parse_listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let expected = || {
+        format!(
+            "expected HOST:PORT to listen on, such as 127.0.0.1:9464 or localhost:9464; got {text:?}"
+        )
+    };
+    text.to_socket_addrs()
+        .map_err(|err| format!("{}: {err}", expected()))?
+        .next()
+        .ok_or_else(expected)
+}
+
 /// Serves until Ctrl-C or SIGTERM, then drains and exits.
 pub async fn run(args: ComputeArgs) -> anyhow::Result<ExitCode> {
     if let Some(command) = args.command {
         return super::registry::run(command).await;
     }
-    node::run(args.config()?, super::shutdown_signal()).await?;
+    let config = args.config()?;
+    if let Source::Module { path, .. } = &config.source
+        && path.is_relative()
+        && !path.exists()
+    {
+        let here = std::env::current_dir().unwrap_or_default();
+        anyhow::bail!(
+            "no file {} (relative to the current directory, {}); give --module PATH",
+            path.display(),
+            here.display()
+        );
+    }
+    node::run(config, super::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -177,6 +225,22 @@ mod tests {
             assert!(!debug.contains("secret"), "{debug}");
             assert!(debug.contains("amqp://u:***@h/%2f"), "{debug}");
         }
+    }
+
+    #[test]
+    fn a_metrics_address_may_name_its_host() {
+        let parse = |text: &str| {
+            ComputeArgs::try_parse_from(["compute", "--metrics-addr", text])
+                .map(|args| args.metrics_addr)
+        };
+        let local = parse("localhost:9464").unwrap().unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 9464, "{local}");
+        assert_eq!(
+            parse("0.0.0.0:9464").unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+        let err = parse("9464").unwrap_err().to_string();
+        assert!(err.contains("expected HOST:PORT"), "{err}");
     }
 
     #[test]

@@ -337,8 +337,24 @@ async fn close(channel: &Channel) {
 /// Why a function's queue could not be consumed.
 #[derive(Debug, thiserror::Error)]
 enum SetUpError {
-    #[error("cannot declare queue {queue:?}: {source}")]
+    #[error("cannot declare queue {queue:?}: {source}{}", declare_hint(source))]
     Declare { queue: String, source: lapin::Error },
     #[error(transparent)]
     Channel(#[from] lapin::Error),
+}
+
+/// What to do about a refused queue declaration, when the broker's reply
+/// code says.
+fn declare_hint(error: &lapin::Error) -> &'static str {
+    match error.kind() {
+        // 406 PRECONDITION_FAILED: the queue exists with other arguments.
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+            " (the queue exists with other settings, declared by another client: delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
+        }
+        // 403 ACCESS_REFUSED: the user may not configure that queue.
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => {
+            " (the broker user may not declare this queue: check its permissions, `rabbitmqctl list_permissions`)"
+        }
+        _ => "",
+    }
 }

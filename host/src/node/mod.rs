@@ -257,6 +257,9 @@ impl ComputeNode {
                 for update in dir.scan().await {
                     table.apply(update).await;
                 }
+                if table.is_empty() {
+                    warn!(dir = %path.display(), "no usable module (NAME.wasm) in the directory yet; each is served as it appears");
+                }
                 (spawn_table(table, updated), dir.follow(updates))
             }
             Source::Registry {

@@ -48,9 +48,11 @@ impl DirSource {
     ///
     /// When the directory cannot be read or watched.
     pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
+        // Read first: the watcher's own error for a missing directory
+        // says less.
+        module_files(dir)?;
         let (changed, changes) = mpsc::unbounded_channel();
         let watch = DirWatch::start(dir, changed).map_err(std::io::Error::other)?;
-        module_files(dir)?;
         Ok(DirSource {
             dir: dir.to_owned(),
             watch,
@@ -234,9 +236,7 @@ fn identity(dir: &Path) -> Option<(u64, u64)> {
 /// written before it is renamed into place.
 fn module_files(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
     let mut modules = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|err| {
-        std::io::Error::new(err.kind(), format!("cannot read {}: {err}", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)?;
     for entry in entries.flatten() {
         let path = entry.path();
         let Some(name) = path.file_stem().and_then(|stem| stem.to_str()) else {
