@@ -82,26 +82,44 @@ async fn stops_a_guest_that_never_returns() {
     assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
 }
 
+/// Every module in `modules/` loads and answers a request, whatever
+/// functions there are (a new one needs no line here); the ones whose
+/// results this test knows are checked by value.
 #[tokio::test]
 async fn every_built_module_computes_its_function() {
     let sandbox = Sandbox::new(Limits::default()).unwrap();
     let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules");
-    for (name, input, output) in [
-        ("increase", "7", "8"),
-        ("double", "7", "14"),
-        ("square", "7", "49"),
-        ("fib", "10", "55"),
-        ("triple", "7", "21"),
-        ("reverse", "abc", "cba"),
-    ] {
-        let module = sandbox.load(&modules.join(format!("{name}.wasm"))).unwrap();
-        assert_eq!(
-            module.compute(input.as_bytes()).await.unwrap(),
-            output.as_bytes(),
-            "{name}"
-        );
+    let known = [
+        ("increase", "8"),
+        ("double", "14"),
+        ("square", "49"),
+        ("fib", "13"),
+        ("triple", "21"),
+        ("reverse", "7"),
+    ];
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&modules).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "wasm") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let module = sandbox.load(&path).unwrap();
         assert!(module.digest().starts_with("sha256:") && module.digest().len() == 71);
+        let output = module
+            .compute(b"7")
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        if let Some((_, expected)) = known.iter().find(|(known, _)| *known == name) {
+            assert_eq!(output, expected.as_bytes(), "{name}");
+            checked += 1;
+        }
     }
+    assert_eq!(
+        checked,
+        known.len(),
+        "a known module is missing from modules/"
+    );
 }
 
 /// Modules built with Rust's std import WASI; the sandbox links it, with

@@ -234,3 +234,141 @@ impl FileSource {
         let _ = self.updates.send(update).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    /// A source for `dir/work.wasm` that has offered `served`, and what it
+    /// offers next.
+    fn source(dir: &Path, served: &[u8]) -> (FileSource, mpsc::Receiver<Update>) {
+        let (updates, offered) = mpsc::channel(4);
+        let path = dir.join("work.wasm");
+        let source = FileSource {
+            file_name: path.file_name().unwrap().into(),
+            path,
+            function: "work".into(),
+            updates,
+            offered: Some(Offered::Bytes {
+                digest: sandbox::digest(served),
+                settled: true,
+            }),
+            writing_since: None,
+        };
+        (source, offered)
+    }
+
+    fn event(kind: EventKind, path: &Path) -> notify::Result<notify::Event> {
+        Ok(notify::Event::new(kind).add_path(path.to_owned()))
+    }
+
+    fn scratch_dir() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("compute-file-source-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A completed write (close, rename, create) is looked at after
+    /// DEBOUNCE, and a burst of them makes one check at the earliest.
+    #[tokio::test(start_paused = true)]
+    async fn a_completed_write_is_checked_after_the_debounce() {
+        let dir = scratch_dir();
+        let (mut source, _offered) = source(&dir, b"v1");
+        let path = source.path.clone();
+        let start = Instant::now();
+        let planned = source.schedule(
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &path,
+            ),
+            None,
+        );
+        assert_eq!(planned, Some(start + DEBOUNCE));
+        tokio::time::advance(Duration::from_millis(2)).await;
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert_eq!(source.schedule(event(renamed, &path), planned), planned);
+        let created = EventKind::Create(CreateKind::File);
+        let elsewhere = dir.join("other.wasm");
+        assert_eq!(
+            source.schedule(event(created, &elsewhere), planned),
+            planned
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Plain writes push the check back until the file has been quiet for
+    /// QUIET; the writer closing the file brings it forward again.
+    #[tokio::test(start_paused = true)]
+    async fn plain_writes_wait_for_quiet_then_a_close_checks_at_once() {
+        let dir = scratch_dir();
+        let (mut source, _offered) = source(&dir, b"v1");
+        let path = source.path.clone();
+        let write = || {
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                &path,
+            )
+        };
+        let planned = source.schedule(write(), None);
+        assert_eq!(planned, Some(Instant::now() + QUIET));
+        tokio::time::advance(QUIET / 2).await;
+        let planned = source.schedule(write(), planned);
+        assert_eq!(planned, Some(Instant::now() + QUIET));
+        assert!(source.writing_since.is_some());
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        let planned = source.schedule(event(closed, &path), planned);
+        assert_eq!(planned, Some(Instant::now() + DEBOUNCE));
+        assert_eq!(source.writing_since, None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Bytes caught mid-write are offered as not settled, offered again
+    /// once SETTLE has passed without a completing event, and never a
+    /// third time; the version already served is never offered.
+    #[tokio::test(start_paused = true)]
+    async fn a_version_caught_mid_write_is_offered_again_once_settled() {
+        let dir = scratch_dir();
+        let (mut source, mut offered) = source(&dir, b"v1");
+        std::fs::write(&source.path, b"v1").unwrap();
+        source.check().await;
+        assert!(offered.try_recv().is_err(), "the served version again");
+
+        std::fs::write(&source.path, b"v2").unwrap();
+        source.writing_since = Some(Instant::now());
+        source.check().await;
+        let settled = |update: Update| match update.offer {
+            Offer::Bytes { settled, bytes, .. } => (bytes, settled),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            settled(offered.try_recv().unwrap()),
+            (b"v2".to_vec(), false)
+        );
+        source.check().await;
+        assert!(offered.try_recv().is_err(), "unsettled twice");
+
+        tokio::time::advance(SETTLE).await;
+        source.check().await;
+        assert_eq!(settled(offered.try_recv().unwrap()), (b"v2".to_vec(), true));
+        source.check().await;
+        assert!(offered.try_recv().is_err(), "settled twice");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A deleted file is offered as unreadable once, not at every check.
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_file_is_reported_once() {
+        let dir = scratch_dir();
+        let (mut source, mut offered) = source(&dir, b"v1");
+        source.check().await;
+        assert!(matches!(
+            offered.try_recv().unwrap().offer,
+            Offer::Unreadable { .. }
+        ));
+        source.check().await;
+        assert!(offered.try_recv().is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
