@@ -80,3 +80,36 @@ pub enum StartError {
     #[error(transparent)]
     QueueName(#[from] amqp::QueueNameError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a call sends again after a lost connection: only what may
+    /// never have reached a node. An answer of any kind, a missing queue
+    /// and a request too large are final.
+    #[test]
+    fn only_what_may_not_have_arrived_is_sent_again() {
+        let retried = [
+            CallError::ConnectionLost,
+            CallError::Refused,
+            CallError::Publish(PublishError::NoConfirm(Duration::from_secs(1))),
+        ];
+        for error in &retried {
+            assert!(error.lost_in_transit(), "{error}");
+        }
+        let final_ = [
+            CallError::Timeout(Duration::from_secs(1)),
+            CallError::NoRoute("q".into()),
+            CallError::TooLarge { size: 2, limit: 1 },
+            CallError::Remote {
+                kind: "bad-request".into(),
+                message: String::new(),
+                origin: Origin::default(),
+            },
+        ];
+        for error in &final_ {
+            assert!(!error.lost_in_transit(), "{error}");
+        }
+    }
+}
