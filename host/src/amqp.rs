@@ -2,8 +2,10 @@
 //! the password in an AMQP URL out of every message.
 
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
-    message::BasicReturnMessage, options::BasicPublishOptions, types::ShortString,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
+    message::BasicReturnMessage,
+    options::{BasicConsumeOptions, BasicPublishOptions},
+    types::{FieldTable, ShortString},
 };
 use std::{fmt, time::Duration};
 
@@ -129,6 +131,22 @@ impl ConnectError {
             Some(source),
         )
     }
+}
+
+/// Consumes `queue` without acks: each delivery is settled as it is sent,
+/// as replies, status answers and fanout listeners want (and direct
+/// reply-to requires).
+pub async fn consume_no_ack(
+    channel: &Channel,
+    queue: ShortString,
+) -> Result<Consumer, lapin::Error> {
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    channel
+        .basic_consume(queue, "".into(), no_ack, FieldTable::default())
+        .await
 }
 
 /// A queue name as AMQP carries it: at most 255 bytes. Checked wherever a

@@ -224,17 +224,7 @@ async fn the_center_drops_a_duplicate_reply() {
 
     // A node that answers its first request twice, then each once.
     let fake_node = tokio::spawn(async move {
-        let mut consumer = node
-            .channel
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                lapin::options::BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        let mut consumer = compute_host::amqp::consume_no_ack(&node.channel, queue.as_str().into())
             .await
             .unwrap();
         for answers in [&["first", "copy of first"][..], &["second"]] {

@@ -5,7 +5,7 @@ use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
     message::Delivery,
-    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
+    options::{BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use std::time::Duration;
@@ -36,16 +36,7 @@ impl RawClient {
             .unwrap()
             .name()
             .to_string();
-        let replies = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
+        let replies = compute_host::amqp::consume_no_ack(&channel, reply_queue.as_str().into())
             .await
             .unwrap();
         RawClient {

@@ -13,7 +13,7 @@ use crate::{
 };
 use lapin::{
     BasicProperties, Channel, Connection,
-    options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{ConfirmSelectOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
 use std::sync::{
@@ -69,17 +69,7 @@ impl Session {
                 // the first publish, as RabbitMQ requires.
                 ReplyMode::Direct => DIRECT_REPLY_TO.into(),
             };
-            let replies = channel
-                .basic_consume(
-                    reply_queue.clone(),
-                    "".into(),
-                    BasicConsumeOptions {
-                        no_ack: true,
-                        ..BasicConsumeOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            let replies = amqp::consume_no_ack(&channel, reply_queue.clone()).await?;
             Ok::<_, lapin::Error>((channel, reply_queue, replies))
         });
         let (channel, reply_queue, replies) = match setup.await {

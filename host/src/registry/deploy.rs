@@ -15,11 +15,7 @@ use crate::amqp::{self, ConnectError};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
-    },
-    types::FieldTable,
+    options::{BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -151,17 +147,7 @@ impl Registry {
     /// the answers that come within `wait`.
     pub async fn nodes(&self, wait: Duration) -> Result<Vec<NodeStatus>, DeployError> {
         let channel = self.connection.create_channel().await?;
-        let mut answers = channel
-            .basic_consume(
-                amqp::DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut answers = amqp::consume_no_ack(&channel, amqp::DIRECT_REPLY_TO.into()).await?;
         channel
             .basic_publish(
                 super::status_exchange(&self.stream).into(),

@@ -132,16 +132,5 @@ pub(crate) async fn listen(channel: &Channel, exchange: &str) -> Result<Consumer
             FieldTable::default(),
         )
         .await?;
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await
+    crate::amqp::consume_no_ack(channel, queue.name().clone()).await
 }
