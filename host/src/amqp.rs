@@ -1,13 +1,15 @@
 //! Connecting to RabbitMQ with an error a person can act on, and keeping
 //! the password in an AMQP URL out of every message.
 
+use crate::backoff::Backoff;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
     message::BasicReturnMessage,
     options::{BasicConsumeOptions, BasicPublishOptions},
     types::{FieldTable, ShortString},
 };
-use std::{fmt, time::Duration};
+use std::{fmt, future::Future, time::Duration};
+use tracing::{info, warn};
 
 /// The default broker: a local RabbitMQ with the default vhost.
 pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
@@ -32,6 +34,9 @@ pub struct ConnectError {
     // Not named `source`, which thiserror would chain: `cause` already
     // says what it says, and printing the chain (`{:#}`) would repeat it.
     client_error: Option<lapin::Error>,
+    /// Whether trying again later may succeed: nothing answered (yet), as
+    /// opposed to a broker that answered no (a refused login).
+    transient: bool,
 }
 
 /// Opens a connection to `url`, waiting at most [`ANSWER_TIMEOUT`] for the
@@ -46,6 +51,7 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
             "this build has no TLS, so it will not connect to an amqps:// URL in plain text".into(),
             "build with `--features compute-host/tls`, or use amqp:// on a trusted network",
             None,
+            false,
         ));
     }
     // The client reports a host name that does not resolve as an
@@ -60,6 +66,7 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
                 format!("cannot resolve the host name {host:?}: {err}"),
                 "check the host in the URL",
                 None,
+                true,
             ));
         }
     }
@@ -70,22 +77,25 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
             format!("no answer within {ANSWER_TIMEOUT:?}"),
             "is the broker starting up, or is something else listening there?",
             None,
+            true,
         ));
     };
     connected.map_err(|source| {
-        let (cause, hint) = match source.kind() {
+        let (cause, hint, transient) = match source.kind() {
             // "connection refused" reads better than the raw
             // "Connection refused (os error 111)".
             ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
                 io.kind().to_string(),
                 "is the broker running? (`rabbitmq-server -detached` starts a local one)",
+                true,
             ),
             _ => (
                 source.to_string(),
                 "check the URL, the user name and the password",
+                false,
             ),
         };
-        ConnectError::new(url, cause, hint, Some(source))
+        ConnectError::new(url, cause, hint, Some(source), transient)
     })
 }
 
@@ -95,13 +105,23 @@ impl ConnectError {
         cause: String,
         hint: &'static str,
         client_error: Option<lapin::Error>,
+        transient: bool,
     ) -> Self {
         ConnectError {
             url: Redacted(url.to_owned()),
             cause,
             hint,
             client_error,
+            transient,
         }
+    }
+
+    /// Whether trying again later may succeed: nothing answered, or the
+    /// host name did not resolve (yet), as when the broker is still
+    /// starting. A broker that answered no (a refused login, a missing
+    /// vhost) or a URL this build cannot serve will say the same again.
+    pub fn is_transient(&self) -> bool {
+        self.transient
     }
 
     /// The underlying client error, when the client library failed (and
@@ -118,18 +138,66 @@ impl ConnectError {
             format!("no answer within {ANSWER_TIMEOUT:?} while setting up"),
             "is the broker overloaded or in a resource alarm?",
             None,
+            true,
         )
     }
 
     /// The connection opened but setting up a channel or queue on it
     /// failed (for example a missing vhost permission).
     pub(crate) fn setup(url: &str, source: lapin::Error) -> Self {
+        // A connection lost while setting up may come back; a refusal
+        // will not.
+        let transient = matches!(source.kind(), ErrorKind::IOError(_));
         ConnectError::new(
             url,
             source.to_string(),
             "check that the user may declare and consume queues",
             Some(source),
+            transient,
         )
+    }
+}
+
+/// Tries `attempt` until it succeeds, fails for good, or `limit` has
+/// passed (`None`: no limit), waiting longer after each transient failure
+/// (up to `max_wait`), as a worker started before its broker should. The
+/// first transient failure is logged, once; the last one is the error.
+pub(crate) async fn patiently<T, Attempt>(
+    limit: Option<Duration>,
+    max_wait: Duration,
+    mut attempt: impl FnMut() -> Attempt,
+) -> Result<T, ConnectError>
+where
+    Attempt: Future<Output = Result<T, ConnectError>>,
+{
+    let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+    let mut backoff = Backoff::up_to(max_wait);
+    let mut said = false;
+    loop {
+        let error = match attempt().await {
+            Ok(connected) => {
+                if said {
+                    info!("RabbitMQ answers now");
+                }
+                return Ok(connected);
+            }
+            Err(error) => error,
+        };
+        let wait = backoff.next_wait();
+        let out_of_time =
+            deadline.is_some_and(|deadline| tokio::time::Instant::now() + wait > deadline);
+        if !error.is_transient() || out_of_time {
+            return Err(error);
+        }
+        if !said {
+            let until = match limit {
+                Some(limit) => format!("for up to {} s (--connect-timeout)", limit.as_secs_f64()),
+                None => "until it does (--connect-timeout bounds this)".to_owned(),
+            };
+            warn!(cause = %error, "RabbitMQ does not answer yet; trying again with backoff {until}");
+            said = true;
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -146,14 +146,16 @@ async fn center_with_no_such_queue_fails_each_request_at_once() {
     );
 }
 
-/// An unreachable broker is a clear, one-line error, with no password in
-/// it.
+/// An unreachable broker, tried for `--connect-timeout`, is a clear,
+/// one-line error, with no password in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn center_explains_an_unreachable_broker() {
     let args = CenterArgs::try_parse_from([
         "center",
         "--amqp-url",
         "amqp://user:hunter2@127.0.0.1:1/%2f",
+        "--connect-timeout",
+        "0.5",
         "1",
     ])
     .unwrap();

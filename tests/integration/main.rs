@@ -5,6 +5,7 @@
 mod center_cli;
 mod faults;
 mod functions;
+mod health;
 mod hostile;
 mod library;
 mod messages;

@@ -55,6 +55,8 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
                 module,
                 "--amqp-url",
                 "amqp://no-such-host.invalid:5672",
+                "--connect-timeout",
+                "0.5",
             ],
             vec![
                 "cannot resolve the host name \"no-such-host.invalid\"",
@@ -92,10 +94,14 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
     for (args, says) in cases {
         let (code, stderr) = compute_fails(&here.path, &args).await;
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-        assert!(stderr.starts_with("compute: "), "{args:?}: {stderr}");
+        // The one line that ends the run; before it, at most the node's
+        // own note that it tries again, never the client library's lines.
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("compute: "), "{args:?}: {stderr}");
+        assert!(stderr.lines().count() <= 2, "{args:?}: {stderr}");
+        assert!(!stderr.contains("lapin"), "{args:?}: {stderr}");
         for words in says {
-            assert!(stderr.contains(words), "{args:?}: {stderr}");
+            assert!(last.contains(words), "{args:?}: {stderr}");
         }
         assert!(!stderr.contains("not-the-password"), "{stderr}");
     }

@@ -12,6 +12,7 @@
 //!   running as a process of its own.
 //! - `load`: calls kept going through a [`Center`](compute_host::Center),
 //!   a fixed batch or a steady load, and what each call saw.
+//! - `proxy`: a broker address that answers only while the test wants.
 //! - `raw`: a bare AMQP client, for what is on the wire byte by byte.
 //! - `python`: the Python peers (pika).
 //! - `metrics`: scraping a node's Prometheus metrics.
@@ -24,15 +25,17 @@ mod metrics;
 mod modules;
 mod node;
 mod process;
+mod proxy;
 mod python;
 mod raw;
 
 pub use broker::{QueueGuard, amqp_url, center, declare_queue, delete_queue, unique_queue};
 pub use eventually::eventually;
 pub use load::{Call, Calls, Load, Tally};
-pub use metrics::{scrape, wait_for_metric};
+pub use metrics::{get, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
 pub use node::RunningNode;
 pub use process::{ServerProcess, compute_command};
+pub use proxy::BrokerProxy;
 pub use python::{python, python_command, python_output};
 pub use raw::RawClient;

@@ -135,10 +135,14 @@ impl Center {
 
     /// Connects to the broker at `url`, declares a private reply queue and
     /// starts consuming it, so no reply can arrive before anyone listens.
-    /// Waits at most [`amqp::ANSWER_TIMEOUT`] for the broker.
+    /// A broker that does not answer is tried again, for up to
+    /// [`CenterOptions::connect_timeout`].
     pub async fn connect_with(url: &str, options: CenterOptions) -> Result<Self, StartError> {
         let queue = amqp::queue_name(&options.queue)?;
-        let session = Session::open(url, options.reply_mode, false).await?;
+        let session = amqp::patiently(options.connect_timeout, backoff::CENTER_MAX_WAIT, || {
+            Session::open(url, options.reply_mode, false)
+        })
+        .await?;
         Ok(Center {
             shared: Arc::new(Shared {
                 url: url.to_owned(),

@@ -26,6 +26,11 @@ pub struct CenterOptions {
     /// that does not hold it answers `unknown-version`. `None` runs the
     /// current version.
     pub version: Option<String>,
+    /// How long [`Center::connect_with`](super::Center::connect_with)
+    /// tries a broker that does not answer, waiting longer after each
+    /// try; `None` tries until it answers. A broker that answers no (a
+    /// refused login) fails at once.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Default for CenterOptions {
@@ -37,6 +42,7 @@ impl Default for CenterOptions {
             reply_mode: ReplyMode::Queue,
             max_body: DEFAULT_MAX_BODY,
             version: None,
+            connect_timeout: None,
         }
     }
 }

@@ -56,6 +56,12 @@ pub struct CenterArgs {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
     pub timeout: Duration,
 
+    /// At start, how long to keep trying a broker that does not answer, in
+    /// seconds, waiting longer after each try; without it the center tries
+    /// until the broker answers. A refused login fails at once.
+    #[arg(long, value_name = "SECS", value_parser = super::parse_seconds)]
+    pub connect_timeout: Option<Duration>,
+
     /// How many times a request is sent again when the connection to the
     /// broker is lost before its reply arrives (within --timeout).
     #[arg(long, value_name = "N", default_value = "3")]
@@ -215,6 +221,7 @@ pub async fn run(
         reply_mode: args.reply_mode,
         max_body: args.max_body,
         version: args.version.clone(),
+        connect_timeout: args.connect_timeout,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;

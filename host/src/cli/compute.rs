@@ -69,6 +69,12 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
     pub amqp_url: amqp::Redacted,
 
+    /// At start, how long to keep trying a broker that does not answer, in
+    /// seconds, waiting longer after each try; without it the node tries
+    /// until the broker answers. A refused login fails at once.
+    #[arg(long, value_name = "SECS", value_parser = super::parse_seconds)]
+    pub connect_timeout: Option<Duration>,
+
     /// Requests of each function taken from the broker at once; also the
     /// requests computed at once, across every function.
     #[arg(long, value_name = "N", default_value_t = node::DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
@@ -141,6 +147,7 @@ impl ComputeArgs {
                 max_body: self.max_body,
             },
             metrics_addr: self.metrics_addr,
+            connect_timeout: self.connect_timeout,
         })
     }
 
@@ -165,7 +172,8 @@ Logs go to stderr; RUST_LOG sets what is logged, for example
 RUST_LOG=compute_host=debug for a line per request.
 
 Exit status: 0 after a clean stop (Ctrl-C or SIGTERM: the requests in
-flight are answered first), 2 when the node cannot start.
+flight are answered first), 2 when the node cannot start (a broker that
+does not answer is tried again until --connect-timeout, if given).
 
 Examples:
   compute --module modules/increase.wasm

@@ -25,7 +25,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl NodeMetrics {
-    /// Serves `GET /metrics` on `listener` until the handle is dropped.
+    /// Serves `GET /metrics` and `GET /health` on `listener` until the
+    /// handle is dropped.
     pub(crate) fn serve(self: Arc<Self>, listener: TcpListener) -> AbortOnDropHandle<()> {
         if let Ok(address) = listener.local_addr() {
             info!(%address, "serving metrics on http://{address}/metrics");
@@ -64,7 +65,8 @@ impl NodeMetrics {
     }
 
     /// Answers one HTTP request: the metrics for `GET /metrics` (or `/`),
-    /// 404 for anything else. One request per connection.
+    /// 200 or 503 for `GET /health`, 404 for anything else. One request
+    /// per connection.
     async fn respond(&self, mut stream: TcpStream) -> std::io::Result<()> {
         let mut head = Vec::with_capacity(1024);
         let mut buffer = [0; 1024];
@@ -83,6 +85,21 @@ impl NodeMetrics {
                 let body = self.encode();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            }
+            // For a load balancer or an orchestrator's readiness probe.
+            (Some(b"GET"), Some(b"/health")) => {
+                let (status, body) = if self.healthy() {
+                    ("200 OK", "serving\n")
+                } else {
+                    (
+                        "503 Service Unavailable",
+                        "not serving: starting, stopping, or without a connection to RabbitMQ\n",
+                    )
+                };
+                format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
             }

@@ -30,7 +30,10 @@ use prometheus_client::{
 };
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -128,6 +131,12 @@ pub(crate) struct NodeMetrics {
     pub(crate) requests: Arc<RequestMetrics>,
     /// 1 while the broker blocks publishing (a memory or disk alarm).
     pub(crate) broker_blocked: Gauge,
+    /// 1 while the node has a connection to the broker.
+    pub(crate) broker_connected: Gauge,
+    /// Whether the node is consuming: set once it has started, cleared
+    /// when it begins to stop. With `broker_connected`, what `/health`
+    /// answers.
+    pub(crate) serving: AtomicBool,
     modules: Arc<Modules>,
 }
 
@@ -186,6 +195,12 @@ impl NodeMetrics {
             "1 while RabbitMQ blocks this node's publishing (a memory or disk alarm)",
             broker_blocked.clone(),
         );
+        let broker_connected = Gauge::default();
+        registry.register(
+            "broker_connected",
+            "1 while the node has a connection to RabbitMQ",
+            broker_connected.clone(),
+        );
         let modules = Arc::new(Modules::default());
         registry.register_collector(Box::new(ModuleCollector {
             modules: modules.clone(),
@@ -194,8 +209,16 @@ impl NodeMetrics {
             registry,
             requests,
             broker_blocked,
+            broker_connected,
+            serving: AtomicBool::new(false),
             modules,
         }
+    }
+
+    /// Whether the node is connected to the broker and serving, as
+    /// `GET /health` answers it.
+    pub(crate) fn healthy(&self) -> bool {
+        self.serving.load(Ordering::Acquire) && self.broker_connected.get() == 1
     }
 
     /// The metrics in the Prometheus text format.

@@ -37,13 +37,17 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Connects to `url` (bounded by [`amqp::ANSWER_TIMEOUT`]), and keeps a
-    /// connection open from then on, until the handle is dropped.
+    /// Connects to `url`, trying again with backoff while nothing answers,
+    /// for up to `limit` (`None`: until it does), and keeps a connection
+    /// open from then on, until the handle is dropped.
     pub(super) async fn connect(
         url: &str,
+        limit: Option<Duration>,
         metrics: Arc<NodeMetrics>,
     ) -> Result<(Arc<Link>, AbortOnDropHandle<()>), amqp::ConnectError> {
-        let connection = amqp::connect(url).await?;
+        let connection =
+            amqp::patiently(limit, backoff::NODE_MAX_WAIT, || amqp::connect(url)).await?;
+        metrics.broker_connected.set(1);
         let link = Arc::new(Link {
             url: url.to_owned(),
             current: watch::Sender::new(Some(Arc::new(connection))),
@@ -94,6 +98,7 @@ impl Link {
             };
             let opened = Instant::now();
             let cause = self.until_lost(&connection, &metrics.broker_blocked).await;
+            metrics.broker_connected.set(0);
             warn!(
                 %cause,
                 "lost the session with RabbitMQ; the broker will redeliver the unacked requests; reconnecting"
@@ -103,6 +108,7 @@ impl Link {
                 backoff.reset();
             }
             let connection = self.reconnect(&mut backoff).await;
+            metrics.broker_connected.set(1);
             self.current.send_replace(Some(Arc::new(connection)));
         }
     }

@@ -38,7 +38,7 @@ use consumer::{Running, Shared};
 use link::Link;
 use std::{
     collections::BTreeMap, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
-    time::Duration,
+    sync::atomic::Ordering, time::Duration,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -102,7 +102,14 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Where to serve Prometheus metrics (`GET /metrics`), if anywhere.
     /// Port 0 picks a free port; see [`ComputeNode::metrics_addr`].
+    /// It also answers `GET /health`: 200 while the node is connected and
+    /// serving, 503 otherwise (starting, stopping, or reconnecting).
     pub metrics_addr: Option<SocketAddr>,
+    /// How long [`ComputeNode::start`] tries to reach a broker that does
+    /// not answer, waiting longer after each try; `None` tries until it
+    /// answers. A broker that answers no (a refused login) fails the start
+    /// at once.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -135,6 +142,7 @@ impl NodeConfig {
             prefetch: DEFAULT_PREFETCH,
             limits: Limits::default(),
             metrics_addr: None,
+            connect_timeout: None,
         }
     }
 }
@@ -148,6 +156,7 @@ impl fmt::Debug for NodeConfig {
             .field("prefetch", &self.prefetch)
             .field("limits", &self.limits)
             .field("metrics_addr", &self.metrics_addr)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }
@@ -223,9 +232,17 @@ impl ComputeNode {
     /// that is not usable is logged, and served once it is mended.
     pub async fn start(config: &NodeConfig) -> Result<Self, StartError> {
         let metrics = Arc::new(NodeMetrics::new());
-        let listener = match config.metrics_addr {
-            Some(address) => Some(metrics::bind(address).await?),
-            None => None,
+        // Served from the start, so that `/health` says "not yet" while
+        // the node waits for its broker.
+        let (metrics_addr, metrics_server) = match config.metrics_addr {
+            Some(address) => {
+                let listener = metrics::bind(address).await?;
+                (
+                    listener.local_addr().ok(),
+                    Some(metrics.clone().serve(listener)),
+                )
+            }
+            None => (None, None),
         };
         let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
         let (changed, changes) = mpsc::unbounded_channel();
@@ -267,7 +284,9 @@ impl ComputeNode {
                 queue_prefix,
                 trust,
             } => {
-                let connected = Link::connect(&config.amqp_url, metrics.clone()).await?;
+                let connected =
+                    Link::connect(&config.amqp_url, config.connect_timeout, metrics.clone())
+                        .await?;
                 let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
                 let follower = Follower {
                     stream: stream.clone(),
@@ -293,7 +312,9 @@ impl ComputeNode {
         let served = table.0.clone();
         let (link, link_keeper) = match link {
             Some(link) => link,
-            None => Link::connect(&config.amqp_url, metrics.clone()).await?,
+            None => {
+                Link::connect(&config.amqp_url, config.connect_timeout, metrics.clone()).await?
+            }
         };
         let shared = Arc::new(Shared {
             link: link.clone(),
@@ -310,8 +331,8 @@ impl ComputeNode {
             retiring: TaskTracker::new(),
             shared,
             link,
-            metrics_addr: None,
-            _metrics_server: None,
+            metrics_addr,
+            _metrics_server: metrics_server,
             _link_keeper: link_keeper,
             _table: table.1,
             _source: source,
@@ -319,10 +340,7 @@ impl ComputeNode {
         };
         node.consume_added(matches!(config.source, Source::Module { .. }))
             .await?;
-        if let Some(listener) = listener {
-            node.metrics_addr = listener.local_addr().ok();
-            node._metrics_server = Some(node.metrics.clone().serve(listener));
-        }
+        node.metrics.serving.store(true, Ordering::Release);
         let functions: Vec<Arc<Function>> = lock(&node.served).values().cloned().collect();
         let only = match (&config.source, functions.as_slice()) {
             (Source::Module { .. }, [only]) => Some(only.live().current()),
@@ -438,6 +456,7 @@ impl ComputeNode {
                 }
             }
         }
+        self.metrics.serving.store(false, Ordering::Release);
         info!(
             in_flight = self.metrics.requests.in_flight(),
             "shutting down: finishing the requests in flight"

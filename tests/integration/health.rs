@@ -1,0 +1,83 @@
+//! A node started before its broker answers, or that loses it: it waits
+//! and tries again instead of exiting, and says where it stands in its
+//! metrics (`compute_broker_connected`) and at `GET /health`.
+
+use std::time::Duration;
+use testkit::{
+    BrokerProxy, ServerProcess, center, compute_command, eventually, get, increase_module, scrape,
+    unique_queue,
+};
+
+/// Whether the node's metrics say it is connected, and what `/health`
+/// answers.
+async fn standing(node: &ServerProcess) -> (bool, u16) {
+    let address = node.metrics_addr().await;
+    let connected = scrape(address)
+        .await
+        .lines()
+        .any(|line| line == "compute_broker_connected 1");
+    (connected, get(address, "/health").await.0)
+}
+
+/// Started while nothing answers at its broker's address, the node says
+/// so once and keeps trying, `/health` answering 503; when the broker
+/// answers it serves (200). When the broker goes away it is 503 again
+/// until the node has reconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waits_for_its_broker_and_says_where_it_stands() {
+    let mut proxy = BrokerProxy::reserve();
+    let queue = unique_queue("health");
+    let mut command = compute_command();
+    command
+        .args(["--queue", &queue, "--amqp-url", &proxy.url()])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .arg("--module")
+        .arg(increase_module());
+    let node = ServerProcess::start(&mut command, "RabbitMQ does not answer yet").await;
+    assert_eq!(standing(&node).await, (false, 503));
+
+    proxy.start().await;
+    let limit = Duration::from_secs(30);
+    eventually("the node serves once the broker answers", limit, || async {
+        (standing(&node).await == (true, 200)).then_some(())
+    })
+    .await;
+    let caller = center(&queue, Duration::from_secs(10)).await;
+    assert_eq!(caller.call("41").await.unwrap().body, b"42");
+    let log = node.log();
+    assert_eq!(log.matches("does not answer yet").count(), 1, "{log}");
+
+    proxy.stop().await;
+    eventually("the node says it lost the broker", limit, || async {
+        (standing(&node).await == (false, 503)).then_some(())
+    })
+    .await;
+    proxy.start().await;
+    eventually("the node serves again", limit, || async {
+        (standing(&node).await == (true, 200)).then_some(())
+    })
+    .await;
+    assert_eq!(caller.call("1").await.unwrap().body, b"2");
+    caller.close().await;
+    testkit::delete_queue(&queue).await;
+}
+
+/// `--connect-timeout` bounds the waiting, for scripts: the node gives up
+/// with the reason and exit status 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_bounds_the_wait() {
+    let nobody = BrokerProxy::reserve();
+    let started = std::time::Instant::now();
+    let output = compute_command()
+        .args(["--amqp-url", &nobody.url(), "--connect-timeout", "1"])
+        .arg("--module")
+        .arg(increase_module())
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is the broker running?"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+}
