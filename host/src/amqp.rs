@@ -39,12 +39,58 @@ pub struct ConnectError {
     transient: bool,
 }
 
-/// Opens a connection to `url`, waiting at most [`ANSWER_TIMEOUT`] for the
-/// broker to answer.
+/// Opens a connection to the broker at `urls`: one AMQP URL, or several
+/// separated by commas (the nodes of a cluster), tried in random order, so
+/// that clients spread over them, until one answers. Waits at most
+/// [`ANSWER_TIMEOUT`] for each.
 ///
 /// An `amqps://` URL is refused when this build has no TLS, rather than
 /// silently connecting in plain text.
-pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
+pub async fn connect(urls: &str) -> Result<Connection, ConnectError> {
+    let mut urls = broker_urls(urls);
+    shuffle(&mut urls);
+    let several = urls.len() > 1;
+    let mut failures = Vec::new();
+    for url in urls {
+        match connect_one(url).await {
+            Ok(connection) => {
+                if several {
+                    info!(broker = %Redacted(url.to_owned()), "connected to RabbitMQ");
+                }
+                return Ok(connection);
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    Err(ConnectError::of_all(failures))
+}
+
+/// The URLs of a comma-separated list (a comma inside a URL, in a
+/// password say, is written `%2C`). An empty list is the default broker.
+pub fn broker_urls(urls: &str) -> Vec<&str> {
+    let urls: Vec<&str> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect();
+    if urls.is_empty() {
+        vec![DEFAULT_URL]
+    } else {
+        urls
+    }
+}
+
+/// Puts `urls` in a random order (Fisher-Yates), so that many clients
+/// given the same list do not all connect to its first broker.
+fn shuffle(urls: &mut [&str]) {
+    for last in (1..urls.len()).rev() {
+        let chosen = getrandom::u64().unwrap_or(0) % (last as u64 + 1);
+        urls.swap(last, chosen as usize);
+    }
+}
+
+/// Opens a connection to one broker.
+async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
     if !cfg!(feature = "tls") && url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
         return Err(ConnectError::new(
             url,
@@ -113,6 +159,30 @@ impl ConnectError {
             hint,
             client_error,
             transient,
+        }
+    }
+
+    /// One error for a list of brokers none of which could be reached:
+    /// each one's cause, the first one's hint, and transient if trying
+    /// again may reach any of them.
+    fn of_all(mut failures: Vec<ConnectError>) -> Self {
+        if failures.len() == 1 {
+            return failures.remove(0);
+        }
+        let urls: Vec<String> = failures
+            .iter()
+            .map(|failure| failure.url.to_string())
+            .collect();
+        let causes: Vec<String> = failures
+            .iter()
+            .map(|failure| format!("{} at {}", failure.cause, failure.url))
+            .collect();
+        ConnectError {
+            url: Redacted(format!("any of {}", urls.join(", "))),
+            cause: causes.join("; "),
+            hint: failures.first().map_or("", |failure| failure.hint),
+            client_error: None,
+            transient: failures.iter().any(ConnectError::is_transient),
         }
     }
 
@@ -310,7 +380,16 @@ pub struct Redacted(pub String);
 
 impl fmt::Display for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact(&self.0))
+        f.write_str(&redact_list(&self.0))
+    }
+}
+
+impl Redacted {
+    /// URLs given one by one, as the comma-separated list [`connect`]
+    /// takes.
+    pub fn list(urls: &[Redacted]) -> String {
+        let urls: Vec<&str> = urls.iter().map(|url| url.0.as_str()).collect();
+        urls.join(",")
     }
 }
 
@@ -326,8 +405,13 @@ impl std::str::FromStr for Redacted {
 
 impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&redact(&self.0), f)
+        fmt::Debug::fmt(&redact_list(&self.0), f)
     }
+}
+
+/// Each URL of a comma-separated list redacted.
+fn redact_list(urls: &str) -> String {
+    urls.split(',').map(redact).collect::<Vec<_>>().join(",")
 }
 
 /// `url` with the password of its user info, if any, replaced by `***`.
@@ -356,7 +440,46 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::*;
+
+    #[test]
+    fn a_list_of_brokers_is_split_redacted_and_shuffled() {
+        let list = " amqp://a:one@h1/%2f, amqp://b:two@h2/%2f ,,";
+        assert_eq!(
+            broker_urls(list),
+            ["amqp://a:one@h1/%2f", "amqp://b:two@h2/%2f"]
+        );
+        assert_eq!(broker_urls(""), [DEFAULT_URL]);
+        let shown = Redacted(list.to_owned()).to_string();
+        assert!(!shown.contains("one") && !shown.contains("two"), "{shown}");
+        let mut firsts = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            let mut urls = vec!["a", "b", "c"];
+            shuffle(&mut urls);
+            let mut sorted = urls.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, ["a", "b", "c"]);
+            firsts.insert(urls[0]);
+        }
+        assert_eq!(firsts.len(), 3, "every broker comes first sometimes");
+    }
+
+    /// None of several brokers answers: one error naming each, which may
+    /// pass if any of them might still answer.
+    #[tokio::test]
+    async fn no_broker_of_a_list_answering_is_one_error() {
+        let err = connect("amqp://127.0.0.1:1/%2f,amqp://u:secret@127.0.0.1:2/%2f")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("any of"), "{text}");
+        assert!(
+            text.contains("127.0.0.1:1") && text.contains("127.0.0.1:2"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        assert!(err.is_transient());
+    }
 
     #[test]
     fn hides_passwords_and_nothing_else() {

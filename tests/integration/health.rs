@@ -2,6 +2,7 @@
 //! and tries again instead of exiting, and says where it stands in its
 //! metrics (`compute_broker_connected`) and at `GET /health`.
 
+use compute_host::{Center, CenterOptions};
 use std::time::Duration;
 use testkit::{
     BrokerProxy, ServerProcess, center, compute_command, eventually, get, increase_module, scrape,
@@ -80,4 +81,49 @@ async fn connect_timeout_bounds_the_wait() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is the broker running?"), "{stderr}");
     assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+}
+
+/// A node and a center each given two broker addresses, one of them
+/// down, connect through the other; when the broker the node uses goes
+/// away, the node reconnects through the other address and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_several_brokers_fails_over_to_another() {
+    let (mut first, mut second) = (BrokerProxy::reserve(), BrokerProxy::reserve());
+    second.start().await;
+    let queue = unique_queue("failover");
+    let mut command = compute_command();
+    command
+        .args(["--queue", &queue, "--metrics-addr", "127.0.0.1:0"])
+        .args(["--amqp-url", &first.url(), "--amqp-url", &second.url()])
+        .arg("--module")
+        .arg(increase_module());
+    let node = ServerProcess::start(&mut command, "waiting for requests").await;
+    assert_eq!(standing(&node).await, (true, 200));
+
+    let options = CenterOptions {
+        queue: queue.clone(),
+        timeout: Duration::from_secs(10),
+        ..CenterOptions::default()
+    };
+    let both = format!("{},{}", first.url(), second.url());
+    let caller = Center::connect_with(&both, options).await.unwrap();
+    assert_eq!(caller.call("1").await.unwrap().body, b"2");
+
+    // The node can only be on the second address: the first was down.
+    first.start().await;
+    second.stop().await;
+    let limit = Duration::from_secs(30);
+    eventually(
+        "the node reconnects through the other address",
+        limit,
+        || async {
+            let log = node.log();
+            let moved = log.contains("lost the session") && log.contains("serving again");
+            (moved && standing(&node).await == (true, 200)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(caller.call("2").await.unwrap().body, b"3");
+    caller.close().await;
+    testkit::delete_queue(&queue).await;
 }

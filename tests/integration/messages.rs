@@ -5,7 +5,8 @@
 use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;
 use testkit::{
-    ModuleDir, amqp_url, compute_command, delete_queue, eventually, increase_module, unique_queue,
+    ModuleDir, QueueGuard, amqp_url, compute_command, delete_queue, eventually, increase_module,
+    unique_queue,
 };
 
 /// Runs `compute ARGS...` in `dir`; returns its exit code and stderr.
@@ -31,6 +32,7 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
     let module = increase_module();
     let module = module.to_str().unwrap();
     let durable = unique_queue("durable");
+    let _deleted_however_this_ends = QueueGuard::new([durable.clone()]);
     let url = amqp_url();
     {
         let connection = compute_host::amqp::connect(&url).await.unwrap();
@@ -105,7 +107,6 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
         }
         assert!(!stderr.contains("not-the-password"), "{stderr}");
     }
-    delete_queue(&durable).await;
 }
 
 /// A node whose log reader has gone (`compute ... 2>&1 | head -1`, the

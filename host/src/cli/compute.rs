@@ -64,10 +64,12 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
     pub queue_prefix: String,
 
-    /// The broker to connect to. `amqps://` needs a build with TLS
-    /// (`--features compute-host/tls`).
-    #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: amqp::Redacted,
+    /// The broker to connect to. Repeat it (or separate URLs with commas)
+    /// for the nodes of a cluster: the first that answers, in random
+    /// order, and any of them after a lost connection. `amqps://` needs a
+    /// build with TLS (`--features compute-host/tls`).
+    #[arg(long, value_name = "URL", env = "AMQP_URL", value_delimiter = ',', default_value = amqp::DEFAULT_URL, hide_env_values = true)]
+    pub amqp_url: Vec<amqp::Redacted>,
 
     /// At start, how long to keep trying a broker that does not answer, in
     /// seconds, waiting longer after each try; without it the node tries
@@ -138,7 +140,7 @@ impl ComputeArgs {
         };
         Ok(NodeConfig {
             source,
-            amqp_url: self.amqp_url.0.clone(),
+            amqp_url: amqp::Redacted::list(&self.amqp_url),
             prefetch: self.prefetch,
             limits: Limits {
                 timeout: self.guest_timeout,

@@ -72,9 +72,10 @@ pub struct RegistryArgs {
     /// The registry stream.
     #[arg(long, value_name = "NAME", default_value = registry::DEFAULT_STREAM)]
     pub registry: String,
-    /// The broker.
-    #[arg(long, value_name = "URL", env = "AMQP_URL", default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: amqp::Redacted,
+    /// The broker; repeated (or URLs separated by commas), the nodes of a
+    /// cluster.
+    #[arg(long, value_name = "URL", env = "AMQP_URL", value_delimiter = ',', default_value = amqp::DEFAULT_URL, hide_env_values = true)]
+    pub amqp_url: Vec<amqp::Redacted>,
     /// The stream's retention, in bytes, when this command creates it.
     #[arg(long, value_name = "BYTES", default_value_t = Retention::default().max_bytes)]
     pub registry_max_bytes: u64,
@@ -169,7 +170,10 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         RegistryCommand::Remove { function, rollout } => {
-            let (url, stream) = (&rollout.registry.amqp_url.0, &rollout.registry.registry);
+            let (url, stream) = (
+                &amqp::Redacted::list(&rollout.registry.amqp_url),
+                &rollout.registry.registry,
+            );
             let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
             let state = registry.read().await?;
             anyhow::ensure!(
@@ -220,7 +224,7 @@ async fn roll_out(
 ) -> anyhow::Result<ExitCode> {
     let key = sign_key(args)?;
     let registry = Registry::connect(
-        &args.registry.amqp_url.0,
+        &amqp::Redacted::list(&args.registry.amqp_url),
         &args.registry.registry,
         retention(&args.registry),
     )
@@ -294,7 +298,12 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
 }
 
 async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::connect(&args.amqp_url.0, &args.registry, retention(args)).await?;
+    let registry = Registry::connect(
+        &amqp::Redacted::list(&args.amqp_url),
+        &args.registry,
+        retention(args),
+    )
+    .await?;
     let nodes = registry.nodes(args.discover).await?;
     registry.close().await;
     if json {

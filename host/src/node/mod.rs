@@ -92,7 +92,9 @@ pub enum Source {
 pub struct NodeConfig {
     /// Where its functions come from.
     pub source: Source,
-    /// The broker.
+    /// The broker: one AMQP URL, or the nodes of a cluster separated by
+    /// commas, tried in random order at start and after a lost
+    /// connection (see [`amqp::connect`]).
     pub amqp_url: String,
     /// Unacked requests the broker may send at once for each function;
     /// also the number of requests the node computes at once, across its
