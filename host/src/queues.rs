@@ -2,13 +2,109 @@
 //! defaults, in one place for the node, the center and their commands.
 
 use crate::amqp::{self, QueueNameError};
-use lapin::types::ShortString;
+use lapin::{
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, ShortString},
+};
 
 /// The queue of the classic Python examples, and of a node serving one
 /// module.
 pub const DEFAULT_QUEUE: &str = "compute_queue";
 /// The prefix of the queues of a node serving many functions.
 pub const DEFAULT_PREFIX: &str = "compute";
+
+/// A quorum queue's default delivery limit: a request delivered this many
+/// times more (its node died or lost its connection each time) is
+/// dead-lettered instead of delivered again.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+/// A queue type as a command line names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueKind {
+    /// Not durable, on one broker node, as the Python examples declare it.
+    #[default]
+    Classic,
+    /// Durable and replicated across a cluster.
+    Quorum,
+}
+
+/// How a node declares its queues.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum QueueType {
+    /// As the Python examples declare them: not durable, on the one broker
+    /// node that holds them; gone with that node.
+    #[default]
+    Classic,
+    /// Durable quorum queues, replicated across a cluster (Raft): they
+    /// survive a broker node, and a request redelivered more than
+    /// `delivery_limit` times goes to `dead_letter_queue` (`<queue>.dead`
+    /// when `None`), which is declared too.
+    Quorum {
+        delivery_limit: u32,
+        dead_letter_queue: Option<String>,
+    },
+}
+
+impl QueueType {
+    /// How to declare `queue`: its options and arguments.
+    pub(crate) fn declaration(&self, queue: &str) -> (QueueDeclareOptions, FieldTable) {
+        match self {
+            QueueType::Classic => (QueueDeclareOptions::default(), FieldTable::default()),
+            QueueType::Quorum { delivery_limit, .. } => {
+                let (options, mut arguments) = quorum();
+                arguments.insert(
+                    "x-delivery-limit".into(),
+                    AMQPValue::LongUInt(*delivery_limit),
+                );
+                arguments.insert(
+                    "x-dead-letter-exchange".into(),
+                    AMQPValue::LongString("".into()),
+                );
+                let dead_letter = self.dead_letter_queue(queue).unwrap_or_default();
+                arguments.insert(
+                    "x-dead-letter-routing-key".into(),
+                    AMQPValue::LongString(dead_letter.as_str().into()),
+                );
+                (options, arguments)
+            }
+        }
+    }
+
+    /// Where `queue`'s requests go past the delivery limit, if anywhere.
+    pub(crate) fn dead_letter_queue(&self, queue: &str) -> Option<ShortString> {
+        match self {
+            QueueType::Classic => None,
+            QueueType::Quorum {
+                dead_letter_queue, ..
+            } => Some(
+                dead_letter_queue
+                    .clone()
+                    .unwrap_or_else(|| format!("{queue}.dead"))
+                    .into(),
+            ),
+        }
+    }
+
+    /// How to declare a dead-letter queue: a quorum queue that keeps what
+    /// reaches it.
+    pub(crate) fn dead_letter_declaration() -> (QueueDeclareOptions, FieldTable) {
+        quorum()
+    }
+}
+
+/// A durable quorum queue, with no more arguments yet.
+fn quorum() -> (QueueDeclareOptions, FieldTable) {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    (durable, arguments)
+}
 
 /// How a node names the queue of each function it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]

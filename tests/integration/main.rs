@@ -12,6 +12,7 @@ mod messages;
 mod metrics;
 mod pinning;
 mod python;
+mod quorum;
 mod registry;
 mod rpc;
 mod swap;

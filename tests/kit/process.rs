@@ -50,7 +50,9 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `compute --queue QUEUE --module MODULE ARGS...` and waits
-    /// until it is consuming.
+    /// until it is consuming. Dropping it deletes QUEUE, with whatever
+    /// waits there: a test that starts nodes one after another on a queue
+    /// starts them with [`start`](Self::start).
     pub async fn node(queue: &str, module: &Path, args: &[&str]) -> Self {
         let mut command = compute_command();
         command

@@ -119,6 +119,7 @@ struct Shared {
     retries: u32,
     max_body: usize,
     version: Option<String>,
+    persistent: bool,
     /// The session calls use; replaced when its connection is lost.
     session: ArcSwap<Session>,
     /// Held by the one call that reconnects, so a lost connection is
@@ -152,6 +153,7 @@ impl Center {
                 retries: options.retries,
                 max_body: options.max_body,
                 version: options.version,
+                persistent: options.persistent,
                 session: ArcSwap::from_pointee(session),
                 reconnecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),

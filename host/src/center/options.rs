@@ -31,6 +31,11 @@ pub struct CenterOptions {
     /// try; `None` tries until it answers. A broker that answers no (a
     /// refused login) fails at once.
     pub connect_timeout: Option<Duration>,
+    /// Publish requests persistent (delivery mode 2), for a durable
+    /// queue such as a quorum queue: a request waiting there then
+    /// survives a broker restart. Off, requests are published as the
+    /// Python examples publish them.
+    pub persistent: bool,
 }
 
 impl Default for CenterOptions {
@@ -43,6 +48,7 @@ impl Default for CenterOptions {
             max_body: DEFAULT_MAX_BODY,
             version: None,
             connect_timeout: None,
+            persistent: false,
         }
     }
 }

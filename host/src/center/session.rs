@@ -115,6 +115,12 @@ impl Session {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
+        // Delivery mode 2: kept on disk by a durable queue.
+        let properties = if shared.persistent {
+            properties.with_delivery_mode(2)
+        } else {
+            properties
+        };
         let properties = match &shared.version {
             Some(digest) => wire::with_version(properties, digest),
             None => properties,

@@ -5,6 +5,7 @@ use crate::{
     amqp,
     center::{self, CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
     cli::stats::{Progress, Stats},
+    queues::QueueKind,
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -63,6 +64,12 @@ pub struct CenterArgs {
     /// until the broker answers. A refused login fails at once.
     #[arg(long, value_name = "SECS", value_parser = super::parse_seconds)]
     pub connect_timeout: Option<Duration>,
+
+    /// The type of the queue the nodes declared: with `quorum` (durable),
+    /// requests are published persistent, so a request waiting in the
+    /// queue survives a broker restart.
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
+    pub queue_type: QueueKind,
 
     /// How many times a request is sent again when the connection to the
     /// broker is lost before its reply arrives (within --timeout).
@@ -224,6 +231,7 @@ pub async fn run(
         max_body: args.max_body,
         version: args.version.clone(),
         connect_timeout: args.connect_timeout,
+        persistent: args.queue_type == QueueKind::Quorum,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;

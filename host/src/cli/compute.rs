@@ -5,7 +5,8 @@ use super::registry::RegistryCommand;
 use crate::{
     amqp,
     node::{self, NodeConfig, Source},
-    queues, registry,
+    queues::{self, QueueKind, QueueType},
+    registry,
     registry::signing::Trust,
     sandbox::Limits,
 };
@@ -59,6 +60,24 @@ pub struct ComputeArgs {
     /// registry then runs code on this node.
     #[arg(long, requires = "registry", conflicts_with = "trusted_key")]
     pub allow_unsigned: bool,
+
+    /// How the queues are declared: `classic`, exactly as the Python
+    /// examples declare them (not durable, on one broker node), or
+    /// `quorum`: durable and replicated across a RabbitMQ cluster, with a
+    /// delivery limit and a dead-letter queue.
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
+    pub queue_type: QueueKind,
+
+    /// With `--queue-type quorum`: a request delivered this many times
+    /// more (its node died each time) goes to the dead-letter queue
+    /// [default: 5].
+    #[arg(long, value_name = "N")]
+    pub delivery_limit: Option<u32>,
+
+    /// With `--queue-type quorum`: where requests past the delivery limit
+    /// go (declared too); default `<queue>.dead` for each queue.
+    #[arg(long, value_name = "NAME")]
+    pub dead_letter_queue: Option<String>,
 
     /// The prefix of the queues of `--modules` and `--registry`.
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
@@ -150,7 +169,26 @@ impl ComputeArgs {
             },
             metrics_addr: self.metrics_addr,
             connect_timeout: self.connect_timeout,
+            queue_type: self.queue_type()?,
         })
+    }
+
+    fn queue_type(&self) -> anyhow::Result<QueueType> {
+        match self.queue_type {
+            QueueKind::Classic => {
+                anyhow::ensure!(
+                    self.delivery_limit.is_none() && self.dead_letter_queue.is_none(),
+                    "--delivery-limit and --dead-letter-queue are for quorum queues: add --queue-type quorum"
+                );
+                Ok(QueueType::Classic)
+            }
+            QueueKind::Quorum => Ok(QueueType::Quorum {
+                delivery_limit: self
+                    .delivery_limit
+                    .unwrap_or(queues::DEFAULT_DELIVERY_LIMIT),
+                dead_letter_queue: self.dead_letter_queue.clone(),
+            }),
+        }
     }
 
     fn trust(&self) -> anyhow::Result<Trust> {
@@ -251,6 +289,42 @@ mod tests {
         );
         let err = parse("9464").unwrap_err().to_string();
         assert!(err.contains("expected HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn quorum_settings_need_a_quorum_queue() {
+        let config = |args: &[&str]| {
+            let argv = ["compute"].iter().chain(args).copied();
+            ComputeArgs::try_parse_from(argv)
+                .unwrap()
+                .config()
+                .map(|config| config.queue_type)
+        };
+        assert_eq!(config(&[]).unwrap(), QueueType::Classic);
+        assert_eq!(
+            config(&["--queue-type", "quorum"]).unwrap(),
+            QueueType::Quorum {
+                delivery_limit: queues::DEFAULT_DELIVERY_LIMIT,
+                dead_letter_queue: None
+            }
+        );
+        assert_eq!(
+            config(&[
+                "--queue-type",
+                "quorum",
+                "--delivery-limit",
+                "2",
+                "--dead-letter-queue",
+                "dead"
+            ])
+            .unwrap(),
+            QueueType::Quorum {
+                delivery_limit: 2,
+                dead_letter_queue: Some("dead".into())
+            }
+        );
+        let err = config(&["--delivery-limit", "2"]).unwrap_err().to_string();
+        assert!(err.contains("add --queue-type quorum"), "{err}");
     }
 
     #[test]

@@ -17,16 +17,14 @@ use crate::{
     backoff::{self, Backoff},
     functions::Function,
     metrics::RequestMetrics,
+    queues::QueueType,
     request::Handler,
     throttle::Throttle,
 };
 use futures_util::StreamExt as _;
 use lapin::{
     Channel, Connection, Consumer,
-    options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
 use std::{sync::Arc, time::Duration};
@@ -45,6 +43,7 @@ const STABLE_CONSUMER: Duration = Duration::from_secs(30);
 pub(super) struct Shared {
     pub(super) link: Arc<Link>,
     pub(super) prefetch: u16,
+    pub(super) queue_type: QueueType,
     pub(super) metrics: Arc<RequestMetrics>,
     pub(super) max_body: usize,
     pub(super) warnings: Arc<Throttle>,
@@ -115,7 +114,7 @@ async fn serve(
         };
         let opened = tokio::select! {
             _ = stop.cancelled() => return None,
-            opened = Session::open(&connection, &function, shared.prefetch) => opened,
+            opened = Session::open(&connection, &function, &shared) => opened,
         };
         let mut session = match opened {
             Ok(session) => session,
@@ -209,9 +208,9 @@ impl Session {
     async fn open(
         connection: &Connection,
         function: &Function,
-        prefetch: u16,
+        shared: &Shared,
     ) -> Result<Session, String> {
-        let set_up = Self::set_up(connection, function, prefetch);
+        let set_up = Self::set_up(connection, function, shared.prefetch, &shared.queue_type);
         match tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up).await {
             Ok(opened) => opened.map_err(|err| err.to_string()),
             Err(_) => Err(format!(
@@ -225,16 +224,24 @@ impl Session {
         connection: &Connection,
         function: &Function,
         prefetch: u16,
+        queue_type: &QueueType,
     ) -> Result<Session, SetUpError> {
         let channel = connection.create_channel().await?;
-        // Declared exactly as the Python examples declare it, so either
-        // side may declare it first.
+        // A classic queue is declared exactly as the Python examples
+        // declare it, so either side may declare it first.
+        if let Some(dead_letter) = queue_type.dead_letter_queue(function.queue()) {
+            let (options, arguments) = QueueType::dead_letter_declaration();
+            channel
+                .queue_declare(dead_letter.clone(), options, arguments)
+                .await
+                .map_err(|source| SetUpError::Declare {
+                    queue: dead_letter.to_string(),
+                    source,
+                })?;
+        }
+        let (options, arguments) = queue_type.declaration(function.queue());
         channel
-            .queue_declare(
-                function.queue_name().clone(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_declare(function.queue_name().clone(), options, arguments)
             .await
             .map_err(|source| SetUpError::Declare {
                 queue: function.queue().to_owned(),
@@ -349,7 +356,7 @@ fn declare_hint(error: &lapin::Error) -> &'static str {
     match error.kind() {
         // 406 PRECONDITION_FAILED: the queue exists with other arguments.
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
-            " (the queue exists with other settings, declared by another client: delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
+            " (the queue exists with other settings, such as another type or durability (see --queue-type): delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
         }
         // 403 ACCESS_REFUSED: the user may not configure that queue.
         lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => {

@@ -28,7 +28,7 @@ use crate::{
     live::LiveModule,
     lock::lock,
     metrics::{self, NodeMetrics},
-    queues::{self, Queues},
+    queues::{self, QueueType, Queues},
     registry::{follow::Follower, report::Identity, signing::Trust},
     sandbox::{Limits, LoadError, Sandbox, SandboxError},
     source::{self, Update, dir::DirSource},
@@ -112,6 +112,9 @@ pub struct NodeConfig {
     /// answers. A broker that answers no (a refused login) fails the start
     /// at once.
     pub connect_timeout: Option<Duration>,
+    /// How the queues are declared: classic, as the Python examples, or
+    /// replicated quorum queues with a delivery limit.
+    pub queue_type: QueueType,
 }
 
 impl NodeConfig {
@@ -145,6 +148,7 @@ impl NodeConfig {
             limits: Limits::default(),
             metrics_addr: None,
             connect_timeout: None,
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -159,6 +163,7 @@ impl fmt::Debug for NodeConfig {
             .field("limits", &self.limits)
             .field("metrics_addr", &self.metrics_addr)
             .field("connect_timeout", &self.connect_timeout)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -321,6 +326,7 @@ impl ComputeNode {
         let shared = Arc::new(Shared {
             link: link.clone(),
             prefetch: config.prefetch,
+            queue_type: config.queue_type.clone(),
             metrics: metrics.requests.clone(),
             max_body: config.limits.max_body,
             warnings: Arc::new(Throttle::default()),
