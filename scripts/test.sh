@@ -24,6 +24,17 @@ elif command -v rabbitmqctl >/dev/null; then
 else
     echo "skipping the broker-restart test: rabbitmqctl is not on PATH (the broker is not local)" >&2
 fi
+# Failover on a local three-node cluster of the same RabbitMQ, started
+# here and stopped however the tests end.
+if [ "$broker_is_local" = yes ] && command -v rabbitmqctl >/dev/null; then
+    trap 'scripts/cluster.sh stop' EXIT
+    scripts/cluster.sh start
+    cargo test --locked -p integration --test cluster -- --ignored --test-threads 1
+    scripts/cluster.sh stop
+    trap - EXIT
+else
+    echo "skipping the cluster tests: they need the local RabbitMQ (scripts/cluster.sh)" >&2
+fi
 # Formatting, lints, docs, and the rebuilt modules matching the committed
 # ones.
 scripts/check-style.sh
