@@ -202,6 +202,22 @@ pub struct Tally {
     pub errors: Vec<String>,
 }
 
+/// `sent 5000, replies 5000, wrong 0, errors 0, lost 0`: the table of
+/// the fault tests.
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, replies {}, wrong {}, errors {}, lost {}",
+            self.sent,
+            self.replies,
+            self.wrong,
+            self.errors.len(),
+            self.lost()
+        )
+    }
+}
+
 impl Tally {
     /// Calls that never ended one way or another: must be 0.
     pub fn lost(&self) -> usize {
