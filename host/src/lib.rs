@@ -21,7 +21,9 @@
 //!   signed, reported, kept through retention.
 //! - [`live`]: one function's versions: the current one that requests
 //!   read without a lock, and the recent ones kept compiled.
-//! - [`queues`]: which queue serves which function, and the defaults.
+//! - [`queues`]: which queue serves which function, how the queues are
+//!   declared (classic, or quorum with a delivery limit), and the
+//!   defaults.
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
@@ -34,9 +36,10 @@
 //! - `throttle` (private): warnings that a client could repeat per
 //!   request, logged at most once per interval.
 //! - `metrics` (private): the node's Prometheus metrics and the small
-//!   HTTP endpoint that serves them (`--metrics-addr`).
-//! - [`amqp`]: connecting to RabbitMQ with an error a person can act on,
-//!   and keeping passwords out of messages.
+//!   HTTP endpoint that serves them and `/health` (`--metrics-addr`).
+//! - [`amqp`]: connecting to RabbitMQ (one broker, or any node of a
+//!   cluster) with an error a person can act on, waiting for a broker
+//!   that does not answer yet, and keeping passwords out of messages.
 //! - `backoff` (private): the waits between attempts to reach the broker
 //!   again, one policy for node and center.
 //! - [`cli`]: the arguments and the `run` functions behind the thin
