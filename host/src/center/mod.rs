@@ -129,7 +129,9 @@ struct Shared {
 }
 
 impl Center {
-    /// Connects to the broker at `url` with the default options.
+    /// Connects to the broker at `url` with the default options: a broker
+    /// that does not answer is tried until it does (see
+    /// [`CenterOptions::connect_timeout`]).
     pub async fn connect(url: &str) -> Result<Self, StartError> {
         Self::connect_with(url, CenterOptions::default()).await
     }

@@ -234,9 +234,12 @@ impl ComputeNode {
     /// # Errors
     ///
     /// When a module file given alone is not usable, the module directory
-    /// cannot be read, or the broker cannot be reached: a node that cannot
-    /// start says so at once rather than retrying. A module in a directory
-    /// that is not usable is logged, and served once it is mended.
+    /// cannot be read, or the broker refuses the node (a wrong password, a
+    /// queue of another type): a node that can never start says so at
+    /// once. A broker that does not answer is tried again, with backoff,
+    /// for up to [`NodeConfig::connect_timeout`], then is an error too. A
+    /// module in a directory that is not usable is logged, and served once
+    /// it is mended.
     pub async fn start(config: &NodeConfig) -> Result<Self, StartError> {
         let metrics = Arc::new(NodeMetrics::new());
         // Served from the start, so that `/health` says "not yet" while
