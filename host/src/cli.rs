@@ -2,6 +2,7 @@
 //! binaries, kept in the library so tests can drive them without a
 //! process.
 
+pub mod call;
 pub mod center;
 pub mod compute;
 pub mod registry;

@@ -323,7 +323,7 @@ fn origin(result: &Result<Reply, CallError>) -> Option<&Origin> {
 /// `increase(10) = 11`, or `increase(x) failed: bad-request: ...`. The
 /// function's name comes from the reply; without one (a timeout, or a
 /// node that does not send `x-function`) it reads `compute`.
-fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
+pub(super) fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
     let function = origin(result)
         .and_then(|origin| origin.function.as_deref())
         .unwrap_or("compute");
@@ -339,7 +339,7 @@ fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
 /// `{"input":"10","output":"11","module":"sha256:..."}` or
 /// `{"input":"x","error":"bad-request: ...","module":"sha256:..."}`;
 /// `module` only when the node named its module version.
-fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
+pub(super) fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
     let mut value = match result {
         Ok(reply) => serde_json::json!({
             "input": input,

@@ -14,6 +14,16 @@ use anyhow::Context as _;
 use clap::Parser;
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+/// What `compute` does instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run a module on inputs in the node's sandbox, with the node's
+    /// limits and no broker, and print what a center would.
+    Call(super::call::CallArgs),
+    #[command(flatten)]
+    Registry(RegistryCommand),
+}
+
 /// A compute node: answers RabbitMQ requests with a WebAssembly function.
 #[derive(Debug, Parser)]
 #[command(
@@ -23,9 +33,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
     after_help = AFTER_HELP
 )]
 pub struct ComputeArgs {
-    /// A registry command instead of serving.
+    /// A command instead of serving.
     #[command(subcommand)]
-    pub command: Option<RegistryCommand>,
+    pub command: Option<Command>,
 
     /// The compute module (a WebAssembly component) to serve; a relative
     /// PATH is relative to the current directory. The file is watched: a
@@ -101,6 +111,25 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "N", default_value_t = node::DEFAULT_PREFETCH, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
 
+    /// What one request may use in the guest.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Serve Prometheus metrics on this address (`GET /metrics`), for
+    /// example `127.0.0.1:9464` or `localhost:9464`.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How logs are written to stderr: `text`, or `json`, one object per
+    /// line.
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
+    pub log_format: super::LogFormat,
+}
+
+/// What one request may use in the guest: the node's limits, which
+/// `compute call` applies too.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
     /// CPU time one request may use in the guest, in seconds; past it the
     /// request gets a `timeout` error reply.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::parse_seconds)]
@@ -122,16 +151,18 @@ pub struct ComputeArgs {
     /// sends, in bytes; larger ones get a `too-large` error reply.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
+}
 
-    /// Serve Prometheus metrics on this address (`GET /metrics`), for
-    /// example `127.0.0.1:9464` or `localhost:9464`.
-    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
-    pub metrics_addr: Option<std::net::SocketAddr>,
-
-    /// How logs are written to stderr: `text`, or `json`, one object per
-    /// line.
-    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = super::LogFormat::Text)]
-    pub log_format: super::LogFormat,
+impl LimitArgs {
+    /// The sandbox's limits these arguments describe.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.guest_timeout,
+            wall_timeout: self.guest_wall_timeout,
+            memory: (self.guest_memory as usize) << 20,
+            max_body: self.max_body,
+        }
+    }
 }
 
 impl ComputeArgs {
@@ -161,12 +192,7 @@ impl ComputeArgs {
             source,
             amqp_url: amqp::Redacted::list(&self.amqp_url),
             prefetch: self.prefetch,
-            limits: Limits {
-                timeout: self.guest_timeout,
-                wall_timeout: self.guest_wall_timeout,
-                memory: (self.guest_memory as usize) << 20,
-                max_body: self.max_body,
-            },
+            limits: self.limits.limits(),
             metrics_addr: self.metrics_addr,
             connect_timeout: self.connect_timeout,
             queue_type: self.queue_type()?,
@@ -236,8 +262,10 @@ fn parse_listen_address(text: &str) -> Result<std::net::SocketAddr, String> {
 
 /// Serves until Ctrl-C or SIGTERM, then drains and exits.
 pub async fn run(args: ComputeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(command) = args.command {
-        return super::registry::run(command).await;
+    match args.command {
+        Some(Command::Call(call)) => return super::call::run(call).await,
+        Some(Command::Registry(command)) => return super::registry::run(command).await,
+        None => {}
     }
     let config = args.config()?;
     if let Source::Module { path, .. } = &config.source

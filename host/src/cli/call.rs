@@ -1,0 +1,98 @@
+//! `compute call`: a module run on inputs in the node's sandbox, with the
+//! node's limits and no broker, printed as a center prints its calls, so
+//! writing a function is a fast loop.
+
+use super::{
+    center::{json_line, text_line},
+    compute::LimitArgs,
+};
+use crate::{
+    center::{CallError, Origin, Reply},
+    sandbox::Sandbox,
+};
+use anyhow::Context as _;
+use std::{
+    io::{BufRead as _, Write as _},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+/// `compute call [--module PATH] INPUT...`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The inputs, one call each. Without any, reads one input per line
+    /// from standard input (blank lines skipped).
+    #[arg(value_name = "INPUT", allow_negative_numbers = true)]
+    pub inputs: Vec<String>,
+
+    /// The compute module to run.
+    #[arg(long, value_name = "PATH", default_value = "modules/increase.wasm")]
+    pub module: PathBuf,
+
+    /// Print one JSON object per line, as `center --json` does.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Runs every input and prints one line each, in order: exit status 0 when
+/// every call succeeded, 1 when any failed.
+///
+/// # Errors
+///
+/// When the module cannot be loaded, or reading or writing fails.
+pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(args.limits.limits())?;
+    let module = sandbox
+        .load(&args.module)
+        .with_context(|| format!("{} is not a usable compute module", args.module.display()))?;
+    let origin = Origin {
+        function: Some(module.name().to_owned()),
+        module: Some(module.digest().to_owned()),
+    };
+    let inputs: Vec<Vec<u8>> = if args.inputs.is_empty() {
+        let mut lines = Vec::new();
+        for line in std::io::stdin().lock().split(b'\n') {
+            let mut line = line.context("cannot read standard input")?;
+            if line.ends_with(b"\r") {
+                line.pop();
+            }
+            if !line.trim_ascii().is_empty() {
+                lines.push(line);
+            }
+        }
+        lines
+    } else {
+        args.inputs.into_iter().map(String::into_bytes).collect()
+    };
+    let mut failed = false;
+    let mut output = std::io::stdout().lock();
+    for input in inputs {
+        let result = match module.compute(&input).await {
+            Ok(body) => Ok(Reply {
+                body,
+                origin: origin.clone(),
+            }),
+            Err(error) => Err(CallError::Remote {
+                kind: error.kind().as_str().into(),
+                message: error.to_string(),
+                origin: origin.clone(),
+            }),
+        };
+        failed |= result.is_err();
+        let input = String::from_utf8_lossy(&input);
+        let line = if args.json {
+            json_line(&input, &result)
+        } else {
+            text_line(&input, &result)
+        };
+        writeln!(output, "{line}").context("cannot write the results")?;
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,48 @@
+//! `compute call`: trying a module with no broker, in the node's sandbox.
+
+use std::time::Duration;
+use testkit::{built_module, compute_command};
+
+/// Runs `compute call ARGS...`; its exit code and stdout.
+async fn call(args: &[&str]) -> (Option<i32>, String) {
+    let run = compute_command().arg("call").args(args).output();
+    let output = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("compute call ends")
+        .expect("compute call runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Each input gets the line a center would print, in order, an error
+/// reply's kind and message included; any failure makes the exit status 1.
+#[tokio::test]
+async fn a_module_is_tried_without_a_broker() {
+    let square = built_module("square");
+    let square = square.to_str().unwrap();
+    let (code, output) = call(&["--module", square, "7", "-3", "x"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[..2], ["square(7) = 49", "square(-3) = 9"], "{output}");
+    assert!(
+        lines[2].starts_with("square(x) failed: bad-request: expected a decimal integer"),
+        "{output}"
+    );
+
+    let (code, output) = call(&["--module", square, "--json", "4"]).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.starts_with(r#"{"input":"4","output":"16","module":"sha256:"#),
+        "{output}"
+    );
+}
+
+/// A file that is not a usable module is one line and exit status 2.
+#[tokio::test]
+async fn an_unusable_module_is_refused() {
+    let (code, output) = call(&["--module", "/dev/null", "1"]).await;
+    assert_eq!(code, Some(2), "{output}");
+    assert!(output.is_empty(), "{output}");
+}
