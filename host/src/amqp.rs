@@ -100,22 +100,6 @@ async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
             false,
         ));
     }
-    // The client reports a host name that does not resolve as an
-    // "uncategorized error": resolving it first says what is wrong. A URL
-    // that does not parse is left to the client's own message.
-    if let Ok(uri) = url.parse::<lapin::uri::AMQPUri>() {
-        let host = uri.authority.host;
-        let lookup = tokio::net::lookup_host((host.as_str(), uri.authority.port));
-        if let Ok(Err(err)) = tokio::time::timeout(ANSWER_TIMEOUT, lookup).await {
-            return Err(ConnectError::new(
-                url,
-                format!("cannot resolve the host name {host:?}: {err}"),
-                "check the host in the URL",
-                None,
-                true,
-            ));
-        }
-    }
     let connect = Connection::connect(url, ConnectionProperties::default());
     let Ok(connected) = tokio::time::timeout(ANSWER_TIMEOUT, connect).await else {
         return Err(ConnectError::new(
@@ -126,23 +110,42 @@ async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
             true,
         ));
     };
-    connected.map_err(|source| {
-        let (cause, hint, transient) = match source.kind() {
-            // "connection refused" reads better than the raw
-            // "Connection refused (os error 111)".
-            ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
-                io.kind().to_string(),
-                "is the broker running? (`rabbitmq-server -detached` starts a local one)",
-                true,
-            ),
-            _ => (
-                source.to_string(),
-                "check the URL, the user name and the password",
-                false,
-            ),
-        };
-        ConnectError::new(url, cause, hint, Some(source), transient)
-    })
+    let source = match connected {
+        Ok(connection) => return Ok(connection),
+        Err(source) => source,
+    };
+    let (cause, hint, transient) = match source.kind() {
+        // The client reports a host name that does not resolve as an
+        // "uncategorized error": resolving it again says what is wrong.
+        ErrorKind::IOError(_) if let Some(cause) = unresolvable_host(url).await => {
+            (cause, "check the host in the URL", true)
+        }
+        // "connection refused" reads better than the raw
+        // "Connection refused (os error 111)".
+        ErrorKind::IOError(io) if io.kind() != std::io::ErrorKind::Other => (
+            io.kind().to_string(),
+            "is the broker running? (`rabbitmq-server -detached` starts a local one)",
+            true,
+        ),
+        _ => (
+            source.to_string(),
+            "check the URL, the user name and the password",
+            false,
+        ),
+    };
+    Err(ConnectError::new(url, cause, hint, Some(source), transient))
+}
+
+/// Why the host of `url` does not resolve, if it does not. A URL that
+/// does not parse is left to the client's own message.
+async fn unresolvable_host(url: &str) -> Option<String> {
+    let uri = url.parse::<lapin::uri::AMQPUri>().ok()?;
+    let host = uri.authority.host;
+    let lookup = tokio::net::lookup_host((host.as_str(), uri.authority.port));
+    match tokio::time::timeout(ANSWER_TIMEOUT, lookup).await {
+        Ok(Err(err)) => Some(format!("cannot resolve the host name {host:?}: {err}")),
+        Ok(Ok(_)) | Err(_) => None,
+    }
 }
 
 impl ConnectError {

@@ -5,6 +5,7 @@
 pub mod call;
 pub mod center;
 pub mod compute;
+mod inputs;
 pub mod registry;
 pub mod stats;
 

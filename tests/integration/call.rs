@@ -1,15 +1,15 @@
 //! `compute call`: trying a module with no broker, in the node's sandbox.
 
 use std::time::Duration;
-use testkit::{built_module, compute_command};
+use testkit::{built_module, compute_command, run_to_end};
 
 /// Runs `compute call ARGS...`; its exit code and stdout.
 async fn call(args: &[&str]) -> (Option<i32>, String) {
-    let run = compute_command().arg("call").args(args).output();
-    let output = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("compute call ends")
-        .expect("compute call runs");
+    let output = run_to_end(
+        compute_command().arg("call").args(args),
+        Duration::from_secs(30),
+    )
+    .await;
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

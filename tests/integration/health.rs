@@ -5,8 +5,8 @@
 use compute_host::{Center, CenterOptions};
 use std::time::Duration;
 use testkit::{
-    BrokerProxy, ServerProcess, center, compute_command, eventually, get, increase_module, scrape,
-    unique_queue,
+    BrokerProxy, ServerProcess, center, compute_command, eventually, get, increase_module,
+    run_to_end, scrape, unique_queue,
 };
 
 /// Whether the node's metrics say it is connected, and what `/health`
@@ -69,13 +69,14 @@ async fn a_node_waits_for_its_broker_and_says_where_it_stands() {
 async fn connect_timeout_bounds_the_wait() {
     let nobody = BrokerProxy::reserve();
     let started = std::time::Instant::now();
-    let output = compute_command()
-        .args(["--amqp-url", &nobody.url(), "--connect-timeout", "1"])
-        .arg("--module")
-        .arg(increase_module())
-        .output()
-        .await
-        .unwrap();
+    let output = run_to_end(
+        compute_command()
+            .args(["--amqp-url", &nobody.url(), "--connect-timeout", "1"])
+            .arg("--module")
+            .arg(increase_module()),
+        Duration::from_secs(30),
+    )
+    .await;
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");

@@ -6,16 +6,16 @@ use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;
 use testkit::{
     ModuleDir, QueueGuard, amqp_url, compute_command, delete_queue, eventually, increase_module,
-    unique_queue,
+    run_to_end, unique_queue,
 };
 
 /// Runs `compute ARGS...` in `dir`; returns its exit code and stderr.
 async fn compute_fails(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
-    let output = compute_command().current_dir(dir).args(args).output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("compute ends")
-        .expect("compute runs");
+    let output = run_to_end(
+        compute_command().current_dir(dir).args(args),
+        Duration::from_secs(30),
+    )
+    .await;
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

@@ -17,7 +17,7 @@ use std::{
 };
 use testkit::{
     Load, ModuleDir, ServerProcess, amqp_url, built_module, center, compute_command, delete_queue,
-    eventually, unique_queue,
+    eventually, run_to_end, unique_queue,
 };
 use tokio::time::Instant;
 
@@ -62,17 +62,13 @@ impl TestRegistry {
     async fn compute(&self, command: &str, args: &[&str]) -> Output {
         let max_bytes = RETENTION.max_bytes.to_string();
         let segment = RETENTION.segment_bytes.to_string();
-        let run = compute_command()
-            .arg(command)
+        let mut run = compute_command();
+        run.arg(command)
             .args(args)
             .args(["--registry", &self.stream, "--amqp-url", &amqp_url()])
             .args(["--registry-max-bytes", &max_bytes])
-            .args(["--registry-segment-bytes", &segment])
-            .output();
-        tokio::time::timeout(Duration::from_secs(60), run)
-            .await
-            .expect("the command finishes")
-            .expect("the command runs")
+            .args(["--registry-segment-bytes", &segment]);
+        run_to_end(&mut run, Duration::from_secs(60)).await
     }
 
     /// Deploys `module` as function `increase`; panics unless every node

@@ -26,6 +26,15 @@ pub fn compute_command() -> Command {
     command
 }
 
+/// Runs `command` to its end, for at most `limit`, and returns what it
+/// printed and how it exited.
+pub async fn run_to_end(command: &mut Command, limit: Duration) -> std::process::Output {
+    tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{command:?} did not end within {limit:?}"))
+        .unwrap_or_else(|err| panic!("{command:?} does not run: {err}"))
+}
+
 /// A binary of this package. Cargo gives only a package's test targets
 /// their binaries' paths (`CARGO_BIN_EXE_*`), not its library; it puts
 /// both in the profile's directory, the parent of the test's `deps/`.

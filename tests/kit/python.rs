@@ -1,6 +1,6 @@
 //! The Python peers: pika clients and servers in `tests/python/`.
 
-use crate::broker::amqp_url;
+use crate::{broker::amqp_url, process::run_to_end};
 use std::{path::PathBuf, time::Duration};
 use tokio::process::Command;
 
@@ -26,10 +26,8 @@ pub fn python(script: &str) -> Command {
 /// Runs a Python `command` to its end (for at most `limit`), checks that it
 /// succeeded, and returns what it printed.
 pub async fn python_output(command: &mut Command, limit: Duration) -> String {
-    let output = tokio::time::timeout(limit, command.output())
-        .await
-        .expect("the Python program finishes")
-        .expect("python3 with pika runs (see scripts/ensure-pika.sh)");
+    // python3 with pika: see scripts/ensure-pika.sh.
+    let output = run_to_end(command, limit).await;
     assert!(
         output.status.success(),
         "{}",

@@ -2,20 +2,15 @@
 //! node's limits and no broker, printed as a center prints its calls, so
 //! writing a function is a fast loop.
 
-use super::{
-    center::{json_line, text_line},
-    compute::LimitArgs,
-};
+use super::{center::result_line, compute::LimitArgs, inputs::inputs};
 use crate::{
     center::{CallError, Origin, Reply},
     sandbox::Sandbox,
 };
 use anyhow::Context as _;
-use std::{
-    io::{BufRead as _, Write as _},
-    path::PathBuf,
-    process::ExitCode,
-};
+use futures_util::StreamExt as _;
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use tokio::io::BufReader;
 
 /// `compute call [--module PATH] INPUT...`.
 #[derive(Debug, clap::Args)]
@@ -52,24 +47,11 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         function: Some(module.name().to_owned()),
         module: Some(module.digest().to_owned()),
     };
-    let inputs: Vec<Vec<u8>> = if args.inputs.is_empty() {
-        let mut lines = Vec::new();
-        for line in std::io::stdin().lock().split(b'\n') {
-            let mut line = line.context("cannot read standard input")?;
-            if line.ends_with(b"\r") {
-                line.pop();
-            }
-            if !line.trim_ascii().is_empty() {
-                lines.push(line);
-            }
-        }
-        lines
-    } else {
-        args.inputs.into_iter().map(String::into_bytes).collect()
-    };
+    let mut inputs = inputs(args.inputs, BufReader::new(tokio::io::stdin()));
     let mut failed = false;
     let mut output = std::io::stdout().lock();
-    for input in inputs {
+    while let Some(input) = inputs.next().await {
+        let input = input.context("cannot read standard input")?;
         let result = match module.compute(&input).await {
             Ok(body) => Ok(Reply {
                 body,
@@ -82,12 +64,7 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
             }),
         };
         failed |= result.is_err();
-        let input = String::from_utf8_lossy(&input);
-        let line = if args.json {
-            json_line(&input, &result)
-        } else {
-            text_line(&input, &result)
-        };
+        let line = result_line(args.json, &input, &result);
         writeln!(output, "{line}").context("cannot write the results")?;
     }
     Ok(if failed {

@@ -9,14 +9,14 @@ use crate::{
 };
 use anyhow::Context as _;
 use clap::Parser;
-use futures_util::{StreamExt as _, stream};
+use futures_util::StreamExt as _;
 use std::{
     io::{IsTerminal as _, Write},
     num::NonZeroUsize,
     process::ExitCode,
     time::{Duration, Instant},
 };
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _, BufReader};
+use tokio::io::{AsyncBufRead, BufReader};
 use tracing::warn;
 
 /// Sends each input to a compute node and prints each result.
@@ -249,35 +249,7 @@ pub async fn run(
         Ok(Some(_)) | Err(_) => {}
     }
 
-    // Lines are bytes: one that is not UTF-8 is sent as it is, and the
-    // function answers it (a `bad-request` from `increase`), rather than
-    // ending the whole run.
-    let inputs = if args.inputs.is_empty() {
-        stream::unfold(input, |mut input| async move {
-            let mut line = Vec::new();
-            match input.read_until(b'\n', &mut line).await {
-                Ok(0) => None,
-                Ok(_) => {
-                    if line.ends_with(b"\n") {
-                        line.pop();
-                        if line.ends_with(b"\r") {
-                            line.pop();
-                        }
-                    }
-                    Some((Ok(line), input))
-                }
-                Err(err) => Some((Err(err), input)),
-            }
-        })
-        // A blank line (a trailing one, say) is no input.
-        .filter(|line| {
-            let blank = matches!(line, Ok(line) if line.trim_ascii().is_empty());
-            std::future::ready(!blank)
-        })
-        .boxed()
-    } else {
-        stream::iter(args.inputs.into_iter().map(|input| Ok(input.into_bytes()))).boxed()
-    };
+    let inputs = super::inputs::inputs(args.inputs, input);
     let mut results = inputs
         .map(|line| {
             let center = center.clone();
@@ -294,14 +266,9 @@ pub async fn run(
     let progress = Progress::on_terminal();
     while let Some(next) = results.next().await {
         let (input, result, latency) = next.context("cannot read standard input")?;
-        let input = String::from_utf8_lossy(&input);
         stats.record(&result, latency);
         progress.update(&stats);
-        let line = if args.json {
-            json_line(&input, &result)
-        } else {
-            text_line(&input, &result)
-        };
+        let line = result_line(args.json, &input, &result);
         writeln!(output, "{line}")
             .and_then(|()| output.flush())
             .context("cannot write the results")?;
@@ -309,6 +276,17 @@ pub async fn run(
     progress.finish();
     center.close().await;
     Ok(stats)
+}
+
+/// The line printed for `input`, as `compute call` prints it too: JSON
+/// with `--json`, else text.
+pub(super) fn result_line(json: bool, input: &[u8], result: &Result<Reply, CallError>) -> String {
+    let input = String::from_utf8_lossy(input);
+    if json {
+        json_line(&input, result)
+    } else {
+        text_line(&input, result)
+    }
 }
 
 /// What answered `result`, when anything did.
@@ -323,7 +301,7 @@ fn origin(result: &Result<Reply, CallError>) -> Option<&Origin> {
 /// `increase(10) = 11`, or `increase(x) failed: bad-request: ...`. The
 /// function's name comes from the reply; without one (a timeout, or a
 /// node that does not send `x-function`) it reads `compute`.
-pub(super) fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
+fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
     let function = origin(result)
         .and_then(|origin| origin.function.as_deref())
         .unwrap_or("compute");
@@ -339,7 +317,7 @@ pub(super) fn text_line(input: &str, result: &Result<Reply, CallError>) -> Strin
 /// `{"input":"10","output":"11","module":"sha256:..."}` or
 /// `{"input":"x","error":"bad-request: ...","module":"sha256:..."}`;
 /// `module` only when the node named its module version.
-pub(super) fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
+fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
     let mut value = match result {
         Ok(reply) => serde_json::json!({
             "input": input,
