@@ -333,8 +333,9 @@ pub enum PublishError {
     /// gone, or the broker closed the channel).
     #[error("publishing failed: {0}")]
     Client(#[from] lapin::Error),
-    /// The broker did not confirm it in time.
-    #[error("the broker did not confirm the message within {0:?}")]
+    /// The broker did not confirm it in time, or, on a channel without
+    /// confirms, did not read it.
+    #[error("the broker did not take or confirm the message within {0:?}")]
     NoConfirm(Duration),
     /// The broker refused it (a negative confirm), when the caller treats
     /// that as a failure.
@@ -346,7 +347,9 @@ pub enum PublishError {
 /// `mandatory`, and waits for the broker's confirm, so an unroutable
 /// message is known at once rather than silently dropped. The channel must
 /// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
-/// be seen.
+/// be seen; without confirms this returns [`Routed::Queued`] once the
+/// message is written to the connection, and the client library keeps
+/// returned messages until `Channel::wait_for_confirms` takes them.
 ///
 /// The wait has no bound of its own, so a call does not pay for a second
 /// timer: each caller bounds it (a node's reply by

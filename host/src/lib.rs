@@ -24,6 +24,8 @@
 //! - [`queues`]: which queue serves which function, how the queues are
 //!   declared (classic, or quorum with a delivery limit), and the
 //!   defaults.
+//! - [`ack_mode`]: when a request is acked, relative to its reply, and
+//!   what each choice guarantees.
 //! - `request` (private): what happens to one delivery: compute, reply,
 //!   then ack, or reject when there is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
@@ -45,6 +47,7 @@
 //! - [`cli`]: the arguments and the `run` functions behind the thin
 //!   `compute` and `center` binaries.
 
+pub mod ack_mode;
 pub mod amqp;
 mod backoff;
 pub mod center;
@@ -63,6 +66,7 @@ mod source;
 mod throttle;
 pub mod wire;
 
+pub use ack_mode::AckMode;
 pub use center::{CallError, Center, CenterOptions, Origin, Reply, ReplyMode};
 pub use live::LiveModule;
 pub use node::{ComputeNode, NodeConfig, Source};

@@ -18,64 +18,68 @@ use testkit::{
 const BATCH: usize = 5000;
 const IN_FLIGHT: usize = 128;
 
-/// The node reconnects, declares its queue again and resumes; the center
-/// sends the requests that were pending again (`--retries`), so every
-/// request is answered and none is lost. With no retries, each pending
-/// request fails with a clear error instead, and still none hangs.
+/// In either ack mode, the node reconnects, declares its queue again and
+/// resumes; the center sends the requests that were pending again
+/// (`--retries`), so every request is answered and none is lost. With no
+/// retries, each pending request fails with a clear error instead, and
+/// still none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the broker; scripts/test.sh runs it alone"]
 async fn a_broker_restart_mid_batch_loses_nothing() {
-    let queue = unique_queue("broker-restart");
-    let mut node = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    for ack_mode in ["on-publish", "on-confirm"] {
+        let queue = unique_queue("broker-restart");
+        let mut node =
+            ServerProcess::node(&queue, &increase_module(), &["--ack-mode", ack_mode]).await;
 
-    let retried = batch_across_a_restart(&queue, 3, &node).await;
-    println!(
-        "broker restart, --retries 3: {retried:?}, lost {}",
-        retried.lost()
-    );
-    assert_eq!(
-        (
-            retried.replies,
-            retried.wrong,
-            retried.errors.len(),
+        let retried = batch_across_a_restart(&queue, 3, &node).await;
+        println!(
+            "broker restart, --ack-mode {ack_mode}, --retries 3: {retried:?}, lost {}",
             retried.lost()
-        ),
-        (BATCH, 0, 0, 0),
-        "{:?}",
-        retried.errors.first()
-    );
+        );
+        assert_eq!(
+            (
+                retried.replies,
+                retried.wrong,
+                retried.errors.len(),
+                retried.lost()
+            ),
+            (BATCH, 0, 0, 0),
+            "{:?}",
+            retried.errors.first()
+        );
 
-    let unretried = batch_across_a_restart(&queue, 0, &node).await;
-    println!(
-        "broker restart, --retries 0: {} sent, {} replies, {} wrong, {} errors, lost {}",
-        unretried.sent,
-        unretried.replies,
-        unretried.wrong,
-        unretried.errors.len(),
-        unretried.lost()
-    );
-    assert_eq!((unretried.wrong, unretried.lost()), (0, 0));
-    assert!(
-        !unretried.errors.is_empty(),
-        "the restart failed no request"
-    );
-    let unclear: Vec<_> = unretried
-        .errors
-        .iter()
-        .filter(|error| {
-            !error.starts_with("connection-lost") && !error.starts_with("publish-failed")
-        })
-        .collect();
-    assert!(unclear.is_empty(), "{unclear:?}");
+        let unretried = batch_across_a_restart(&queue, 0, &node).await;
+        println!(
+            "broker restart, --ack-mode {ack_mode}, --retries 0: {} sent, {} replies, {} wrong, {} errors, lost {}",
+            unretried.sent,
+            unretried.replies,
+            unretried.wrong,
+            unretried.errors.len(),
+            unretried.lost()
+        );
+        assert_eq!((unretried.wrong, unretried.lost()), (0, 0));
+        assert!(
+            !unretried.errors.is_empty(),
+            "the restart failed no request"
+        );
+        let unclear: Vec<_> = unretried
+            .errors
+            .iter()
+            .filter(|error| {
+                !error.starts_with("connection-lost") && !error.starts_with("publish-failed")
+            })
+            .collect();
+        assert!(unclear.is_empty(), "{unclear:?}");
 
-    let log = node.log();
-    assert!(
-        log.matches("reconnected; serving again").count() >= 2,
-        "{log}"
-    );
-    node.terminate();
-    assert!(node.wait().await.success(), "{}", node.log());
-    testkit::delete_queue(&queue).await;
+        let log = node.log();
+        assert!(
+            log.matches("reconnected; serving again").count() >= 2,
+            "{log}"
+        );
+        node.terminate();
+        assert!(node.wait().await.success(), "{}", node.log());
+        testkit::delete_queue(&queue).await;
+    }
 }
 
 /// Runs a batch through a new center with `retries`, restarting the broker

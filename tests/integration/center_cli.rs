@@ -41,6 +41,29 @@ async fn center_prints_each_result_in_input_order() {
     node.stop().await;
 }
 
+/// `center --batch 2` prints exactly what `center` prints, in input order,
+/// a failed input on its own line, for a last batch that is not full too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn center_prints_the_same_with_batches() {
+    let node = RunningNode::start(&unique_queue("cli-batch")).await;
+
+    let stdin = b"10\nx\n30\n40\n50\n";
+    let (single, expected) = run_center_reading(&["--queue", &node.queue], stdin).await;
+    let (batched, output) =
+        run_center_reading(&["--queue", &node.queue, "--batch", "2"], stdin).await;
+    assert_eq!(output, expected);
+    assert!(
+        output.starts_with("increase(10) = 11\nincrease(x) failed: bad-request: "),
+        "{output}"
+    );
+    assert!(output.ends_with("increase(50) = 51\n"), "{output}");
+    let (single, batched) = (single.unwrap(), batched.unwrap());
+    assert_eq!((batched.ok(), batched.failed()), (4, 1));
+    assert_eq!((single.ok(), single.failed()), (4, 1));
+
+    node.stop().await;
+}
+
 /// Inputs from stdin, one per line: blank lines (a trailing one, one of
 /// spaces, a Windows line end) are no inputs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,11 +22,22 @@ const IN_FLIGHT: usize = 128;
 
 /// A node killed with SIGKILL mid-batch leaves its unacked requests to the
 /// broker, which hands them to the other node: every request is answered,
-/// each exactly once.
+/// each exactly once. The node acks on publish (the default here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_batch_loses_nothing() {
+    killed_mid_batch("on-publish").await;
+}
+
+/// The same with `--ack-mode on-confirm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_batch_loses_nothing_on_confirm() {
+    killed_mid_batch("on-confirm").await;
+}
+
+async fn killed_mid_batch(ack_mode: &str) {
     let queue = unique_queue("sigkill");
-    let mut doomed = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    let mut doomed =
+        ServerProcess::node(&queue, &increase_module(), &["--ack-mode", ack_mode]).await;
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
@@ -39,7 +50,10 @@ async fn a_node_killed_mid_batch_loses_nothing() {
         .expect("the batch ends")
         .increase_tally();
 
-    println!("SIGKILL mid-batch: {tally:?}, lost {}", tally.lost());
+    println!(
+        "SIGKILL mid-batch, --ack-mode {ack_mode}: {tally:?}, lost {}",
+        tally.lost()
+    );
     tally.assert_all_answered();
     center.close().await;
     survivor.stop().await;
@@ -49,8 +63,19 @@ async fn a_node_killed_mid_batch_loses_nothing() {
 /// ones it has, and exits cleanly; the other node answers the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
+    stopped_mid_batch("on-publish").await;
+}
+
+/// The same with `--ack-mode on-confirm`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_mid_batch_finishes_its_requests_on_confirm() {
+    stopped_mid_batch("on-confirm").await;
+}
+
+async fn stopped_mid_batch(ack_mode: &str) {
     let queue = unique_queue("sigterm");
-    let mut stopping = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    let mut stopping =
+        ServerProcess::node(&queue, &increase_module(), &["--ack-mode", ack_mode]).await;
     let survivor = RunningNode::start(&queue).await;
     let center = center(&queue, TIMEOUT).await;
 
@@ -64,7 +89,10 @@ async fn a_node_stopped_mid_batch_finishes_its_requests_and_exits_cleanly() {
         .expect("the batch ends")
         .increase_tally();
 
-    println!("SIGTERM mid-batch: {tally:?}, lost {}", tally.lost());
+    println!(
+        "SIGTERM mid-batch, --ack-mode {ack_mode}: {tally:?}, lost {}",
+        tally.lost()
+    );
     let log = stopping.log();
     assert!(status.success(), "exit status {status}; log:\n{log}");
     assert!(

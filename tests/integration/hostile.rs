@@ -152,12 +152,31 @@ async fn properties_that_are_not_utf8_and_deep_headers_stop_no_node() {
     );
 }
 
-/// A reply the broker refuses (the caller's queue is full and rejects
-/// publishes) is published a few times without computing it again, then
-/// its request is rejected: settled once, not recomputed in a hot loop.
+/// With `--ack-mode on-confirm`, a reply the broker refuses (the caller's
+/// queue is full and rejects publishes) is published a few times without
+/// computing it again, then its request is rejected: settled once, not
+/// recomputed in a hot loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_reply_is_given_up_not_recomputed_in_a_loop() {
-    let mut target = Target::start("refused-reply", &increase_module(), &[]).await;
+    refused_reply_settles_once("on-confirm", "undeliverable").await;
+}
+
+/// With `--ack-mode on-publish`, the node never learns that the broker
+/// refused the reply: its request is acked once, and not computed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_publish_a_refused_reply_is_acked_once() {
+    refused_reply_settles_once("on-publish", "ok").await;
+}
+
+/// One request whose reply goes to a queue that refuses every message,
+/// under `ack_mode`: counted once as `outcome`, computed once.
+async fn refused_reply_settles_once(ack_mode: &str, outcome: &str) {
+    let mut target = Target::start(
+        &format!("refused-reply-{ack_mode}"),
+        &increase_module(),
+        &["--ack-mode", ack_mode],
+    )
+    .await;
     let full = unique_queue("full");
     let mut arguments = FieldTable::default();
     arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
@@ -178,7 +197,7 @@ async fn a_refused_reply_is_given_up_not_recomputed_in_a_loop() {
 
     let properties = BasicProperties::default().with_reply_to(full.as_str().into());
     target.client.publish(&target.queue, b"1", properties).await;
-    target.counted("increase", "undeliverable", 1).await;
+    target.counted("increase", outcome, 1).await;
     target.assert_computed(1).await;
     // A window to watch, not a wait for a condition: in two seconds a
     // loop would have computed it thousands of times.
@@ -246,6 +265,15 @@ async fn per_request_warnings_are_throttled_and_escaped() {
         reply.properties.correlation_id().as_ref().unwrap().as_str(),
         forged
     );
+    // Without confirms the node learns of returned replies once a second.
+    eventually("the warning", Duration::from_secs(10), || async {
+        target
+            .node
+            .log()
+            .contains("the caller is gone")
+            .then_some(())
+    })
+    .await;
     let log = target.node.log();
     assert_eq!(log.matches("the caller is gone").count(), 1, "{log}");
     assert!(log.contains(r"gone\n2026-01-01"), "{log}");

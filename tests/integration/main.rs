@@ -2,6 +2,7 @@
 //! default). Every test uses its own uniquely named queues, so they run in
 //! parallel.
 
+mod batch;
 mod call;
 mod center_cli;
 mod faults;

@@ -38,6 +38,11 @@ pub enum CallError {
     /// The broker refused the request (a negative confirm).
     #[error("refused: the broker refused the request")]
     Refused,
+    /// A batch call's reply is not a batch reply: the node answered with
+    /// something this center cannot read (a node that does not know
+    /// batches took the whole batch for one input, say).
+    #[error("bad-reply: {0}")]
+    BadReply(String),
     /// The connection closed before the reply arrived, and the call's
     /// retries (or its time) ran out.
     #[error("connection-lost: the connection to RabbitMQ was lost before the reply arrived")]
@@ -47,7 +52,7 @@ pub enum CallError {
 impl CallError {
     /// A short name for the kind of failure: the `x-error` kind of a remote
     /// error, or `timeout`, `no-route`, `publish-failed`, `refused`,
-    /// `connection-lost`.
+    /// `bad-reply`, `connection-lost`.
     pub fn kind(&self) -> &str {
         match self {
             CallError::Timeout(_) => "timeout",
@@ -56,6 +61,7 @@ impl CallError {
             CallError::Publish(_) => "publish-failed",
             CallError::TooLarge { .. } => "too-large",
             CallError::Refused => "refused",
+            CallError::BadReply(_) => "bad-reply",
             CallError::ConnectionLost => "connection-lost",
         }
     }
@@ -101,6 +107,7 @@ mod tests {
         let final_ = [
             CallError::Timeout(Duration::from_secs(1)),
             CallError::NoRoute("q".into()),
+            CallError::BadReply("not a batch".into()),
             CallError::TooLarge { size: 2, limit: 1 },
             CallError::Remote {
                 kind: "bad-request".into(),

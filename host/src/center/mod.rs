@@ -82,13 +82,15 @@ pub use reply::{Origin, Reply};
 use crate::{
     amqp,
     backoff::{self, Backoff},
+    wire::batch::{self, ItemResult},
 };
 use arc_swap::ArcSwap;
 use lapin::{
     options::QueueDeclareOptions,
     types::{FieldTable, ShortString},
 };
-use session::Session;
+use reply::Answered;
+use session::{Request, Session};
 use std::{
     sync::{
         Arc,
@@ -120,6 +122,7 @@ struct Shared {
     max_body: usize,
     version: Option<String>,
     persistent: bool,
+    confirms: bool,
     /// The session calls use; replaced when its connection is lost.
     session: ArcSwap<Session>,
     /// Held by the one call that reconnects, so a lost connection is
@@ -143,7 +146,7 @@ impl Center {
     pub async fn connect_with(url: &str, options: CenterOptions) -> Result<Self, StartError> {
         let queue = amqp::queue_name(&options.queue)?;
         let session = amqp::patiently(options.connect_timeout, backoff::CENTER_MAX_WAIT, || {
-            Session::open(url, options.reply_mode, false)
+            Session::open(url, options.reply_mode, options.confirms, false)
         })
         .await?;
         Ok(Center {
@@ -156,6 +159,7 @@ impl Center {
                 max_body: options.max_body,
                 version: options.version,
                 persistent: options.persistent,
+                confirms: options.confirms,
                 session: ArcSwap::from_pointee(session),
                 reconnecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
@@ -173,8 +177,63 @@ impl Center {
     /// covers the whole call: publishing, waiting, and any reconnecting
     /// and sending again after a lost connection.
     pub async fn call(&self, body: impl AsRef<[u8]>) -> Result<Reply, CallError> {
+        let answered = self.round_trip(body.as_ref(), None).await?;
+        Ok(answered.reply)
+    }
+
+    /// Sends `inputs` as one batch request (see [`wire::batch`]) and waits
+    /// for the reply that holds their results: one for each input, in
+    /// order, each its own success or error
+    /// ([`CallError::Remote`] with the node's error kind). The call as a
+    /// whole fails as [`call`](Self::call) does, and with
+    /// [`CallError::BadReply`] when the reply is not a batch reply. Every
+    /// input still runs in its own fresh instance on the node; the batch
+    /// saves the messages, not the isolation.
+    pub async fn call_batch<T: AsRef<[u8]>>(
+        &self,
+        inputs: &[T],
+    ) -> Result<Vec<Result<Reply, CallError>>, CallError> {
+        let body = batch::encode_inputs(inputs);
+        let answered = self.round_trip(&body, Some(batch::CONTENT_TYPE)).await?;
+        if !answered.is_batch {
+            return Err(CallError::BadReply(
+                "the reply is not a batch reply: does the node know batches?".into(),
+            ));
+        }
+        let results = batch::decode_results(&answered.reply.body)
+            .map_err(|err| CallError::BadReply(format!("cannot read the batch reply: {err}")))?;
+        if results.len() != inputs.len() {
+            return Err(CallError::BadReply(format!(
+                "the batch reply holds {} results for {} inputs",
+                results.len(),
+                inputs.len()
+            )));
+        }
+        let origin = answered.reply.origin;
+        Ok(results
+            .into_iter()
+            .map(|result| match result {
+                ItemResult::Ok(body) => Ok(Reply {
+                    body,
+                    origin: origin.clone(),
+                }),
+                ItemResult::Failed { kind, message } => Err(CallError::Remote {
+                    kind,
+                    message,
+                    origin: origin.clone(),
+                }),
+            })
+            .collect())
+    }
+
+    /// Publishes `body` and waits for its reply, reconnecting and sending
+    /// it again when the connection is lost, all within the timeout.
+    async fn round_trip(
+        &self,
+        body: &[u8],
+        content_type: Option<&'static str>,
+    ) -> Result<Answered, CallError> {
         let shared = &*self.shared;
-        let body = body.as_ref();
         if body.len() > shared.max_body {
             return Err(CallError::TooLarge {
                 size: body.len(),
@@ -185,6 +244,11 @@ impl Center {
         // Kept across retries, so every copy of the request is the same
         // request in the logs of both sides.
         let correlation_id = Uuid::new_v4().to_string();
+        let request = Request {
+            correlation_id: &correlation_id,
+            body,
+            content_type,
+        };
         // A call that starts after the connection was lost waits for a new
         // one rather than failing: it has not been sent anywhere yet.
         let current = shared.session.load_full();
@@ -196,7 +260,7 @@ impl Center {
         };
         let mut retried = 0;
         loop {
-            let attempt = session.publish_and_wait(shared, &correlation_id, body, deadline);
+            let attempt = session.publish_and_wait(shared, &request, deadline);
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => error,
@@ -247,7 +311,7 @@ impl Center {
             if current.is_alive() {
                 return Some(current);
             }
-            match Session::open(&shared.url, shared.reply_mode, true).await {
+            match Session::open(&shared.url, shared.reply_mode, shared.confirms, true).await {
                 Ok(session) => {
                     info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
                     let session = Arc::new(session);

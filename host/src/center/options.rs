@@ -36,6 +36,15 @@ pub struct CenterOptions {
     /// survives a broker restart. Off, requests are published as the
     /// Python examples publish them.
     pub persistent: bool,
+    /// Ask the broker to confirm each request. A request it refuses (a
+    /// full queue with `x-overflow: reject-publish`) then fails at once
+    /// with [`CallError::Refused`](super::CallError::Refused), and is sent
+    /// again; without confirms such a call waits for its timeout. Nothing
+    /// else changes: a request with no queue to go to fails with
+    /// `no-route` either way, and a request lost with the connection is
+    /// sent again either way. Off by default: confirms cost the broker and
+    /// the center work on every call.
+    pub confirms: bool,
 }
 
 impl Default for CenterOptions {
@@ -49,6 +58,7 @@ impl Default for CenterOptions {
             version: None,
             connect_timeout: None,
             persistent: false,
+            confirms: false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What a successful call returns, and how a reply delivery becomes one.
 
 use super::CallError;
-use crate::wire;
+use crate::wire::{self, batch};
 use lapin::message::Delivery;
 
 /// A successful reply.
@@ -23,16 +23,32 @@ pub struct Origin {
     pub module: Option<String>,
 }
 
+/// A successful reply, and whether it is a batch's.
+pub(super) struct Answered {
+    pub(super) reply: Reply,
+    pub(super) is_batch: bool,
+}
+
 /// The reply, or the error reply the node sent instead.
-pub(super) fn into_reply(delivery: Delivery) -> Result<Reply, CallError> {
+pub(super) fn into_reply(delivery: Delivery) -> Result<Answered, CallError> {
+    let is_batch = batch::is_batch(
+        delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|content_type| content_type.as_str()),
+    );
     let origin = Origin {
         function: wire::header_text(&delivery.properties, wire::FUNCTION_HEADER),
         module: wire::header_text(&delivery.properties, wire::MODULE_HEADER),
     };
     match wire::header_text(&delivery.properties, wire::ERROR_HEADER) {
-        None => Ok(Reply {
-            body: delivery.data,
-            origin,
+        None => Ok(Answered {
+            reply: Reply {
+                body: delivery.data,
+                origin,
+            },
+            is_batch,
         }),
         Some(kind) => Err(CallError::Remote {
             kind: kind.as_str().into(),

@@ -1,15 +1,20 @@
 //! The calls waiting on a session, by correlation id, and the task that
-//! hands each reply to its call.
+//! hands each reply to its call, and each returned request to its call
+//! when the channel has no confirms to carry it.
 
 use crate::lock::lock;
 use futures_util::StreamExt as _;
-use lapin::{Consumer, message::Delivery};
+use lapin::{
+    Channel, Consumer,
+    message::{BasicReturnMessage, Delivery},
+};
 use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 use tokio::sync::oneshot;
 use tracing::debug;
@@ -19,7 +24,7 @@ pub(super) enum Answer {
     /// Its reply.
     Reply(Box<Delivery>),
     /// The broker returned its request: no queue of that name. Handed over
-    /// by whichever call's confirm carried the return.
+    /// by whichever call's confirm carried the return, or by the router.
     Returned,
 }
 
@@ -54,17 +59,41 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// How often the router collects the requests the broker returned on a
+/// channel without confirms. The client library keeps them until asked,
+/// so this is how long a call to a queue that does not exist waits, at
+/// most, beyond the round trip, to fail with `no-route`.
+const RETURNS_POLL: Duration = Duration::from_millis(10);
+
 /// Hands each reply to the call waiting for it. Replies nobody waits for
 /// (late after a timeout, duplicated by a redelivery, or foreign) are
-/// dropped. When the consumer ends, the session is marked dead and the
-/// pending calls' senders are dropped, so they fail with
-/// [`CallError::ConnectionLost`](super::CallError::ConnectionLost) (and are sent again if they may).
+/// dropped. With `returns`, a channel without confirms, it also collects
+/// the requests the broker returned and ends their calls. When the
+/// consumer ends, the session is marked dead and the pending calls'
+/// senders are dropped, so they fail with
+/// [`CallError::ConnectionLost`](super::CallError::ConnectionLost) (and
+/// are sent again if they may).
 pub(super) async fn route_replies(
     mut replies: Consumer,
+    returns: Option<Channel>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
 ) {
-    while let Some(Ok(delivery)) = replies.next().await {
+    let mut poll = tokio::time::interval(RETURNS_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let delivery = tokio::select! {
+            next = replies.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                _ => break,
+            },
+            _ = poll.tick(), if returns.is_some() => {
+                if let Some(channel) = &returns {
+                    wake_all_returned(channel, &pending).await;
+                }
+                continue;
+            }
+        };
         let correlation_id = delivery.properties.correlation_id().clone();
         let waiter = correlation_id
             .as_ref()
@@ -81,4 +110,36 @@ pub(super) async fn route_replies(
     }
     alive.store(false, Ordering::Release);
     lock(&pending).clear();
+}
+
+/// Ends the wait of every call whose request the broker returned on
+/// `channel`, a channel without confirms.
+async fn wake_all_returned(channel: &Channel, pending: &Pending) {
+    // Without confirms there is nothing to wait for: this only takes the
+    // returned messages the client library kept.
+    if let Ok(returned) = channel.wait_for_confirms().await {
+        for message in &returned {
+            if let Some(id) = returned_id(message) {
+                wake_returned(pending, id);
+            }
+        }
+    }
+}
+
+/// The correlation id of a request the broker returned.
+pub(super) fn returned_id(returned: &BasicReturnMessage) -> Option<&str> {
+    returned
+        .delivery
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|id| id.as_str())
+}
+
+/// Ends the wait of the call `correlation_id`, whose request the broker
+/// returned: no queue took it.
+pub(super) fn wake_returned(pending: &Pending, correlation_id: &str) {
+    if let Some(call) = lock(pending).remove(correlation_id) {
+        let _ = call.send(Answer::Returned);
+    }
 }

@@ -3,12 +3,11 @@
 
 use super::{
     CallError, ReplyMode, Shared,
-    reply::{Reply, into_reply},
-    router::{Answer, Pending, Waiting, route_replies},
+    reply::{Answered, into_reply},
+    router::{Answer, Pending, Waiting, returned_id, route_replies, wake_returned},
 };
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, Routed},
-    lock::lock,
     wire,
 };
 use lapin::{
@@ -21,6 +20,16 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 use tokio::{sync::oneshot, time::Instant};
+
+/// What a call sends: the same bytes, under the same correlation id, on
+/// every attempt.
+pub(super) struct Request<'a> {
+    pub(super) correlation_id: &'a str,
+    pub(super) body: &'a [u8],
+    /// The content type: a batch's, or none for one input as the Python
+    /// examples send it.
+    pub(super) content_type: Option<&'static str>,
+}
 
 /// One connection with its reply queue and the calls waiting on it.
 pub(super) struct Session {
@@ -41,16 +50,19 @@ impl Session {
     pub(super) async fn open(
         url: &str,
         reply_mode: ReplyMode,
+        confirms: bool,
         reconnected: bool,
     ) -> Result<Session, amqp::ConnectError> {
         let connection = amqp::connect(url).await?;
         let setup = tokio::time::timeout(amqp::ANSWER_TIMEOUT, async {
             let channel = connection.create_channel().await?;
-            // Confirms tell a request the broker could not route (no such
-            // queue) at once, instead of after the timeout.
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
+            // Without confirms, the broker still returns a request it
+            // cannot route (no such queue); the router collects it.
+            if confirms {
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+            }
             let reply_queue = match reply_mode {
                 ReplyMode::Queue => channel
                     .queue_declare(
@@ -79,7 +91,13 @@ impl Session {
 
         let pending = Arc::new(Pending::default());
         let alive = Arc::new(AtomicBool::new(true));
-        tokio::spawn(route_replies(replies, pending.clone(), alive.clone()));
+        let returns = (!confirms).then(|| channel.clone());
+        tokio::spawn(route_replies(
+            replies,
+            returns,
+            pending.clone(),
+            alive.clone(),
+        ));
         Ok(Session {
             connection,
             channel,
@@ -99,10 +117,10 @@ impl Session {
     pub(super) async fn publish_and_wait(
         &self,
         shared: &Shared,
-        correlation_id: &str,
-        body: &[u8],
+        request: &Request<'_>,
         deadline: Instant,
-    ) -> Result<Reply, CallError> {
+    ) -> Result<Answered, CallError> {
+        let correlation_id = request.correlation_id;
         let (sender, receiver) = oneshot::channel();
         let _waiting = Waiting::register(&self.pending, correlation_id.to_owned(), sender);
         // Checked after registering: the reply router clears the map after
@@ -115,6 +133,10 @@ impl Session {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
+        let properties = match request.content_type {
+            Some(content_type) => properties.with_content_type(content_type.into()),
+            None => properties,
+        };
         // Delivery mode 2: kept on disk by a durable queue.
         let properties = if shared.persistent {
             properties.with_delivery_mode(2)
@@ -129,25 +151,25 @@ impl Session {
             properties,
             deadline.saturating_duration_since(Instant::now()),
         );
-        let routed = amqp::publish_mandatory(&self.channel, shared.queue.clone(), body, properties)
-            .await
-            .map_err(CallError::Publish)?;
+        let routed = amqp::publish_mandatory(
+            &self.channel,
+            shared.queue.clone(),
+            request.body,
+            properties,
+        )
+        .await
+        .map_err(CallError::Publish)?;
         match routed {
             Routed::Queued => {}
             Routed::Returned(returned) => {
-                let returned_id = returned.delivery.properties.correlation_id();
-                match returned_id.as_ref().map(ShortString::as_str) {
+                match returned_id(&returned) {
                     Some(id) if id == correlation_id => {
                         return Err(CallError::NoRoute(shared.queue.to_string()));
                     }
                     // The client paired another call's return with this
                     // publish; that call learns it here, and this one's
                     // return, if any, reaches it the same way.
-                    Some(id) => {
-                        if let Some(other) = lock(&self.pending).remove(id) {
-                            let _ = other.send(Answer::Returned);
-                        }
-                    }
+                    Some(id) => wake_returned(&self.pending, id),
                     None => {}
                 }
             }

@@ -81,7 +81,19 @@ pub struct CenterArgs {
     #[arg(long, value_name = "MODE", value_enum, default_value_t = ReplyMode::Queue)]
     pub reply_mode: ReplyMode,
 
-    /// Requests in flight at once.
+    /// Ask the broker to confirm each request, so one it refuses (a full
+    /// queue that rejects publishes) fails at once with `refused` instead
+    /// of at its timeout. Costs the broker and the center work per call.
+    #[arg(long)]
+    pub confirm: bool,
+
+    /// Send up to N inputs in each request message, answered in one reply
+    /// (each input still runs on its own in the node). Much faster for
+    /// many small inputs; needs nodes of this version or later.
+    #[arg(long, value_name = "N", value_parser = parse_at_least_one)]
+    pub batch: Option<NonZeroUsize>,
+
+    /// Requests in flight at once (batches, with --batch).
     #[arg(long, value_name = "K", default_value = "256", value_parser = parse_at_least_one)]
     pub concurrency: NonZeroUsize,
 
@@ -171,7 +183,8 @@ pub async fn main(args: CenterArgs) -> ExitCode {
             "center: reading inputs from standard input, one per line; end with Ctrl-D"
         ));
     }
-    match run(args, BufReader::new(input), std::io::stdout().lock()).await {
+    let output = std::io::BufWriter::new(std::io::stdout().lock());
+    match run(args, BufReader::new(input), output).await {
         Ok(summary) => {
             if stats {
                 let text = if json {
@@ -232,6 +245,7 @@ pub async fn run(
         version: args.version.clone(),
         connect_timeout: args.connect_timeout,
         persistent: args.queue_type == QueueKind::Quorum,
+        confirms: args.confirm,
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;
@@ -250,28 +264,43 @@ pub async fn run(
     }
 
     let inputs = super::inputs::inputs(args.inputs, input);
-    let mut results = inputs
-        .map(|line| {
+    let batch = args.batch.map_or(1, NonZeroUsize::get);
+    let batched = args.batch.is_some();
+    let mut answers = inputs
+        .ready_chunks(batch)
+        .map(|chunk| {
             let center = center.clone();
             async move {
-                let input = line?;
+                let inputs = chunk.into_iter().collect::<std::io::Result<Vec<_>>>()?;
                 let started = Instant::now();
-                let result = center.call(&input).await;
-                Ok::<_, std::io::Error>((input, result, started.elapsed()))
+                let results = if batched {
+                    center.call_batch(&inputs).await
+                } else {
+                    Ok(vec![center.call(&inputs[0]).await])
+                };
+                Ok::<_, std::io::Error>((inputs, results, started.elapsed()))
             }
         })
         .buffered(args.concurrency.get());
 
     let mut stats = Stats::default();
     let progress = Progress::on_terminal();
-    while let Some(next) = results.next().await {
-        let (input, result, latency) = next.context("cannot read standard input")?;
-        stats.record(&result, latency);
-        progress.update(&stats);
-        let line = result_line(args.json, &input, &result);
-        writeln!(output, "{line}")
-            .and_then(|()| output.flush())
-            .context("cannot write the results")?;
+    while let Some(next) = answers.next().await {
+        let (inputs, results, latency) = next.context("cannot read standard input")?;
+        // When the whole batch failed, each of its inputs did.
+        let (results, failed) = match results {
+            Ok(results) => (results, None),
+            Err(err) => (Vec::new(), Some(Err(err))),
+        };
+        for (index, input) in inputs.iter().enumerate() {
+            let result = failed.as_ref().unwrap_or_else(|| &results[index]);
+            stats.record(result, latency);
+            progress.update(&stats);
+            let line = result_line(args.json, input, result);
+            writeln!(output, "{line}").context("cannot write the results")?;
+        }
+        // Each answer is shown as it comes; a batch's lines in one write.
+        output.flush().context("cannot write the results")?;
     }
     progress.finish();
     center.close().await;

@@ -3,6 +3,7 @@
 
 use super::registry::RegistryCommand;
 use crate::{
+    ack_mode::AckMode,
     amqp,
     node::{self, NodeConfig, Source},
     queues::{self, QueueKind, QueueType},
@@ -88,6 +89,13 @@ pub struct ComputeArgs {
     /// go (declared too); default `<queue>.dead` for each queue.
     #[arg(long, value_name = "NAME")]
     pub dead_letter_queue: Option<String>,
+
+    /// When to ack a request: `on-confirm`, once the broker confirmed its
+    /// reply, or `on-publish`, once the reply is written. Default:
+    /// `on-confirm` for quorum queues, `on-publish` for classic ones (the
+    /// README's "Ack modes" says what each guarantees).
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub ack_mode: Option<AckMode>,
 
     /// The prefix of the queues of `--modules` and `--registry`.
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
@@ -196,6 +204,7 @@ impl ComputeArgs {
             metrics_addr: self.metrics_addr,
             connect_timeout: self.connect_timeout,
             queue_type: self.queue_type()?,
+            ack_mode: self.ack_mode,
         })
     }
 

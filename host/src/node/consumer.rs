@@ -13,12 +13,13 @@
 
 use super::link::Link;
 use crate::{
+    ack_mode::AckMode,
     amqp,
     backoff::{self, Backoff},
     functions::Function,
     metrics::RequestMetrics,
     queues::QueueType,
-    request::Handler,
+    request::{self, Handler},
     throttle::Throttle,
 };
 use futures_util::StreamExt as _;
@@ -39,11 +40,16 @@ use tracing::{Instrument as _, info, info_span, warn};
 /// next attempt starts again from the first wait.
 const STABLE_CONSUMER: Duration = Duration::from_secs(30);
 
+/// How often a consumer without confirms takes the replies the broker
+/// returned, to warn about them. Nothing waits on them.
+const RETURNS_POLL: Duration = Duration::from_secs(1);
+
 /// What every consumer of a node shares.
 pub(super) struct Shared {
     pub(super) link: Arc<Link>,
     pub(super) prefetch: u16,
     pub(super) queue_type: QueueType,
+    pub(super) ack_mode: AckMode,
     pub(super) metrics: Arc<RequestMetrics>,
     pub(super) max_body: usize,
     pub(super) warnings: Arc<Throttle>,
@@ -147,6 +153,7 @@ async fn serve(
             metrics: shared.metrics.clone(),
             max_body: shared.max_body,
             warnings: shared.warnings.clone(),
+            ack_mode: shared.ack_mode,
         });
         match session.serve(&handler, &stop).await {
             Ended::Stopped => {
@@ -210,7 +217,7 @@ impl Session {
         function: &Function,
         shared: &Shared,
     ) -> Result<Session, String> {
-        let set_up = Self::set_up(connection, function, shared.prefetch, &shared.queue_type);
+        let set_up = Self::set_up(connection, function, shared);
         match tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up).await {
             Ok(opened) => opened.map_err(|err| err.to_string()),
             Err(_) => Err(format!(
@@ -223,9 +230,9 @@ impl Session {
     async fn set_up(
         connection: &Connection,
         function: &Function,
-        prefetch: u16,
-        queue_type: &QueueType,
+        shared: &Shared,
     ) -> Result<Session, SetUpError> {
+        let queue_type = &shared.queue_type;
         let channel = connection.create_channel().await?;
         // A classic queue is declared exactly as the Python examples
         // declare it, so either side may declare it first.
@@ -248,11 +255,13 @@ impl Session {
                 source,
             })?;
         channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(shared.prefetch, BasicQosOptions::default())
             .await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        if shared.ack_mode.confirms() {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
         let consumer = channel
             .basic_consume(
                 function.queue_name().clone(),
@@ -271,11 +280,28 @@ impl Session {
     }
 
     /// Hands each delivery to its own task until `stop` or the session is
-    /// lost.
+    /// lost. Without confirms, it also takes the replies the broker
+    /// returned (their callers are gone) from the client library, which
+    /// keeps them until asked.
     async fn serve(&mut self, handler: &Arc<Handler>, stop: &CancellationToken) -> Ended {
+        let mut returns = tokio::time::interval(RETURNS_POLL);
+        returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let collect_returns = !handler.ack_mode.confirms();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ended::Stopped,
+                _ = returns.tick(), if collect_returns => {
+                    if let Ok(returned) = self.channel.wait_for_confirms().await {
+                        for reply in &returned {
+                            let correlation_id = reply.delivery.properties.correlation_id().as_ref();
+                            request::caller_gone(
+                                &handler.warnings,
+                                reply.delivery.routing_key.as_str(),
+                                correlation_id.map(|id| id.as_str()),
+                            );
+                        }
+                    }
+                }
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let handler = handler.clone();

@@ -23,6 +23,7 @@ mod consumer;
 pub(crate) mod link;
 
 use crate::{
+    ack_mode::AckMode,
     amqp::{self, Redacted},
     functions::{Change, Function, Served, Table},
     live::LiveModule,
@@ -115,6 +116,9 @@ pub struct NodeConfig {
     /// How the queues are declared: classic, as the Python examples, or
     /// replicated quorum queues with a delivery limit.
     pub queue_type: QueueType,
+    /// When a request is acked, relative to its reply; `None` takes
+    /// [`AckMode::default_for`] the queue type.
+    pub ack_mode: Option<AckMode>,
 }
 
 impl NodeConfig {
@@ -149,7 +153,14 @@ impl NodeConfig {
             metrics_addr: None,
             connect_timeout: None,
             queue_type: QueueType::Classic,
+            ack_mode: None,
         }
+    }
+
+    /// The ack mode chosen, or else the queue type's.
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack_mode
+            .unwrap_or_else(|| AckMode::default_for(&self.queue_type))
     }
 }
 
@@ -164,6 +175,7 @@ impl fmt::Debug for NodeConfig {
             .field("metrics_addr", &self.metrics_addr)
             .field("connect_timeout", &self.connect_timeout)
             .field("queue_type", &self.queue_type)
+            .field("ack_mode", &self.ack_mode)
             .finish()
     }
 }
@@ -330,6 +342,7 @@ impl ComputeNode {
             link: link.clone(),
             prefetch: config.prefetch,
             queue_type: config.queue_type.clone(),
+            ack_mode: config.ack_mode(),
             metrics: metrics.requests.clone(),
             max_body: config.limits.max_body,
             warnings: Arc::new(Throttle::default()),
@@ -364,6 +377,7 @@ impl ComputeNode {
             queue = functions.first().filter(|_| only.is_some()).map(|function| function.queue()),
             broker = %Redacted(config.amqp_url.clone()),
             prefetch = config.prefetch,
+            ack_mode = config.ack_mode().as_str(),
             "waiting for requests"
         );
         Ok(node)

@@ -19,6 +19,11 @@
 //!   staged one, or one of the few it keeps compiled after a swap), and
 //!   otherwise answers an `unknown-version` error reply without running
 //!   anything. Without the header, the current version runs.
+//! - A request with the content type [`batch::CONTENT_TYPE`] carries
+//!   several inputs, and its reply their results, in order (see
+//!   [`batch`]). Without it, a request is one input, as above.
+
+pub mod batch;
 
 use lapin::{
     BasicProperties,

@@ -1,21 +1,29 @@
 //! What happens to one request: compute, reply, then ack.
 //!
-//! A request is only acked once the broker has confirmed its reply, so a
-//! reply lost on the way out leaves the request to be redelivered. A
-//! request that cannot be answered at all is rejected without requeue, so
-//! a dead-letter exchange on the queue catches it: redelivering it could
-//! never help, and in the article this project grew from such a request
-//! crashed the node at every redelivery. Each [`Rejection`] names why.
-//! Replies are published `mandatory`: a reply whose `reply_to` queue is
-//! gone (the caller left) comes back, is logged, and its request is
-//! acked, since computing it again cannot reach anyone either.
+//! When the ack goes out depends on the node's [`AckMode`]: after the
+//! broker confirmed the reply, or as soon as the reply is written (the
+//! broker processes a channel's methods in order, so it routes the reply
+//! before it sees the ack). A request that cannot be answered at all is
+//! rejected without requeue, so a dead-letter exchange on the queue
+//! catches it: redelivering it could never help, and in the article this
+//! project grew from such a request crashed the node at every
+//! redelivery. Each [`Rejection`] names why. Replies are published
+//! `mandatory`: a reply whose `reply_to` queue is gone (the caller left)
+//! comes back, is logged, and its request is acked, since computing it
+//! again cannot reach anyone either.
 //!
-//! A reply the broker refuses (a negative confirm, say from a full reply
-//! queue) is published again a few times, with backoff, without computing
-//! it again; then its request is rejected. So a poison request is settled
-//! once, never recomputed in a loop.
+//! With confirms, a reply the broker refuses (a negative confirm, say
+//! from a full reply queue) is published again a few times, with
+//! backoff, without computing it again; then its request is rejected. So
+//! a poison request is settled once, never recomputed in a loop.
+//!
+//! A batch request (`batch`) is answered the same way, once, with the
+//! results of all its inputs in one reply.
+
+mod batch;
 
 use crate::{
+    ack_mode::AckMode,
     amqp::{self, PublishError, Routed},
     backoff::{self, Backoff},
     escaped::Escaped,
@@ -37,11 +45,13 @@ use std::{
 };
 use tracing::{Instrument as _, debug, info_span, warn};
 
-/// How many times a reply is published before its request is given up.
+/// How many times a reply is published, with confirms, before its
+/// request is given up.
 const REPLY_ATTEMPTS: u32 = 3;
-/// How long to wait for the broker to confirm a reply. A broker in a
-/// memory or disk alarm blocks publishers and may never confirm; past
-/// this the attempt counts as failed.
+/// How long to wait for the broker to confirm a reply, or without
+/// confirms to take it. A broker in a memory or disk alarm blocks
+/// publishers and may never confirm; past this the attempt counts as
+/// failed.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a request is rejected without requeue instead of answered. Each
@@ -58,7 +68,7 @@ pub(crate) enum Rejection {
     CorrelationIdNotUtf8,
     #[error("it expired (its timestamp and expiration) before a slot was free to compute it")]
     Expired,
-    #[error("its reply could not be delivered in {REPLY_ATTEMPTS} attempts")]
+    #[error("its reply could not be delivered")]
     Undeliverable,
 }
 
@@ -120,6 +130,9 @@ pub(crate) struct Handler {
     pub(crate) max_body: usize,
     /// Warnings that one client could repeat per request.
     pub(crate) warnings: Arc<Throttle>,
+    /// Whether a request waits for its reply's confirm before its ack.
+    /// The channel is in confirm mode exactly when it does.
+    pub(crate) ack_mode: AckMode,
 }
 
 impl Handler {
@@ -167,6 +180,13 @@ impl Handler {
         };
 
         let started = Instant::now();
+        let is_batch = wire::batch::is_batch(
+            delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(ShortString::as_str),
+        );
         let (module, body, error) = match self.pinned(&delivery.properties, &current) {
             Some(Err(pinned)) => {
                 let message = format!(
@@ -183,14 +203,14 @@ impl Handler {
                     Some(Ok(pinned)) => Arc::new(pinned),
                     _ => current,
                 };
-                let outcome = module.compute(&delivery.data).await;
-                self.metrics.guest_call(module.name(), started.elapsed());
+                let outcome = if is_batch {
+                    batch::compute(&module, &delivery.data, self.max_body, &self.metrics).await
+                } else {
+                    self.compute_one(&module, &delivery.data).await
+                };
                 match outcome {
                     Ok(body) => (module, body, None),
-                    Err(err) => {
-                        let body = wire::error_body(&err.to_string(), self.max_body);
-                        (module, body, Some(err.kind()))
-                    }
+                    Err((kind, body)) => (module, body, Some(kind)),
                 }
             }
         };
@@ -207,16 +227,15 @@ impl Handler {
 
         let properties =
             wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
+        let properties = if is_batch && error.is_none() {
+            properties.with_content_type(wire::batch::CONTENT_TYPE.into())
+        } else {
+            properties
+        };
         match self.reply(&reply_to, &body, properties).await {
             Delivered::Settled(routed) => {
-                if let Routed::Returned(_) = routed
-                    && let Some(held_back) = self.warnings.admit("caller-gone")
-                {
-                    warn!(
-                        reply_to = %Escaped(reply_to.as_str()),
-                        held_back,
-                        "no queue named by reply_to (the caller is gone); dropping the reply and acking the request"
-                    );
+                if let Routed::Returned(_) = routed {
+                    caller_gone(&self.warnings, reply_to.as_str(), None);
                 }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
                 log_ack_failure(acked);
@@ -250,6 +269,23 @@ impl Handler {
         }
     }
 
+    /// One input's result, or the error kind and message of its failure.
+    async fn compute_one(
+        &self,
+        module: &ComputeModule,
+        input: &[u8],
+    ) -> Result<Vec<u8>, (ErrorKind, Vec<u8>)> {
+        let started = Instant::now();
+        let outcome = module.compute(input).await;
+        self.metrics.guest_call(module.name(), started.elapsed());
+        outcome.map_err(|err| {
+            (
+                err.kind(),
+                wire::error_body(&err.to_string(), self.max_body),
+            )
+        })
+    }
+
     /// Rejects `delivery` without requeue, so a dead-letter exchange on the
     /// queue gets it and the broker never redelivers it. `last_failure` is
     /// why the reply's last attempt failed, for an undeliverable one.
@@ -277,9 +313,11 @@ impl Handler {
         self.metrics.settled(module.name(), why.outcome());
     }
 
-    /// Publishes a reply and waits for the broker's confirm, publishing it
-    /// again after a refusal or a missing confirm, up to
-    /// [`REPLY_ATTEMPTS`] times.
+    /// Publishes a reply and, with confirms, waits for the broker's
+    /// confirm, publishing it again after a refusal or a missing confirm,
+    /// up to [`REPLY_ATTEMPTS`] times. Without confirms it is published
+    /// once: a reply not written in time may still go out later, and a
+    /// second copy would then reach the caller too.
     async fn reply(
         &self,
         reply_to: &ShortString,
@@ -287,6 +325,11 @@ impl Handler {
         properties: BasicProperties,
     ) -> Delivered {
         let mut backoff = Backoff::up_to(backoff::REPLY_MAX_WAIT);
+        let attempts = if self.ack_mode.confirms() {
+            REPLY_ATTEMPTS
+        } else {
+            1
+        };
         let mut attempt = 1;
         loop {
             let publish =
@@ -300,13 +343,28 @@ impl Handler {
             if !self.channel.status().connected() {
                 return Delivered::ChannelLost(failure);
             }
-            if attempt == REPLY_ATTEMPTS {
+            if attempt == attempts {
                 return Delivered::GaveUp(failure);
             }
             debug!(attempt, cause = %failure, "reply not delivered; publishing it again");
             tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
+    }
+}
+
+/// Warns, at most once an interval, that a reply came back because its
+/// caller's queue is gone; its request is acked all the same. Outside the
+/// request's span (without confirms the node learns of it later), the
+/// reply's `correlation_id` names the request.
+pub(crate) fn caller_gone(warnings: &Throttle, reply_to: &str, correlation_id: Option<&str>) {
+    if let Some(held_back) = warnings.admit("caller-gone") {
+        warn!(
+            reply_to = %Escaped(reply_to),
+            correlation_id = correlation_id.map(|id| tracing::field::display(Escaped(id))),
+            held_back,
+            "no queue named by reply_to (the caller is gone); dropping the reply and acking the request"
+        );
     }
 }
 
