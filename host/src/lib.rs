@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`wire`]: the wire format every peer shares (bodies, headers, error
-//!   kinds), compatible with the classic Python `pika` RPC examples.
+//!   kinds), compatible with the classic Python `pika` RPC examples, and
+//!   the framing of batches (`wire::batch`).
 //! - [`sandbox`]: the WebAssembly side. One engine and one instance pool
 //!   for every function; each request runs in a fresh instance under a
 //!   CPU deadline and a memory cap, with its output captured into the log.
@@ -26,8 +27,9 @@
 //!   defaults.
 //! - [`ack_mode`]: when a request is acked, relative to its reply, and
 //!   what each choice guarantees.
-//! - `request` (private): what happens to one delivery: compute, reply,
-//!   then ack, or reject when there is nobody to reply to.
+//! - `request` (private): what happens to one delivery: compute (each
+//!   input of a batch on its own), reply, then ack, or reject when there
+//!   is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
 //!   connection, replies (from a reply queue or by direct reply-to)
 //!   matched by correlation id, calls sent again after a lost connection.

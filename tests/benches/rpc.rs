@@ -3,13 +3,22 @@
 //! In one run, on the local broker: a bare lapin echo server and client
 //! (`bare_echo_server.rs`, and `BareClient` below: no WebAssembly, no
 //! confirms) against our `compute` node with `modules/increase.wasm` and
-//! our `Center`, with its default reply queue and with direct reply-to.
-//! Both servers run as processes of their own, so each one's CPU time is
-//! its own. For K = 1, 16 and 128 calls in flight, the variants alternate
-//! (A B C A B C ...) for several rounds, and the table gives the median
-//! round of each: calls/s, p50 and p99 latency, CPU seconds of the server
-//! and of the client, and ours/bare. Then the guest call alone, through a
-//! fresh instance as the node runs it, and the node's peak RSS.
+//! our `Center`: with the default modes (the node acks on publish, the
+//! center publishes without confirms), with confirms on both sides (the
+//! node `--ack-mode on-confirm`, the center `confirms`), and with direct
+//! reply-to. The servers run as processes of their own, so each one's CPU
+//! time is its own. For K = 1, 16 and 128 calls in flight, the variants
+//! alternate (A B C D A B C D ...) for several rounds, and the table gives
+//! the median round of each: calls/s, p50 and p99 latency, CPU seconds of
+//! the server, the client and the broker, and ours/bare.
+//!
+//! Then batches: `Center::call_batch` of 100 inputs, 16 batches in flight,
+//! alternating with the bare echo's single calls at K = 128, every result
+//! checked by value; and the `center` program as a user runs it,
+//! `seq 1 1000000 | center --batch 100 --concurrency 16`, every line of
+//! its output checked by value, with its peak RSS beside that of a run a
+//! tenth the size. Last, the guest call alone, through a fresh instance as
+//! the node runs it, and the node's peak RSS.
 //!
 //! Run with `cargo bench -p integration --bench rpc` (needs the broker);
 //! `cargo bench -p integration --bench rpc -- guest` runs only the guest
@@ -24,15 +33,24 @@ use lapin::{
 };
 use std::{
     collections::HashMap,
+    process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use testkit::{ServerProcess, amqp_url, increase_module, unique_queue};
-use tokio::{process::Command, sync::oneshot};
+use testkit::{ServerProcess, amqp_url, center_command, increase_module, unique_queue};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    process::Command,
+    sync::oneshot,
+};
 
 const ROUNDS: usize = 3;
 /// (calls in flight, calls per round)
 const LOADS: [(usize, usize); 3] = [(1, 2000), (16, 20_000), (128, 20_000)];
+/// Inputs per batch, batches in flight, and inputs per round.
+const BATCH: (usize, usize, usize) = (100, 16, 100_000);
+/// Inputs of the `center` program's big run; its small run has a tenth.
+const MILLION: usize = 1_000_000;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -43,29 +61,49 @@ async fn main() {
     let url = amqp_url();
     let bare_queue = unique_queue("bench-bare");
     let our_queue = unique_queue("bench-ours");
+    let confirmed_queue = unique_queue("bench-confirmed");
     let mut bare_server = ServerProcess::start(
         Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([&bare_queue, &url]),
         "ready",
     )
     .await;
     let mut our_server = ServerProcess::node(&our_queue, &increase_module(), &[]).await;
+    let mut confirmed_server = ServerProcess::node(
+        &confirmed_queue,
+        &increase_module(),
+        &["--ack-mode", "on-confirm"],
+    )
+    .await;
 
     let bare = BareClient::connect(&url, &bare_queue).await;
-    let center = |reply_mode| {
+    let center = |queue: &str, reply_mode, confirms| {
         let options = CenterOptions {
-            queue: our_queue.clone(),
+            queue: queue.to_owned(),
             reply_mode,
+            confirms,
             ..CenterOptions::default()
         };
         Center::connect_with(&url, options)
     };
-    let ours = center(ReplyMode::Queue).await.unwrap();
-    let direct = center(ReplyMode::Direct).await.unwrap();
+    let ours = center(&our_queue, ReplyMode::Queue, false).await.unwrap();
+    let confirmed = center(&confirmed_queue, ReplyMode::Queue, true)
+        .await
+        .unwrap();
+    let direct = center(&our_queue, ReplyMode::Direct, false).await.unwrap();
 
-    let variants: [(&str, &ServerProcess, Client); 3] = [
+    let variants: [(&str, &ServerProcess, Client); 4] = [
         ("bare lapin echo", &bare_server, Client::Bare(&bare)),
-        ("ours (reply queue)", &our_server, Client::Ours(&ours)),
-        ("ours (direct reply-to)", &our_server, Client::Ours(&direct)),
+        (
+            "ours, on-publish (default)",
+            &our_server,
+            Client::Ours(&ours),
+        ),
+        (
+            "ours, on-confirm + confirms",
+            &confirmed_server,
+            Client::Ours(&confirmed),
+        ),
+        ("ours, direct reply-to", &our_server, Client::Ours(&direct)),
     ];
     // Warm up: connections, the node's code paths, the broker's queues.
     for (_, _, client) in &variants {
@@ -81,50 +119,19 @@ async fn main() {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for _ in 0..ROUNDS {
             for (index, (_, server, client)) in variants.iter().enumerate() {
-                let server_cpu = server.cpu_seconds();
-                let client_cpu = cpu_seconds("self");
-                let broker_cpu = broker.as_deref().map_or(0.0, cpu_seconds);
-                let started = Instant::now();
-                let mut latencies = client.run(in_flight, calls).await;
-                let elapsed = started.elapsed();
-                latencies.sort();
-                runs[index].push(Run {
-                    rate: calls as f64 / elapsed.as_secs_f64(),
-                    p50: latencies[latencies.len() / 2],
-                    p99: latencies[latencies.len() * 99 / 100],
-                    server_cpu: server.cpu_seconds() - server_cpu,
-                    client_cpu: cpu_seconds("self") - client_cpu,
-                    broker_cpu: broker.as_deref().map_or(0.0, cpu_seconds) - broker_cpu,
-                });
+                let run = Run::measure(server, broker.as_deref(), calls, || {
+                    client.run(in_flight, calls)
+                })
+                .await;
+                runs[index].push(run);
             }
         }
         println!();
         println!("K = {in_flight}, {calls} calls a round:");
-        println!(
-            "  {:<24} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10}",
-            "variant",
-            "calls/s",
-            "p50 ms",
-            "p99 ms",
-            "server CPU",
-            "client CPU",
-            "broker CPU",
-            "ours/bare"
-        );
+        print_header();
         let baseline = median_run(&runs[0]);
         for ((name, _, _), runs) in variants.iter().zip(&runs) {
-            let run = median_run(runs);
-            println!(
-                "  {:<24} {:>9.0} {:>9.3} {:>9.3} {:>10.2}s {:>10.2}s {:>10.2}s {:>10.2}",
-                name,
-                run.rate,
-                run.p50.as_secs_f64() * 1e3,
-                run.p99.as_secs_f64() * 1e3,
-                run.server_cpu,
-                run.client_cpu,
-                run.broker_cpu,
-                run.rate / baseline.rate
-            );
+            median_run(runs).print(name, &baseline);
         }
         let ours = median_run(&runs[1]);
         ratios_summary.push((
@@ -134,17 +141,67 @@ async fn main() {
         ));
     }
 
+    let (size, batches_in_flight, inputs) = BATCH;
+    let mut bare_runs = Vec::new();
+    let mut batch_runs = Vec::new();
+    for _ in 0..ROUNDS {
+        let bare_client = Client::Bare(&bare);
+        bare_runs.push(
+            Run::measure(&bare_server, broker.as_deref(), 20_000, || {
+                bare_client.run(128, 20_000)
+            })
+            .await,
+        );
+        batch_runs.push(
+            Run::measure(&our_server, broker.as_deref(), inputs, || {
+                run_batches(&ours, size, batches_in_flight, inputs)
+            })
+            .await,
+        );
+    }
+    println!();
+    println!(
+        "batches of {size}, {batches_in_flight} in flight, {inputs} inputs a round, against single calls at K = 128 (latency: per batch):"
+    );
+    print_header();
+    let bare_single = median_run(&bare_runs);
+    bare_single.print("bare lapin echo, single", &bare_single);
+    let batched = median_run(&batch_runs);
+    batched.print("ours, batches", &bare_single);
+
+    println!();
+    let small = center_program(&our_queue, MILLION / 10).await;
+    let big = center_program(&our_queue, MILLION).await;
+
     println!();
     let per_call = guest_call_micros().await;
     let rss = our_server.peak_rss_mib();
     println!("goals:");
     for (in_flight, throughput, latency) in ratios_summary {
         match in_flight {
-            128 => goal("K=128 throughput, ours/bare", throughput, ">=", 1.0),
-            16 => goal("K=16 throughput, ours/bare", throughput, ">=", 0.95),
+            128 => goal("K=128 throughput, ours/bare", throughput, ">=", 0.9),
+            16 => goal("K=16 throughput, ours/bare", throughput, ">=", 0.9),
             _ => goal("K=1 p50 latency, ours/bare", latency, "<=", 1.1),
         }
     }
+    goal(
+        "batches of 100: inputs/s over bare single calls/s",
+        batched.rate / bare_single.rate,
+        ">=",
+        5.0,
+    );
+    goal(
+        "seq 1 1000000 | center --batch 100: calls/s",
+        big.rate,
+        ">=",
+        100_000.0,
+    );
+    goal(
+        "center peak RSS, 1,000,000 inputs over 100,000",
+        big.peak_rss_mib / small.peak_rss_mib,
+        "<=",
+        1.2,
+    );
     goal(
         "guest call through a fresh instance, us",
         per_call,
@@ -154,11 +211,120 @@ async fn main() {
     goal("node peak RSS, MiB", rss, "<=", 64.0);
 
     ours.close().await;
+    confirmed.close().await;
     direct.close().await;
     bare_server.kill().await;
     our_server.kill().await;
-    testkit::delete_queue(&bare_queue).await;
-    testkit::delete_queue(&our_queue).await;
+    confirmed_server.kill().await;
+    for queue in [&bare_queue, &our_queue, &confirmed_queue] {
+        testkit::delete_queue(queue).await;
+    }
+}
+
+fn print_header() {
+    println!(
+        "  {:<28} {:>9} {:>9} {:>9} {:>11} {:>11} {:>11} {:>10}",
+        "variant",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU",
+        "client CPU",
+        "broker CPU",
+        "ours/bare"
+    );
+}
+
+/// `inputs` inputs in batches of `size`, `in_flight` batches at once,
+/// each result checked by value; the latency of each batch.
+async fn run_batches(
+    center: &Center,
+    size: usize,
+    in_flight: usize,
+    inputs: usize,
+) -> Vec<Duration> {
+    stream::iter((0..inputs).step_by(size))
+        .map(|first| async move {
+            let batch: Vec<String> = (first..first + size).map(|n| n.to_string()).collect();
+            let started = Instant::now();
+            let results = center.call_batch(&batch).await.expect("the batch call");
+            let latency = started.elapsed();
+            for (n, result) in (first..).zip(results) {
+                let reply = result.expect("each input succeeds");
+                assert_eq!(reply.body, (n + 1).to_string().as_bytes());
+            }
+            latency
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
+}
+
+/// What a run of the `center` program measured.
+struct ProgramRun {
+    rate: f64,
+    peak_rss_mib: f64,
+}
+
+/// `seq 1 N | center --batch 100 --concurrency 16` against `queue`, as a
+/// user runs it, process start included; every output line checked.
+async fn center_program(queue: &str, inputs: usize) -> ProgramRun {
+    let (size, in_flight, _) = BATCH;
+    let started = Instant::now();
+    let mut child = center_command()
+        .args(["--amqp-url", &amqp_url(), "--queue", queue])
+        .args(["--batch", &size.to_string()])
+        .args(["--concurrency", &in_flight.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("center starts");
+    let pid = child.id().expect("center runs").to_string();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = tokio::spawn(async move {
+        let mut text = String::new();
+        for n in 1..=inputs {
+            text.push_str(&n.to_string());
+            text.push('\n');
+            if text.len() > 64 << 10 {
+                stdin.write_all(text.as_bytes()).await.unwrap();
+                text.clear();
+            }
+        }
+        stdin.write_all(text.as_bytes()).await.unwrap();
+    });
+    let peak = Arc::new(Mutex::new(0.0));
+    let watch = tokio::spawn({
+        let peak = peak.clone();
+        async move {
+            while let Some(rss) = peak_rss_of(&pid) {
+                *peak.lock().unwrap() = rss;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut n = 0;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        n += 1;
+        assert_eq!(line, format!("increase({n}) = {}", n + 1));
+    }
+    assert!(child.wait().await.unwrap().success());
+    let took = started.elapsed();
+    assert_eq!(n, inputs);
+    feed.await.unwrap();
+    watch.abort();
+    let run = ProgramRun {
+        rate: inputs as f64 / took.as_secs_f64(),
+        peak_rss_mib: *peak.lock().unwrap(),
+    };
+    println!(
+        "seq 1 {inputs} | center --batch {size} --concurrency {in_flight}: {:.1} s, {:.0} calls/s, center peak RSS {:.1} MiB, every line right",
+        took.as_secs_f64(),
+        run.rate,
+        run.peak_rss_mib
+    );
+    run
 }
 
 fn goal(what: &str, value: f64, relation: &str, target: f64) {
@@ -206,6 +372,47 @@ struct Run {
     broker_cpu: f64,
 }
 
+impl Run {
+    /// Runs `calls` calls through `run`, which returns their latencies,
+    /// and measures it against `server` and the broker.
+    async fn measure<F: Future<Output = Vec<Duration>>>(
+        server: &ServerProcess,
+        broker: Option<&str>,
+        calls: usize,
+        run: impl FnOnce() -> F,
+    ) -> Run {
+        let server_cpu = server.cpu_seconds();
+        let client_cpu = cpu_seconds("self");
+        let broker_cpu = broker.map_or(0.0, cpu_seconds);
+        let started = Instant::now();
+        let mut latencies = run().await;
+        let elapsed = started.elapsed();
+        latencies.sort();
+        Run {
+            rate: calls as f64 / elapsed.as_secs_f64(),
+            p50: latencies[latencies.len() / 2],
+            p99: latencies[latencies.len() * 99 / 100],
+            server_cpu: server.cpu_seconds() - server_cpu,
+            client_cpu: cpu_seconds("self") - client_cpu,
+            broker_cpu: broker.map_or(0.0, cpu_seconds) - broker_cpu,
+        }
+    }
+
+    fn print(&self, name: &str, baseline: &Run) {
+        println!(
+            "  {:<28} {:>9.0} {:>9.3} {:>9.3} {:>10.2}s {:>10.2}s {:>10.2}s {:>10.2}",
+            name,
+            self.rate,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.server_cpu,
+            self.client_cpu,
+            self.broker_cpu,
+            self.rate / baseline.rate
+        );
+    }
+}
+
 /// The round with the median throughput.
 fn median_run(runs: &[Run]) -> Run {
     let mut runs = runs.to_vec();
@@ -250,14 +457,18 @@ impl Measured for ServerProcess {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib / 1024.0
+        peak_rss_of(&self.pid().to_string()).expect("VmHWM in /proc/PID/status")
     }
+}
+
+/// The peak RSS of process `pid` so far, in MiB; `None` once it is gone.
+fn peak_rss_of(pid: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())?;
+    Some(kib / 1024.0)
 }
 
 /// The local RabbitMQ's process (the Erlang VM, `beam.smp`), if any.

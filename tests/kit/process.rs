@@ -26,6 +26,14 @@ pub fn compute_command() -> Command {
     command
 }
 
+/// The real `center` binary, built beside the tests as
+/// `center-under-test`.
+pub fn center_command() -> Command {
+    let mut command = Command::new(package_binary("center-under-test"));
+    command.kill_on_drop(true);
+    command
+}
+
 /// Runs `command` to its end, for at most `limit`, and returns what it
 /// printed and how it exited.
 pub async fn run_to_end(command: &mut Command, limit: Duration) -> std::process::Output {

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Where the CPU goes per call: `perf record` on a compute node and on the
+# center while `seq 1 N | center --concurrency 128` runs against it, then
+# each one's flat profile (self time by symbol, and by library).
+#
+#   scripts/profile-calls.sh [N] [center args...]
+#
+# N defaults to 100000. COMPUTE and CENTER name the binaries (default:
+# target/release/compute and target/release/center, built by
+# `cargo build --release`); OUT the directory for perf's data (default: a
+# new one under /tmp). Needs `perf` (Debian's linux-perf) and the broker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+calls="${1:-100000}"
+shift || true
+compute="${COMPUTE:-target/release/compute}"
+center="${CENTER:-target/release/center}"
+out="${OUT:-$(mktemp -d /tmp/profile-calls.XXXXXX)}"
+mkdir -p "$out"
+queue="profile.$$"
+amqp_url="${AMQP_URL:-amqp://127.0.0.1:5672/%2f}"
+
+"$compute" --amqp-url "$amqp_url" --queue "$queue" --module modules/increase.wasm \
+    2>"$out/node.log" &
+node=$!
+trap 'kill "$node" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    grep -q "waiting for requests" "$out/node.log" && break
+    sleep 0.1
+done
+grep -q "waiting for requests" "$out/node.log" || { cat "$out/node.log"; exit 2; }
+
+# Warm the node's code paths and the broker's queue first.
+seq 1 5000 | "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
+
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+ticks=$(getconf CLK_TCK)
+
+# First without perf, for the CPU each side spends per call...
+node_before=$(cpu_ticks "$node")
+started=$(date +%s.%N)
+seq 1 "$calls" | /usr/bin/time -f "%U %S" -o "$out/center.time" \
+    "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
+ended=$(date +%s.%N)
+node_after=$(cpu_ticks "$node")
+read -r center_user center_system <"$out/center.time"
+echo "$calls calls in $(echo "$ended - $started" | bc) s, center args: ${*:-none}"
+echo "CPU per call: node $(echo "scale=1; ($node_after - $node_before) * 1000000 / $ticks / $calls" | bc) us," \
+    "center $(echo "scale=1; ($center_user + $center_system) * 1000000 / $calls" | bc) us" \
+    "(the center's start included)"
+
+# ...then again under perf, for where it goes.
+perf record -q -F 1999 -g -p "$node" -o "$out/node.data" 2>/dev/null &
+recorder=$!
+sleep 0.5
+seq 1 "$calls" | perf record -q -F 1999 -g -o "$out/center.data" -- \
+    "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
+kill -INT "$recorder"
+wait "$recorder" 2>/dev/null || true
+
+for side in node center; do
+    echo
+    echo "== $side: self time by library"
+    perf report -i "$out/$side.data" --stdio --no-children --sort dso -g none 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -8
+    echo "== $side: self time by symbol (>= 0.8%)"
+    perf report -i "$out/$side.data" --stdio --no-children --sort symbol -g none \
+        --percent-limit 0.8 2>/dev/null | grep -v '^#' | grep -v '^$' | cut -c1-150 | head -40
+done
+echo
+echo "perf data: $out"
