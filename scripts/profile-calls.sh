@@ -39,17 +39,20 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 ticks=$(getconf CLK_TCK)
 
 # First without perf, for the CPU each side spends per call...
+broker=$(pgrep -o -x beam.smp || true)
+broker_before=$([ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
 node_before=$(cpu_ticks "$node")
 started=$(date +%s.%N)
 seq 1 "$calls" | /usr/bin/time -f "%U %S" -o "$out/center.time" \
     "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
 ended=$(date +%s.%N)
 node_after=$(cpu_ticks "$node")
+broker_after=$([ -n "$broker" ] && cpu_ticks "$broker" || echo 0)
 read -r center_user center_system <"$out/center.time"
 echo "$calls calls in $(echo "$ended - $started" | bc) s, center args: ${*:-none}"
 echo "CPU per call: node $(echo "scale=1; ($node_after - $node_before) * 1000000 / $ticks / $calls" | bc) us," \
     "center $(echo "scale=1; ($center_user + $center_system) * 1000000 / $calls" | bc) us" \
-    "(the center's start included)"
+    "(its start included), broker $(echo "scale=1; ($broker_after - $broker_before) * 1000000 / $ticks / $calls" | bc) us"
 
 # ...then again under perf, for where it goes.
 perf record -q -F 1999 -g -p "$node" -o "$out/node.data" 2>/dev/null &

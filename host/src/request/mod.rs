@@ -322,7 +322,7 @@ impl Handler {
         &self,
         reply_to: &ShortString,
         body: &[u8],
-        properties: BasicProperties,
+        mut properties: BasicProperties,
     ) -> Delivered {
         let mut backoff = Backoff::up_to(backoff::REPLY_MAX_WAIT);
         let attempts = if self.ack_mode.confirms() {
@@ -332,8 +332,14 @@ impl Handler {
         };
         let mut attempt = 1;
         loop {
+            // Copied only while another attempt may need them.
+            let this_attempt = if attempt < attempts {
+                properties.clone()
+            } else {
+                std::mem::take(&mut properties)
+            };
             let publish =
-                amqp::publish_mandatory(&self.channel, reply_to.clone(), body, properties.clone());
+                amqp::publish_mandatory(&self.channel, reply_to.clone(), body, this_attempt);
             let failure = match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
                 Ok(Ok(Routed::Refused)) => PublishError::Refused,
                 Ok(Ok(routed)) => return Delivered::Settled(routed),
