@@ -181,7 +181,7 @@ impl Center {
         Ok(answered.reply)
     }
 
-    /// Sends `inputs` as one batch request (see [`wire::batch`]) and waits
+    /// Sends `inputs` as one batch request (see [`wire::batch`](crate::wire::batch)) and waits
     /// for the reply that holds their results: one for each input, in
     /// order, each its own success or error
     /// ([`CallError::Remote`] with the node's error kind). The call as a

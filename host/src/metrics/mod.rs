@@ -99,7 +99,7 @@ impl RequestMetrics {
     }
 
     /// Records the time from the start of computing to the ack (compute,
-    /// reply, the broker's confirm).
+    /// reply, and with confirms the broker's confirm).
     pub(crate) fn answered(&self, function: &str, took: Duration) {
         observe(&self.request_seconds, function, took);
     }
@@ -181,7 +181,7 @@ impl NodeMetrics {
         );
         registry.register(
             "request_seconds",
-            "Time from taking a request to its ack: compute, reply, the broker's confirm",
+            "Time from taking a request to its ack: compute, reply, and with --ack-mode on-confirm the broker's confirm",
             requests.request_seconds.clone(),
         );
         registry.register(
