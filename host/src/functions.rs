@@ -21,7 +21,6 @@ use lapin::types::ShortString;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -212,7 +211,6 @@ impl Table {
             return Err(format!("{digest} was turned down before"));
         }
 
-        let started = Instant::now();
         let kept = self.compiled(&digest);
         let reused = kept.is_some();
         let loaded = match kept {
@@ -228,10 +226,10 @@ impl Table {
                     })
             }
         };
-        let compile_ms = if reused {
-            0
-        } else {
-            started.elapsed().as_millis()
+        let how = match &loaded {
+            Ok(_) if reused => "kept from before".to_owned(),
+            Ok(module) => module.loaded().to_string(),
+            Err(_) => String::new(),
         };
         let loaded =
             loaded
@@ -247,21 +245,18 @@ impl Table {
         match loaded {
             Ok(was) => {
                 self.turned_down.remove(function);
-                let kept = if reused { " (kept from before)" } else { "" };
                 match (was, stage) {
                     (Some(was), _) => info!(
                         function,
                         from,
-                        "serving {digest} (was {}), compiled in {compile_ms} ms{kept}",
+                        "serving {digest} (was {}), {how}",
                         was.digest(),
                     ),
-                    (None, true) => info!(
-                        function,
-                        from,
-                        "staged {digest} for pinned requests, compiled in {compile_ms} ms{kept}"
-                    ),
+                    (None, true) => {
+                        info!(function, from, "staged {digest} for pinned requests, {how}")
+                    }
                     (None, false) => {
-                        info!(function, from, %digest, compile_ms, "serving a new function")
+                        info!(function, from, %digest, module = how, "serving a new function")
                     }
                 }
                 Ok(())

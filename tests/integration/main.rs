@@ -5,6 +5,7 @@
 mod batch;
 mod call;
 mod center_cli;
+mod compile_cache;
 mod faults;
 mod functions;
 mod health;

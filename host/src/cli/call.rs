@@ -2,7 +2,11 @@
 //! node's limits and no broker, printed as a center prints its calls, so
 //! writing a function is a fast loop.
 
-use super::{center::result_line, compute::LimitArgs, inputs::inputs};
+use super::{
+    center::result_line,
+    compute::{CacheArgs, LimitArgs},
+    inputs::inputs,
+};
 use crate::{
     center::{CallError, Origin, Reply},
     sandbox::Sandbox,
@@ -30,6 +34,9 @@ pub struct CallArgs {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// Runs every input and prints one line each, in order: exit status 0 when
@@ -40,6 +47,10 @@ pub struct CallArgs {
 /// When the module cannot be loaded, or reading or writing fails.
 pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(args.limits.limits())?;
+    let sandbox = match args.cache.settings() {
+        Some(settings) => sandbox.with_compile_cache(settings.open()?),
+        None => sandbox,
+    };
     let module = sandbox
         .load(&args.module)
         .with_context(|| format!("{} is not a usable compute module", args.module.display()))?;

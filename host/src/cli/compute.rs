@@ -9,7 +9,7 @@ use crate::{
     queues::{self, QueueKind, QueueType},
     registry,
     registry::signing::Trust,
-    sandbox::Limits,
+    sandbox::{CacheSettings, Limits},
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -123,6 +123,9 @@ pub struct ComputeArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
     /// Serve Prometheus metrics on this address (`GET /metrics`), for
     /// example `127.0.0.1:9464` or `localhost:9464`.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
@@ -159,6 +162,46 @@ pub struct LimitArgs {
     /// sends, in bytes; larger ones get a `too-large` error reply.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_body: usize,
+}
+
+/// Where compiled code is kept between runs: the node's setting, which
+/// `compute call` shares.
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    /// Keep compiled modules in DIR, so that a restart, a rollback or
+    /// another node on this host loads them instead of compiling again
+    /// [default: $XDG_CACHE_HOME/compute-node/compiled, or
+    /// ~/.cache/compute-node/compiled].
+    #[arg(long, value_name = "DIR")]
+    pub compile_cache: Option<PathBuf>,
+
+    /// Compile every module, keeping nothing on disk.
+    #[arg(long, conflicts_with = "compile_cache")]
+    pub no_compile_cache: bool,
+
+    /// The most the compile cache holds, in MiB; the oldest entries are
+    /// removed first.
+    #[arg(long, value_name = "MIB", default_value_t = CacheSettings::DEFAULT_MAX_BYTES >> 20)]
+    pub compile_cache_max: u64,
+}
+
+impl CacheArgs {
+    /// The cache these arguments ask for, if any: none with
+    /// `--no-compile-cache`, or when there is no home directory to keep
+    /// one in and none is given.
+    pub fn settings(&self) -> Option<CacheSettings> {
+        if self.no_compile_cache {
+            return None;
+        }
+        let dir = self
+            .compile_cache
+            .clone()
+            .or_else(CacheSettings::default_dir)?;
+        Some(CacheSettings {
+            dir,
+            max_bytes: self.compile_cache_max.saturating_mul(1 << 20),
+        })
+    }
 }
 
 impl LimitArgs {
@@ -205,6 +248,7 @@ impl ComputeArgs {
             connect_timeout: self.connect_timeout,
             queue_type: self.queue_type()?,
             ack_mode: self.ack_mode,
+            compile_cache: self.cache.settings(),
         })
     }
 

@@ -31,7 +31,7 @@ use crate::{
     metrics::{self, NodeMetrics},
     queues::{self, QueueType, Queues},
     registry::{follow::Follower, report::Identity, signing::Trust},
-    sandbox::{Limits, LoadError, Sandbox, SandboxError},
+    sandbox::{CacheError, CacheSettings, Limits, LoadError, Sandbox, SandboxError},
     source::{self, Update, dir::DirSource},
     throttle::Throttle,
 };
@@ -119,6 +119,10 @@ pub struct NodeConfig {
     /// When a request is acked, relative to its reply; `None` takes
     /// [`AckMode::default_for`] the queue type.
     pub ack_mode: Option<AckMode>,
+    /// Where compiled code is kept between runs, so a restart, a rollback
+    /// or another node on the host loads it instead of compiling again;
+    /// `None` compiles every time.
+    pub compile_cache: Option<CacheSettings>,
 }
 
 impl NodeConfig {
@@ -154,6 +158,7 @@ impl NodeConfig {
             connect_timeout: None,
             queue_type: QueueType::Classic,
             ack_mode: None,
+            compile_cache: None,
         }
     }
 
@@ -176,6 +181,7 @@ impl fmt::Debug for NodeConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("queue_type", &self.queue_type)
             .field("ack_mode", &self.ack_mode)
+            .field("compile_cache", &self.compile_cache)
             .finish()
     }
 }
@@ -216,6 +222,9 @@ pub enum StartError {
     /// The sandbox could not be set up.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    /// The compile cache's directory cannot be used.
+    #[error("{0} (or run without one: --no-compile-cache)")]
+    CompileCache(#[from] CacheError),
     /// The metrics address could not be bound.
     #[error(transparent)]
     Metrics(#[from] metrics::BindError),
@@ -267,6 +276,10 @@ impl ComputeNode {
             None => (None, None),
         };
         let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
+        let sandbox = match &config.compile_cache {
+            Some(settings) => sandbox.with_compile_cache(settings.open()?),
+            None => sandbox,
+        };
         let (changed, changes) = mpsc::unbounded_channel();
         let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
 
@@ -374,6 +387,7 @@ impl ComputeNode {
             functions = functions.len(),
             function = only.as_ref().map(|module| module.name()),
             digest = only.as_ref().map(|module| module.digest()),
+            module = only.as_ref().map(|module| tracing::field::display(module.loaded())),
             queue = functions.first().filter(|_| only.is_some()).map(|function| function.queue()),
             broker = %Redacted(config.amqp_url.clone()),
             prefetch = config.prefetch,

@@ -16,12 +16,15 @@
 //! - this file: [`Sandbox`], [`Limits`] and loading a module
 //!   ([`LoadError`]).
 //! - `pool`: the engine's configuration, its instance pool sized once.
+//! - `cache`: compiled code kept on disk ([`CompileCache`]), checked
+//!   before it is loaded.
 //! - `module`: [`ComputeModule`], running one request, [`ComputeError`].
 //! - `header`: what is wrong with bytes that are not a component at all.
 //! - `guest`: what a guest's store holds (its WASI view, its memory cap).
 //! - `output`: what a guest prints, captured and capped per request.
 //! - `epoch`: the ticker thread behind deadlines and fair scheduling.
 
+mod cache;
 mod epoch;
 mod guest;
 mod header;
@@ -31,15 +34,21 @@ mod pool;
 #[cfg(test)]
 mod tests;
 
+pub use cache::{CacheError, CacheSettings, CompileCache};
 pub use header::NotAComponent;
-pub use module::{ComputeError, ComputeModule};
+pub use module::{ComputeError, ComputeModule, Loaded};
 pub use output::GUEST_OUTPUT_CAP;
 
 use epoch::{EPOCH_TICK, EpochTicker};
 use guest::GuestState;
 use sha2::{Digest as _, Sha256};
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::Semaphore;
+use tracing::debug;
 use wasmtime::{
     Engine,
     component::{Component, Linker},
@@ -129,6 +138,8 @@ pub struct Sandbox {
     /// waits for one rather than failing on a full pool, however many
     /// functions share the sandbox.
     instances: Arc<Semaphore>,
+    /// Where compiled code is kept between runs, if anywhere.
+    cache: Option<CompileCache>,
     _epoch: Arc<EpochTicker>,
 }
 
@@ -162,7 +173,15 @@ impl Sandbox {
             linker: Arc::new(linker),
             limits,
             instances: Arc::new(Semaphore::new(instances.max(1) as usize)),
+            cache: None,
         })
+    }
+
+    /// The same sandbox, keeping the code it compiles in `cache` and
+    /// loading it from there instead of compiling again.
+    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// What each request may use.
@@ -187,13 +206,39 @@ impl Sandbox {
     /// Compiles `bytes` (a binary component) as function `name` and checks
     /// that it provides the compute contract with nothing but the imports
     /// the sandbox offers.
+    /// With a compile cache, code compiled before (by this node, or
+    /// another using the same cache) is loaded instead of compiled.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<ComputeModule, LoadError> {
         header::check(bytes)?;
-        let pre = Component::from_binary(&self.engine, bytes)
-            .and_then(|component| self.linker.instantiate_pre(&component))
+        let digest = digest(bytes);
+        let started = Instant::now();
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&self.engine, &digest));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component =
+                    Component::from_binary(&self.engine, bytes).map_err(LoadError::Unusable)?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&self.engine, &digest, &component);
+                }
+                component
+            }
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
             .and_then(ComputeFunctionPre::new)
             .map_err(LoadError::Unusable)?;
-        Ok(ComputeModule::new(name, digest(bytes), pre, self.clone()))
+        let loaded = Loaded {
+            from_cache,
+            took: started.elapsed(),
+        };
+        debug!(function = name, %digest, "{loaded}");
+        Ok(ComputeModule::new(name, digest, loaded, pre, self.clone()))
     }
 
     /// Epoch ticks that make up the per-request deadline.

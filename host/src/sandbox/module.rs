@@ -56,12 +56,34 @@ impl ComputeError {
     }
 }
 
+/// How a module's code came to be.
+#[derive(Clone, Copy, Debug)]
+pub struct Loaded {
+    /// From the compile cache, not compiled.
+    pub from_cache: bool,
+    /// How long compiling or loading, and type-checking, took.
+    pub took: Duration,
+}
+
+/// `compiled in 175 ms`, or `loaded from the compile cache in 3 ms`.
+impl std::fmt::Display for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = if self.from_cache {
+            "loaded from the compile cache"
+        } else {
+            "compiled"
+        };
+        write!(f, "{how} in {} ms", self.took.as_millis())
+    }
+}
+
 /// A compiled, type-checked compute function, ready to run requests.
 /// Cheap to clone; clones share the compiled code.
 #[derive(Clone)]
 pub struct ComputeModule {
     name: Arc<str>,
     digest: Arc<str>,
+    loaded: Loaded,
     pre: ComputeFunctionPre<GuestState>,
     sandbox: Sandbox,
 }
@@ -70,12 +92,14 @@ impl ComputeModule {
     pub(super) fn new(
         name: &str,
         digest: String,
+        loaded: Loaded,
         pre: ComputeFunctionPre<GuestState>,
         sandbox: Sandbox,
     ) -> Self {
         ComputeModule {
             name: name.into(),
             digest: digest.into(),
+            loaded,
             pre,
             sandbox,
         }
@@ -93,6 +117,12 @@ impl ComputeModule {
     /// The function's name (the module's file stem), sent in `x-function`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How its code came to be: compiled, or loaded from the compile
+    /// cache, and how long that took.
+    pub fn loaded(&self) -> Loaded {
+        self.loaded
     }
 
     /// The digest of the module's bytes (`sha256:<hex>`), sent in

@@ -287,3 +287,126 @@ fn component(body: &str) -> Vec<u8> {
     let template = include_str!("../../../tests/fixtures/compute.wat");
     wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
 }
+
+/// A core function body that answers with the request itself; `n` makes
+/// each one a different module.
+fn echo(n: u32) -> String {
+    format!(
+        "(drop (i32.const {n}))
+         (i32.store8 (i32.const 0) (i32.const 0))
+         (i32.store offset=4 (i32.const 0) (local.get 0))
+         (i32.store offset=8 (i32.const 0) (local.get 1))
+         (i32.const 0)"
+    )
+}
+
+/// A private directory for one test, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("compute-cache-{test}-{}", uuid::Uuid::new_v4()));
+        TempDir(path)
+    }
+
+    /// The cache's entries and their total size.
+    fn entries(&self) -> (Vec<std::path::PathBuf>, u64) {
+        let entries: Vec<_> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "compiled"))
+            .collect();
+        let total = entries
+            .iter()
+            .map(|path| std::fs::metadata(path).unwrap().len())
+            .sum();
+        (entries, total)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A module loaded twice through one cache is compiled once; an entry
+/// with one bit changed, or written under another cache's key, is not
+/// loaded: the module is compiled again and still answers.
+#[tokio::test]
+async fn the_compile_cache_loads_only_its_own_sound_entries() {
+    let dir = TempDir::new("sound");
+    let cached = |dir: &TempDir| {
+        let cache = CompileCache::open(&dir.0, CacheSettings::DEFAULT_MAX_BYTES).unwrap();
+        Sandbox::new(Limits::default())
+            .unwrap()
+            .with_compile_cache(cache)
+    };
+    let bytes = component(&echo(0));
+    let digest = digest(&bytes);
+    let sandbox = cached(&dir);
+    let cache = sandbox.cache.clone().unwrap();
+    assert!(cache.get(&sandbox.engine, &digest).is_none());
+    sandbox.load_bytes("echo", &bytes).unwrap();
+    assert!(cache.get(&sandbox.engine, &digest).is_some());
+
+    // One bit flipped in the compiled code.
+    let (entries, _) = dir.entries();
+    let mut entry = std::fs::read(&entries[0]).unwrap();
+    let last = entry.len() - 1;
+    entry[last] ^= 1;
+    std::fs::write(&entries[0], &entry).unwrap();
+    assert!(cache.get(&sandbox.engine, &digest).is_none());
+    assert!(!entries[0].exists(), "the damaged entry is removed");
+    let module = sandbox.load_bytes("echo", &bytes).unwrap();
+    assert_eq!(module.compute(b"hi").await.unwrap(), b"hi");
+
+    // A sound entry from another cache (another key), copied in.
+    let other = TempDir::new("other");
+    cached(&other).load_bytes("echo", &bytes).unwrap();
+    let (foreign, _) = other.entries();
+    std::fs::copy(&foreign[0], &entries[0]).unwrap();
+    assert!(cache.get(&sandbox.engine, &digest).is_none());
+    let module = sandbox.load_bytes("echo", &bytes).unwrap();
+    assert_eq!(module.compute(b"hi").await.unwrap(), b"hi");
+}
+
+/// However many modules are compiled, the cache keeps within its bound,
+/// dropping the oldest entries first.
+#[test]
+fn the_compile_cache_stays_within_its_bound() {
+    let dir = TempDir::new("bound");
+    let unbounded = CompileCache::open(&dir.0, u64::MAX).unwrap();
+    let sandbox = Sandbox::new(Limits::default())
+        .unwrap()
+        .with_compile_cache(unbounded);
+    let modules: Vec<Vec<u8>> = (0..4).map(|n| component(&echo(n))).collect();
+    sandbox.load_bytes("first", &modules[0]).unwrap();
+    let (_, one_entry) = dir.entries();
+
+    // Room for two entries and a half.
+    let bound = one_entry * 5 / 2;
+    let bounded = CompileCache::open(&dir.0, bound).unwrap();
+    let sandbox = Sandbox::new(Limits::default())
+        .unwrap()
+        .with_compile_cache(bounded);
+    for (n, module) in modules.iter().enumerate().skip(1) {
+        // Distinct modification times, so "oldest" is well defined.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        sandbox.load_bytes(&format!("m{n}"), module).unwrap();
+        let (_, total) = dir.entries();
+        assert!(total <= bound, "{total} bytes kept, bound {bound}");
+    }
+    let (entries, _) = dir.entries();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let newest = digest(&modules[3]);
+    let newest = newest.strip_prefix("sha256:").unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|path| path.to_string_lossy().contains(newest)),
+        "{entries:?}"
+    );
+}
