@@ -77,6 +77,20 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
             ],
         ),
         (
+            vec![
+                "--module",
+                module,
+                "--compile-cache",
+                "/proc/no-such-cache",
+                "--amqp-url",
+                &url,
+            ],
+            vec![
+                "cannot use /proc/no-such-cache as the compile cache",
+                "--no-compile-cache",
+            ],
+        ),
+        (
             vec!["--module", module, "--queue", &durable, "--amqp-url", &url],
             vec![
                 "PRECONDITION_FAILED",

@@ -47,9 +47,14 @@ pub struct CallArgs {
 /// When the module cannot be loaded, or reading or writing fails.
 pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(args.limits.limits())?;
-    let sandbox = match args.cache.settings() {
-        Some(settings) => sandbox.with_compile_cache(settings.open()?),
-        None => sandbox,
+    let sandbox = match args
+        .cache
+        .settings()
+        .map(|settings| (settings.required, settings.open()))
+    {
+        None | Some((false, Err(_))) => sandbox,
+        Some((_, Ok(cache))) => sandbox.with_compile_cache(cache),
+        Some((true, Err(err))) => return Err(err.into()),
     };
     let module = sandbox
         .load(&args.module)

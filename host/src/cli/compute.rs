@@ -200,6 +200,7 @@ impl CacheArgs {
         Some(CacheSettings {
             dir,
             max_bytes: self.compile_cache_max.saturating_mul(1 << 20),
+            required: self.compile_cache.is_some(),
         })
     }
 }

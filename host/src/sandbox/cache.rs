@@ -40,6 +40,10 @@ pub struct CacheSettings {
     pub dir: PathBuf,
     /// The most bytes of entries kept; the oldest go first.
     pub max_bytes: u64,
+    /// Whether a directory that cannot be used fails the start. When the
+    /// directory is only the default, the node says so and compiles
+    /// every time instead.
+    pub required: bool,
 }
 
 impl CacheSettings {
