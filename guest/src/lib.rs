@@ -10,8 +10,9 @@
 //! for WebAssembly (`#![cfg_attr(target_arch = "wasm32", no_std)]`): a
 //! module then carries no standard library panic and I/O machinery, is
 //! about a quarter of the size, compiles that much faster at a live swap,
-//! and imports nothing from the host. A panic traps, and the node answers
-//! `compute-failed`.
+//! and imports nothing from the host but the contract's `panicked`. A
+//! panic tells the host its message through it, then traps, and the node
+//! answers `compute-failed` with that message.
 
 #![no_std]
 
@@ -30,9 +31,28 @@ mod bump;
 #[global_allocator]
 static ALLOCATOR: bump::BumpAllocator = bump::BumpAllocator::new();
 
+/// Tells the host why, then traps: the caller's `compute-failed` reply
+/// then says `panicked at examples/divide.rs:9:47: attempt to divide by
+/// zero` rather than only that the module trapped. A panic while telling
+/// (say, no memory left to format the message) just traps.
 #[cfg(all(target_arch = "wasm32", not(test)))]
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    static PANICKING: AtomicBool = AtomicBool::new(false);
+    if !PANICKING.swap(true, Ordering::Relaxed) {
+        let message = match info.location() {
+            Some(at) => alloc::format!(
+                "panicked at {}:{}:{}: {}",
+                at.file(),
+                at.line(),
+                at.column(),
+                info.message()
+            ),
+            None => alloc::format!("panicked: {}", info.message()),
+        };
+        bindings::panicked(&message);
+    }
     core::arch::wasm32::unreachable()
 }
 

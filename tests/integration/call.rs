@@ -16,6 +16,26 @@ async fn call(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// A Rust guest that panics (`divide` by zero) fails its own input with
+/// `compute-failed` and the panic's message and place, not a bare trap;
+/// the next input is answered.
+#[tokio::test]
+async fn a_panic_reaches_the_caller_with_its_message() {
+    let divide = built_module("divide");
+    let (code, output) = call(&["--module", divide.to_str().unwrap(), "0", "4"]).await;
+    assert_eq!(code, Some(1), "{output}");
+    let lines: Vec<&str> = output.lines().collect();
+    assert!(
+        lines[0].starts_with("divide(0) failed: compute-failed: the compute function crashed: panicked at guest/examples/divide.rs:"),
+        "{output}"
+    );
+    assert!(
+        lines[0].contains(": attempt to divide by zero (wasm trap:"),
+        "{output}"
+    );
+    assert_eq!(lines[1], "divide(4) = 250000", "{output}");
+}
+
 /// Each input gets the line a center would print, in order, an error
 /// reply's kind and message included; any failure makes the exit status 1.
 #[tokio::test]

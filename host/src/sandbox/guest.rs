@@ -13,6 +13,8 @@ pub(super) struct GuestState {
     /// and building one costs tens of microseconds per request.
     wasi: Option<WasiCtx>,
     pub(super) output: Option<GuestOutput>,
+    /// What the guest said, through `panicked`, before it trapped.
+    pub(super) panic: Option<String>,
     table: ResourceTable,
     pub(super) limits: MemoryCap,
 }
@@ -22,9 +24,28 @@ impl GuestState {
         GuestState {
             wasi: None,
             output: None,
+            panic: None,
             table: ResourceTable::new(),
             limits: MemoryCap { bytes: memory },
         }
+    }
+}
+
+/// The most of a panic message the host keeps: a guest cannot make the
+/// node hold more than this, however long the message it sends.
+const PANIC_MESSAGE_CAP: usize = 4 << 10;
+
+impl super::gen_::ComputeFunctionImports for GuestState {
+    fn panicked(&mut self, mut message: String) {
+        if message.len() > PANIC_MESSAGE_CAP {
+            let mut end = PANIC_MESSAGE_CAP;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" [cut]");
+        }
+        self.panic = Some(message);
     }
 }
 

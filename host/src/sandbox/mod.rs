@@ -165,6 +165,12 @@ impl Sandbox {
         // context with nothing in it but a capped stdout and stderr, so
         // these imports grant nothing.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Engine)?;
+        // The contract's own import: where a guest says why it panicked.
+        gen_::ComputeFunction::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state: &mut GuestState| state,
+        )
+        .map_err(SandboxError::Engine)?;
         Ok(Sandbox {
             _epoch: Arc::new(
                 EpochTicker::start(engine.clone()).map_err(SandboxError::EpochTicker)?,

@@ -178,7 +178,8 @@ impl ComputeModule {
                 None => tokio::time::timeout_at(started + limits.wall_timeout, run).await,
             }
         };
-        if let Some(output) = store.into_data().output {
+        let state = store.into_data();
+        if let Some(output) = state.output {
             output.log(self.name());
         }
         let Ok(outcome) = outcome else {
@@ -192,7 +193,11 @@ impl ComputeModule {
             Err(err) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                 Err(ComputeError::Timeout(limits.timeout))
             }
-            Err(err) => Err(ComputeError::Crashed(crash_reason(&err))),
+            Err(err) => Err(ComputeError::Crashed(match state.panic {
+                // The guest said why before it trapped.
+                Some(panic) => format!("{panic} ({})", crash_reason(&err)),
+                None => crash_reason(&err),
+            })),
         }
     }
 }
