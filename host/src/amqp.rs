@@ -348,8 +348,8 @@ pub enum PublishError {
 /// message is known at once rather than silently dropped. The channel must
 /// be in confirm mode for [`Routed::Returned`] and [`Routed::Refused`] to
 /// be seen; without confirms this returns [`Routed::Queued`] once the
-/// message is written to the connection, and the client library keeps
-/// returned messages until `Channel::wait_for_confirms` takes them.
+/// message is written to the connection, and a returned message waits
+/// for [`take_returned`].
 ///
 /// The wait has no bound of its own, so a call does not pay for a second
 /// timer: each caller bounds it (a node's reply by
@@ -377,6 +377,14 @@ pub(crate) async fn publish_mandatory(
         Confirmation::Nack(_) => Routed::Refused,
         Confirmation::Ack(None) | Confirmation::NotRequested => Routed::Queued,
     })
+}
+
+/// The messages the broker returned on `channel`, a channel without
+/// publisher confirms, since the last call. The client library keeps
+/// them, signalling nothing, until asked; with no confirm to wait for,
+/// `wait_for_confirms` only hands them over.
+pub(crate) async fn take_returned(channel: &Channel) -> Vec<BasicReturnMessage> {
+    channel.wait_for_confirms().await.unwrap_or_default()
 }
 
 /// An AMQP URL that displays, and debug-prints, with its password

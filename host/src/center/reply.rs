@@ -31,13 +31,7 @@ pub(super) struct Answered {
 
 /// The reply, or the error reply the node sent instead.
 pub(super) fn into_reply(delivery: Delivery) -> Result<Answered, CallError> {
-    let is_batch = batch::is_batch(
-        delivery
-            .properties
-            .content_type()
-            .as_ref()
-            .map(|content_type| content_type.as_str()),
-    );
+    let is_batch = batch::is_batch(&delivery.properties);
     let origin = Origin {
         function: wire::header_text(&delivery.properties, wire::FUNCTION_HEADER),
         module: wire::header_text(&delivery.properties, wire::MODULE_HEADER),

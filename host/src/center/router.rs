@@ -2,7 +2,7 @@
 //! hands each reply to its call, and each returned request to its call
 //! when the channel has no confirms to carry it.
 
-use crate::lock::lock;
+use crate::{amqp, lock::lock};
 use futures_util::StreamExt as _;
 use lapin::{
     Channel, Consumer,
@@ -115,13 +115,9 @@ pub(super) async fn route_replies(
 /// Ends the wait of every call whose request the broker returned on
 /// `channel`, a channel without confirms.
 async fn wake_all_returned(channel: &Channel, pending: &Pending) {
-    // Without confirms there is nothing to wait for: this only takes the
-    // returned messages the client library kept.
-    if let Ok(returned) = channel.wait_for_confirms().await {
-        for message in &returned {
-            if let Some(id) = returned_id(message) {
-                wake_returned(pending, id);
-            }
+    for message in &amqp::take_returned(channel).await {
+        if let Some(id) = returned_id(message) {
+            wake_returned(pending, id);
         }
     }
 }

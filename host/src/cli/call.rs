@@ -47,15 +47,11 @@ pub struct CallArgs {
 /// When the module cannot be loaded, or reading or writing fails.
 pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(args.limits.limits())?;
-    let sandbox = match args
-        .cache
-        .settings()
-        .map(|settings| (settings.required, settings.open()))
-    {
-        None | Some((false, Err(_))) => sandbox,
-        Some((_, Ok(cache))) => sandbox.with_compile_cache(cache),
-        Some((true, Err(err))) => return Err(err.into()),
+    let cache = match args.cache.settings() {
+        Some(settings) => settings.open_if_usable()?,
+        None => None,
     };
+    let sandbox = sandbox.with_compile_cache(cache);
     let module = sandbox
         .load(&args.module)
         .with_context(|| format!("{} is not a usable compute module", args.module.display()))?;

@@ -291,15 +291,13 @@ impl Session {
             tokio::select! {
                 _ = stop.cancelled() => return Ended::Stopped,
                 _ = returns.tick(), if collect_returns => {
-                    if let Ok(returned) = self.channel.wait_for_confirms().await {
-                        for reply in &returned {
+                    for reply in &amqp::take_returned(&self.channel).await {
                             let correlation_id = reply.delivery.properties.correlation_id().as_ref();
                             request::caller_gone(
                                 &handler.warnings,
                                 reply.delivery.routing_key.as_str(),
                                 correlation_id.map(|id| id.as_str()),
                             );
-                        }
                     }
                 }
                 next = self.consumer.next() => match next {

@@ -276,19 +276,11 @@ impl ComputeNode {
             None => (None, None),
         };
         let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
-        let sandbox = match config
-            .compile_cache
-            .as_ref()
-            .map(|settings| (settings, settings.open()))
-        {
-            None => sandbox,
-            Some((_, Ok(cache))) => sandbox.with_compile_cache(cache),
-            Some((settings, Err(err))) if !settings.required => {
-                warn!(cause = %err, "running without a compile cache: every module is compiled");
-                sandbox
-            }
-            Some((_, Err(err))) => return Err(err.into()),
+        let cache = match &config.compile_cache {
+            Some(settings) => settings.open_if_usable()?,
+            None => None,
         };
+        let sandbox = sandbox.with_compile_cache(cache);
         let (changed, changes) = mpsc::unbounded_channel();
         let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
 

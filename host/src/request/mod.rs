@@ -180,13 +180,7 @@ impl Handler {
         };
 
         let started = Instant::now();
-        let is_batch = wire::batch::is_batch(
-            delivery
-                .properties
-                .content_type()
-                .as_ref()
-                .map(ShortString::as_str),
-        );
+        let is_batch = wire::batch::is_batch(&delivery.properties);
         let (module, body, error) = match self.pinned(&delivery.properties, &current) {
             Some(Err(pinned)) => {
                 let message = format!(

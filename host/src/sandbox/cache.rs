@@ -66,6 +66,20 @@ impl CacheSettings {
     pub fn open(&self) -> Result<CompileCache, CacheError> {
         CompileCache::open(&self.dir, self.max_bytes)
     }
+
+    /// Opens the cache, or, when it cannot be used and is not
+    /// [`required`](Self::required), says so and does without: every
+    /// module is then compiled.
+    pub fn open_if_usable(&self) -> Result<Option<CompileCache>, CacheError> {
+        match self.open() {
+            Ok(cache) => Ok(Some(cache)),
+            Err(err) if !self.required => {
+                warn!(cause = %err, "running without a compile cache: every module is compiled");
+                Ok(None)
+            }
+            Err(err) => Err(err),
+        }
+    }
 }
 
 /// A directory of compiled components, bounded in size.
@@ -193,18 +207,21 @@ impl CompileCache {
             .join(format!("{module}-{:016x}{ENTRY_SUFFIX}", hasher.finish()))
     }
 
-    fn tag(&self, code: &[u8]) -> [u8; TAG_LEN] {
+    /// The HMAC of `code` under the cache's key, not yet finished.
+    fn mac(&self, code: &[u8]) -> Tag {
         let mut mac = Tag::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(code);
-        mac.finalize().into_bytes().into()
+        mac
+    }
+
+    fn tag(&self, code: &[u8]) -> [u8; TAG_LEN] {
+        self.mac(code).finalize().into_bytes().into()
     }
 
     /// The code of an entry whose tag is right.
     fn verified<'a>(&self, entry: &'a [u8]) -> Option<&'a [u8]> {
         let (tag, code) = entry.split_at_checked(TAG_LEN)?;
-        let mut mac = Tag::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(code);
-        mac.verify_slice(tag).ok()?;
+        self.mac(code).verify_slice(tag).ok()?;
         Some(code)
     }
 }

@@ -184,9 +184,10 @@ impl Sandbox {
     }
 
     /// The same sandbox, keeping the code it compiles in `cache` and
-    /// loading it from there instead of compiling again.
-    pub fn with_compile_cache(mut self, cache: CompileCache) -> Self {
-        self.cache = Some(cache);
+    /// loading it from there instead of compiling again; `None` compiles
+    /// every time.
+    pub fn with_compile_cache(mut self, cache: impl Into<Option<CompileCache>>) -> Self {
+        self.cache = cache.into();
         self
     }
 

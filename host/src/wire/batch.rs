@@ -24,6 +24,7 @@
 //! read is answered as a single call that failed, with `bad-request`.
 
 use super::PeerErrorKind;
+use lapin::BasicProperties;
 
 /// The content type of a batch request and of its reply.
 pub const CONTENT_TYPE: &str = "application/x-compute-batch";
@@ -44,9 +45,12 @@ pub enum BatchError {
     BadKind(usize),
 }
 
-/// Whether a message with this content type is a batch.
-pub fn is_batch(content_type: Option<&str>) -> bool {
-    content_type == Some(CONTENT_TYPE)
+/// Whether a message with these properties is a batch.
+pub fn is_batch(properties: &BasicProperties) -> bool {
+    properties
+        .content_type()
+        .as_ref()
+        .is_some_and(|content_type| content_type.as_str() == CONTENT_TYPE)
 }
 
 /// The body of a batch request for `inputs`.
