@@ -27,3 +27,67 @@ done
 
 cargo build --quiet --locked -p nosy-guest --release --target wasm32-wasip2
 cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/nosy_guest.wasm" tests/fixtures/nosy.wasm
+
+# Compute functions in Python and JavaScript: every guest-py/NAME.py that
+# defines the world's class and every guest-js/NAME.js that exports
+# `compute` becomes modules/NAME-py.wasm or modules/NAME-js.wasm. They are
+# tens of MB each and their tools' output is not byte-for-byte
+# reproducible, so they are built here, never committed (.gitignore).
+# The tools, at the versions pinned in guest-py/requirements.txt and
+# guest-js/package-lock.json, go under the build directory; a module is
+# rebuilt only when its language's sources or tools changed.
+tools="${CARGO_TARGET_DIR:-target}/guest-tools"
+mkdir -p "$tools/stamps"
+
+# Whether modules/$1 is missing or was built from other sources than the
+# files after it; `fresh NAME` records, once NAME is built, that it was
+# built from them.
+stale() {
+    local module="$1"
+    shift
+    sources["$module"]="$(cat "$@" | sha256sum)"
+    ! [ -f "modules/$module" ] || [ "$(cat "$tools/stamps/$module" 2>/dev/null)" != "${sources[$module]}" ]
+}
+fresh() {
+    echo "${sources[$1]}" >"$tools/stamps/$1"
+}
+declare -A sources
+
+python_tools="$tools/python"
+if ! cmp -s guest-py/requirements.txt "$python_tools/requirements.txt"; then
+    rm -rf "$python_tools"
+    python3 -m venv "$python_tools" || {
+        echo "build-modules: cannot create a Python virtualenv; install python3-venv" >&2
+        exit 1
+    }
+    "$python_tools/bin/pip" install --quiet --requirement guest-py/requirements.txt
+    cp guest-py/requirements.txt "$python_tools/requirements.txt"
+fi
+for source in guest-py/*.py; do
+    name=$(basename "$source" .py)
+    grep -q '^class WitWorld(' "$source" || continue
+    if stale "$name-py.wasm" guest-py/*.py wit/compute.wit guest-py/requirements.txt; then
+        echo "build-modules: building modules/$name-py.wasm (componentize-py, about 15 s)" >&2
+        "$python_tools/bin/componentize-py" --wit-path wit --world compute-function \
+            componentize --python-path guest-py "$name" --output "modules/$name-py.wasm" >/dev/null
+        fresh "$name-py.wasm"
+    fi
+done
+
+node_tools="$tools/node"
+if ! cmp -s guest-js/package-lock.json "$node_tools/package-lock.json"; then
+    rm -rf "$node_tools"
+    mkdir -p "$node_tools"
+    cp guest-js/package.json guest-js/package-lock.json "$node_tools/"
+    (cd "$node_tools" && npm ci --silent --no-audit --no-fund)
+fi
+cp guest-js/build.mjs "$node_tools/build.mjs"
+for source in guest-js/*.js; do
+    name=$(basename "$source" .js)
+    grep -q '^export function compute(' "$source" || continue
+    if stale "$name-js.wasm" guest-js/*.js guest-js/build.mjs wit/compute.wit guest-js/package-lock.json; then
+        echo "build-modules: building modules/$name-js.wasm (componentize-js, about 10 s)" >&2
+        node "$node_tools/build.mjs" "$source" wit "modules/$name-js.wasm"
+        fresh "$name-js.wasm"
+    fi
+done

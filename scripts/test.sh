@@ -9,6 +9,14 @@ scripts/build-modules.sh
 PYTHON="$(scripts/ensure-pika.sh)"
 export PYTHON
 cargo test --workspace --locked
+# The Python and JavaScript guests' functions, tested in their own
+# languages (CPython with the bindings componentize-py generates, and
+# Node.js) with the tools scripts/build-modules.sh installed.
+guest_tools="${CARGO_TARGET_DIR:-target}/guest-tools"
+"$guest_tools/python/bin/componentize-py" --wit-path wit --world compute-function \
+    bindings "$guest_tools/python-bindings" >/dev/null
+PYTHONPATH="$guest_tools/python-bindings:guest-py" "$guest_tools/python/bin/python" -m unittest discover --start-directory guest-py
+(cd guest-js && node --test)
 # Restart the broker mid-batch and raise a memory alarm on it, so they run
 # alone, one at a time, after everything else.
 # Only when the tests' broker is the local one, which rabbitmqctl
