@@ -1,7 +1,7 @@
 //! What a guest's store holds: its WASI view, empty but for captured
 //! output, and the cap on its memory.
 
-use super::output::GuestOutput;
+use super::output::{GuestOutput, Stream};
 use wasmtime::{ResourceLimiter, component::ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -100,8 +100,8 @@ impl WasiView for GuestState {
             ctx: wasi.get_or_insert_with(|| {
                 let output = output.get_or_insert_with(GuestOutput::default);
                 WasiCtx::builder()
-                    .stdout(output.clone())
-                    .stderr(output.clone())
+                    .stdout(output.stream(Stream::Stdout))
+                    .stderr(output.stream(Stream::Stderr))
                     .build()
             }),
             table,

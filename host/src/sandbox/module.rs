@@ -1,7 +1,9 @@
 //! A compiled compute function, and running one request in a fresh
 //! instance of it.
 
-use super::{Sandbox, gen_::ComputeFunctionPre, gen_::Failure, guest::GuestState};
+use super::{
+    Sandbox, gen_::ComputeFunctionPre, gen_::Failure, guest::GuestState, output::GuestOutput,
+};
 use crate::wire::ErrorKind;
 use futures_util::FutureExt;
 use std::{sync::Arc, time::Duration};
@@ -179,7 +181,7 @@ impl ComputeModule {
             }
         };
         let state = store.into_data();
-        if let Some(output) = state.output {
+        if let Some(output) = &state.output {
             output.log(self.name());
         }
         let Ok(outcome) = outcome else {
@@ -193,11 +195,18 @@ impl ComputeModule {
             Err(err) if err.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
                 Err(ComputeError::Timeout(limits.timeout))
             }
-            Err(err) => Err(ComputeError::Crashed(match state.panic {
-                // The guest said why before it trapped.
-                Some(panic) => format!("{panic} ({})", crash_reason(&err)),
-                None => crash_reason(&err),
-            })),
+            Err(err) => {
+                // What the guest said before it trapped: through
+                // `panicked`, else on stderr, where Python's traceback,
+                // JavaScript's uncaught error and std's panic message go.
+                let last_words = state
+                    .panic
+                    .or_else(|| state.output.as_ref().and_then(GuestOutput::last_words));
+                Err(ComputeError::Crashed(match last_words {
+                    Some(words) => format!("{words} ({})", crash_reason(&err)),
+                    None => crash_reason(&err),
+                }))
+            }
         }
     }
 }
