@@ -1,13 +1,12 @@
 //! `compute --modules DIR`: several functions in one node, each on its own
 //! queue, added, replaced and removed while the node runs.
 
-use compute_host::{Center, ComputeNode, NodeConfig};
-use std::{path::Path, time::Duration};
+use compute_host::Center;
+use std::time::Duration;
 use testkit::{
-    Load, ModuleDir, QueueGuard, ServerProcess, amqp_url, built_module, center, compute_command,
-    eventually,
+    DirNode, Load, ModuleDir, QueueGuard, ServerProcess, amqp_url, built_module, center,
+    compute_command, eventually,
 };
-use tokio::{sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
 /// While a center calls `increase` without pause, a function is added,
@@ -131,61 +130,12 @@ async fn a_directory_replaced_by_two_renames_stops_nothing() {
     std::fs::rename(&next, &live).unwrap();
     answers(&square, "7", "49").await;
     answers(&increase, "3", "4").await;
-    assert!(!node.task.is_finished(), "the node stopped");
+    assert!(node.is_running(), "the node stopped");
 
     for center in [increase, square] {
         center.close().await;
     }
     node.stop().await;
-}
-
-/// A node serving a directory inside the test, with a queue prefix of its
-/// own; the queues of the functions named at start are deleted however
-/// the test ends.
-struct DirNode {
-    prefix: String,
-    /// The functions it served once started.
-    serving: Vec<String>,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-    _queues: QueueGuard,
-}
-
-impl DirNode {
-    /// Starts a node serving `dir`: when this returns, it has tried every
-    /// file there once.
-    async fn start<const N: usize>(dir: &Path, functions: [&str; N]) -> Self {
-        let prefix = format!("test.functions.{}", Uuid::new_v4());
-        let queues = QueueGuard::new(functions.map(|name| format!("{prefix}.{name}")));
-        let config = NodeConfig {
-            amqp_url: amqp_url(),
-            ..NodeConfig::dir(dir, &prefix)
-        };
-        let node = ComputeNode::start(&config).await.expect("the node starts");
-        let serving = node.functions();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(node.run(async move {
-            let _ = stopped.await;
-        }));
-        DirNode {
-            prefix,
-            serving,
-            stop,
-            task,
-            _queues: queues,
-        }
-    }
-
-    /// The queue of function `name`.
-    fn queue(&self, name: &str) -> String {
-        format!("{}.{name}", self.prefix)
-    }
-
-    /// Stops the node and checks it stopped cleanly.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("the node stops cleanly");
-    }
 }
 
 /// Writes the built module `module` as `dir/name.wasm` the safe way.

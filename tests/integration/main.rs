@@ -10,6 +10,7 @@ mod faults;
 mod functions;
 mod health;
 mod hostile;
+mod languages;
 mod library;
 mod messages;
 mod metrics;

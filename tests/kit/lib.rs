@@ -34,7 +34,7 @@ pub use eventually::eventually;
 pub use load::{Call, Calls, Load, Tally};
 pub use metrics::{get, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
-pub use node::RunningNode;
+pub use node::{DirNode, RunningNode, test_compile_cache};
 pub use process::{ServerProcess, center_command, compute_command, run_to_end};
 pub use proxy::BrokerProxy;
 pub use python::{python, python_command, python_output};

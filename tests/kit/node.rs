@@ -1,12 +1,25 @@
-//! A compute node serving inside the test's own process.
+//! A compute node serving inside the test's own process: one module, or
+//! a directory of them.
 
 use crate::{
-    broker::{amqp_url, delete_now, delete_queue},
+    broker::{QueueGuard, amqp_url, delete_now, delete_queue},
     modules::increase_module,
 };
-use compute_host::{ComputeNode, LiveModule, NodeConfig, Source};
+use compute_host::{ComputeNode, LiveModule, NodeConfig, Source, sandbox::CacheSettings};
 use std::{net::SocketAddr, path::Path, sync::Arc};
 use tokio::{sync::oneshot, task::JoinHandle};
+use uuid::Uuid;
+
+/// The compile cache the tests' in-process nodes share, so that the
+/// Python and JavaScript guests (seconds to compile each) are compiled
+/// once a run, not once a test.
+pub fn test_compile_cache() -> CacheSettings {
+    CacheSettings {
+        dir: std::env::temp_dir().join("compute-node-tests-compiled"),
+        max_bytes: CacheSettings::DEFAULT_MAX_BYTES,
+        required: true,
+    }
+}
 
 /// A compute node serving one module in the background of a test. Its
 /// queue is deleted when it stops, or when it is dropped by a test that
@@ -74,5 +87,60 @@ impl Drop for RunningNode {
             task.abort();
             delete_now(vec![self.queue.clone()]);
         }
+    }
+}
+
+/// A node serving a directory inside the test, with a queue prefix of its
+/// own; the queues of the functions named at start are deleted however
+/// the test ends.
+pub struct DirNode {
+    prefix: String,
+    /// The functions it served once started.
+    pub serving: Vec<String>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    _queues: QueueGuard,
+}
+
+impl DirNode {
+    /// Starts a node serving `dir`: when this returns, it has tried every
+    /// file there once.
+    pub async fn start<const N: usize>(dir: &Path, functions: [&str; N]) -> Self {
+        let prefix = format!("test.functions.{}", Uuid::new_v4());
+        let queues = QueueGuard::new(functions.map(|name| format!("{prefix}.{name}")));
+        let config = NodeConfig {
+            amqp_url: amqp_url(),
+            compile_cache: Some(test_compile_cache()),
+            ..NodeConfig::dir(dir, &prefix)
+        };
+        let node = ComputeNode::start(&config).await.expect("the node starts");
+        let serving = node.functions();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.run(async move {
+            let _ = stopped.await;
+        }));
+        DirNode {
+            prefix,
+            serving,
+            stop,
+            task,
+            _queues: queues,
+        }
+    }
+
+    /// Whether the node is still running.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// The queue of function `name`.
+    pub fn queue(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+
+    /// Stops the node and checks it stopped cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the node stops cleanly");
     }
 }
