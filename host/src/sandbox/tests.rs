@@ -82,9 +82,11 @@ async fn stops_a_guest_that_never_returns() {
     assert!(matches!(err, ComputeError::Timeout(_)), "{err:?}");
 }
 
-/// Every module in `modules/` loads and answers a request, whatever
+/// Every Rust module in `modules/` loads and answers a request, whatever
 /// functions there are (a new one needs no line here); the ones whose
-/// results this test knows are checked by value.
+/// results this test knows are checked by value. (The Python and
+/// JavaScript ones, seconds each to compile, are served in
+/// `tests/integration/languages.rs`, through a compile cache.)
 #[tokio::test]
 async fn every_built_module_computes_its_function() {
     let sandbox = Sandbox::new(Limits::default()).unwrap();
@@ -104,6 +106,9 @@ async fn every_built_module_computes_its_function() {
             continue;
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if name.ends_with("-py") || name.ends_with("-js") {
+            continue;
+        }
         let module = sandbox.load(&path).unwrap();
         assert!(module.digest().starts_with("sha256:") && module.digest().len() == 71);
         let output = module
