@@ -21,7 +21,8 @@
 //! - `module`: [`ComputeModule`], running one request, [`ComputeError`].
 //! - `header`: what is wrong with bytes that are not a component at all.
 //! - `guest`: what a guest's store holds (its WASI view, its memory cap).
-//! - `output`: what a guest prints, captured and capped per request.
+//! - `output`: what a guest prints, captured and capped per request, and
+//!   the end of its stderr, a crash's reason.
 //! - `epoch`: the ticker thread behind deadlines and fair scheduling.
 
 mod cache;
