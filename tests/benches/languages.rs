@@ -10,7 +10,9 @@
 
 use compute_host::sandbox::{CacheSettings, CompileCache, Limits, Sandbox};
 use std::time::{Duration, Instant};
-use testkit::{ModuleDir, ServerProcess, built_module, center, unique_queue};
+use testkit::{
+    ModuleDir, ServerProcess, built_module, center, peak_rss_mib, print_goal, unique_queue,
+};
 
 const LANGUAGES: [(&str, &str); 3] = [
     ("Rust", "increase"),
@@ -58,30 +60,26 @@ async fn main() {
     println!("goals:");
     let rust_call = rows[0].2;
     for (language, cached, median, rate, rss) in &rows[1..] {
-        goal(
-            language,
-            "start from the cache, ms",
+        print_goal(
+            &format!("{language}: start from the cache, ms"),
             cached.as_secs_f64() * 1e3,
             "<=",
             200.0,
         );
-        goal(
-            language,
-            "call through a fresh instance, us",
+        print_goal(
+            &format!("{language}: call through a fresh instance, us"),
             *median,
             "<=",
             300.0,
         );
-        goal(
-            language,
-            "calls/s at K=128 through the broker",
+        print_goal(
+            &format!("{language}: calls/s at K=128 through the broker"),
             *rate,
             ">=",
             2500.0,
         );
-        goal(
-            language,
-            "node peak RSS under that load, MiB",
+        print_goal(
+            &format!("{language}: node peak RSS under that load, MiB"),
             *rss,
             "<=",
             256.0,
@@ -157,28 +155,6 @@ async fn through_the_broker(module: &std::path::Path, cache: &ModuleDir) -> (f64
     let tally = calls.increase_tally();
     tally.assert_all_answered();
     let rate = tally.replies as f64 / BROKER_ROUND.as_secs_f64();
-    let rss = peak_rss_mib(node.pid());
+    let rss = peak_rss_mib(node.pid()).expect("the node runs");
     (rate, rss)
-}
-
-/// The peak RSS of process `pid` so far, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
-    kib / 1024.0
-}
-
-fn goal(language: &str, what: &str, value: f64, relation: &str, target: f64) {
-    let met = match relation {
-        ">=" => value >= target,
-        _ => value <= target,
-    };
-    println!(
-        "  {language:<10} {what:<40} {value:>8.1}  (goal {relation} {target}) {}",
-        if met { "met" } else { "NOT MET" }
-    );
 }

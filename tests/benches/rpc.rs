@@ -37,7 +37,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use testkit::{ServerProcess, amqp_url, center_command, increase_module, unique_queue};
+use testkit::{ServerProcess, amqp_url, center_command, increase_module, print_goal, unique_queue};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     process::Command,
@@ -179,36 +179,36 @@ async fn main() {
     println!("goals:");
     for (in_flight, throughput, latency) in ratios_summary {
         match in_flight {
-            128 => goal("K=128 throughput, ours/bare", throughput, ">=", 0.9),
-            16 => goal("K=16 throughput, ours/bare", throughput, ">=", 0.9),
-            _ => goal("K=1 p50 latency, ours/bare", latency, "<=", 1.1),
+            128 => print_goal("K=128 throughput, ours/bare", throughput, ">=", 0.9),
+            16 => print_goal("K=16 throughput, ours/bare", throughput, ">=", 0.9),
+            _ => print_goal("K=1 p50 latency, ours/bare", latency, "<=", 1.1),
         }
     }
-    goal(
+    print_goal(
         "batches of 100: inputs/s over bare single calls/s",
         batched.rate / bare_single.rate,
         ">=",
         5.0,
     );
-    goal(
+    print_goal(
         "seq 1 1000000 | center --batch 100: calls/s",
         big.rate,
         ">=",
         100_000.0,
     );
-    goal(
+    print_goal(
         "center peak RSS, 1,000,000 inputs over 100,000",
         big.peak_rss_mib / small.peak_rss_mib,
         "<=",
         1.2,
     );
-    goal(
+    print_goal(
         "guest call through a fresh instance, us",
         per_call,
         "<=",
         10.0,
     );
-    goal("node peak RSS, MiB", rss, "<=", 64.0);
+    print_goal("node peak RSS, MiB", rss, "<=", 64.0);
 
     ours.close().await;
     confirmed.close().await;
@@ -297,7 +297,7 @@ async fn center_program(queue: &str, inputs: usize) -> ProgramRun {
     let watch = tokio::spawn({
         let peak = peak.clone();
         async move {
-            while let Some(rss) = peak_rss_of(&pid) {
+            while let Some(rss) = testkit::peak_rss_mib(&pid) {
                 *peak.lock().unwrap() = rss;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -325,17 +325,6 @@ async fn center_program(queue: &str, inputs: usize) -> ProgramRun {
         run.peak_rss_mib
     );
     run
-}
-
-fn goal(what: &str, value: f64, relation: &str, target: f64) {
-    let met = match relation {
-        ">=" => value >= target,
-        _ => value <= target,
-    };
-    println!(
-        "  {what:<42} {value:>8.2}  (goal {relation} {target}) {}",
-        if met { "met" } else { "NOT MET" }
-    );
 }
 
 /// The guest call alone: `increase("41")` in a fresh instance per call,
@@ -457,18 +446,8 @@ impl Measured for ServerProcess {
     }
 
     fn peak_rss_mib(&self) -> f64 {
-        peak_rss_of(&self.pid().to_string()).expect("VmHWM in /proc/PID/status")
+        testkit::peak_rss_mib(self.pid()).expect("VmHWM in /proc/PID/status")
     }
-}
-
-/// The peak RSS of process `pid` so far, in MiB; `None` once it is gone.
-fn peak_rss_of(pid: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())?;
-    Some(kib / 1024.0)
 }
 
 /// The local RabbitMQ's process (the Erlang VM, `beam.smp`), if any.
