@@ -39,19 +39,12 @@ cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/nosy_guest.wasm" tests/fix
 tools="${CARGO_TARGET_DIR:-target}/guest-tools"
 mkdir -p "$tools/stamps"
 
-# Whether modules/$1 is missing or was built from other sources than the
-# files after it; `fresh NAME` records, once NAME is built, that it was
-# built from them.
-stale() {
-    local module="$1"
-    shift
-    sources["$module"]="$(cat "$@" | sha256sum)"
-    ! [ -f "modules/$module" ] || [ "$(cat "$tools/stamps/$module" 2>/dev/null)" != "${sources[$module]}" ]
+# Whether modules/$1 exists and was built from sources whose digest is
+# $2 (the digest of the sources a module was built from is kept under
+# $tools/stamps).
+up_to_date() {
+    [ -f "modules/$1" ] && [ "$(cat "$tools/stamps/$1" 2>/dev/null)" = "$2" ]
 }
-fresh() {
-    echo "${sources[$1]}" >"$tools/stamps/$1"
-}
-declare -A sources
 
 python_tools="$tools/python"
 if ! cmp -s guest-py/requirements.txt "$python_tools/requirements.txt"; then
@@ -63,15 +56,15 @@ if ! cmp -s guest-py/requirements.txt "$python_tools/requirements.txt"; then
     "$python_tools/bin/pip" install --quiet --requirement guest-py/requirements.txt
     cp guest-py/requirements.txt "$python_tools/requirements.txt"
 fi
+python_sources="$(cat guest-py/*.py wit/compute.wit guest-py/requirements.txt | sha256sum)"
 for source in guest-py/*.py; do
     name=$(basename "$source" .py)
     grep -q '^class WitWorld(' "$source" || continue
-    if stale "$name-py.wasm" guest-py/*.py wit/compute.wit guest-py/requirements.txt; then
-        echo "build-modules: building modules/$name-py.wasm (componentize-py, about 15 s)" >&2
-        "$python_tools/bin/componentize-py" --wit-path wit --world compute-function \
-            componentize --python-path guest-py "$name" --output "modules/$name-py.wasm" >/dev/null
-        fresh "$name-py.wasm"
-    fi
+    up_to_date "$name-py.wasm" "$python_sources" && continue
+    echo "build-modules: building modules/$name-py.wasm (componentize-py, about 15 s)" >&2
+    "$python_tools/bin/componentize-py" --wit-path wit --world compute-function \
+        componentize --python-path guest-py "$name" --output "modules/$name-py.wasm" >/dev/null
+    echo "$python_sources" >"$tools/stamps/$name-py.wasm"
 done
 
 node_tools="$tools/node"
@@ -82,12 +75,12 @@ if ! cmp -s guest-js/package-lock.json "$node_tools/package-lock.json"; then
     (cd "$node_tools" && npm ci --silent --no-audit --no-fund)
 fi
 cp guest-js/build.mjs "$node_tools/build.mjs"
+javascript_sources="$(cat guest-js/*.js guest-js/build.mjs wit/compute.wit guest-js/package-lock.json | sha256sum)"
 for source in guest-js/*.js; do
     name=$(basename "$source" .js)
     grep -q '^export function compute(' "$source" || continue
-    if stale "$name-js.wasm" guest-js/*.js guest-js/build.mjs wit/compute.wit guest-js/package-lock.json; then
-        echo "build-modules: building modules/$name-js.wasm (componentize-js, about 10 s)" >&2
-        node "$node_tools/build.mjs" "$source" wit "modules/$name-js.wasm"
-        fresh "$name-js.wasm"
-    fi
+    up_to_date "$name-js.wasm" "$javascript_sources" && continue
+    echo "build-modules: building modules/$name-js.wasm (componentize-js, about 10 s)" >&2
+    node "$node_tools/build.mjs" "$source" wit "modules/$name-js.wasm"
+    echo "$javascript_sources" >"$tools/stamps/$name-js.wasm"
 done
