@@ -14,8 +14,8 @@ use crate::{
     live::{LiveModule, Rejected},
     lock::lock,
     queues::Queues,
-    sandbox::{self, ComputeModule, LoadError, Sandbox},
-    source::{Offer, Update, Verdict},
+    sandbox::{self, ComputeModule, FunctionLimits, LimitsError, LimitsFile, LoadError, Sandbox},
+    source::{NewBytes, Offer, Update, Verdict},
 };
 use lapin::types::ShortString;
 use std::{
@@ -71,6 +71,8 @@ pub(crate) enum FunctionError {
     #[error(transparent)]
     Module(#[from] LoadError),
     #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error(transparent)]
     QueueName(#[from] QueueNameError),
 }
 
@@ -79,9 +81,9 @@ pub(crate) struct Table {
     sandbox: Sandbox,
     queues: Queues,
     served: Served,
-    /// The version of each function last turned down, so each is logged
-    /// once.
-    turned_down: BTreeMap<String, String>,
+    /// The version of each function last turned down, with its limits
+    /// file, so each is logged once.
+    turned_down: BTreeMap<String, (String, Option<LimitsFile>)>,
     changes: mpsc::UnboundedSender<Change>,
 }
 
@@ -142,15 +144,7 @@ impl Table {
         } = update;
         let existing = lock(&self.served).get(&function).cloned();
         let outcome = match offer {
-            Offer::Bytes {
-                bytes,
-                from,
-                settled,
-                stage,
-            } => {
-                self.offer(&function, existing, bytes, &from, settled, stage)
-                    .await
-            }
+            Offer::Bytes(offered) => self.offer(&function, existing, offered).await,
             Offer::Unreadable { from, error } => {
                 if let Some(existing) = existing {
                     warn!(
@@ -185,18 +179,29 @@ impl Table {
         &mut self,
         function: &str,
         existing: Option<Arc<Function>>,
-        bytes: Vec<u8>,
-        from: &str,
-        settled: bool,
-        stage: bool,
+        offered: NewBytes,
     ) -> Verdict {
+        let NewBytes {
+            bytes,
+            limits: limits_file,
+            from,
+            settled,
+            stage,
+        } = offered;
+        let from = from.as_str();
         let digest = sandbox::digest(&bytes);
+        let version = (digest.clone(), limits_file.clone());
         let serving = existing.as_ref().map(|existing| existing.live.current());
+        // Checked before anything is compiled: the cheapest fault to
+        // report. Unparsable limits are as unusable as broken bytes.
+        let own = FunctionLimits::of(limits_file.as_ref())
+            .and_then(|own| own.within(self.sandbox.limits()).map(|_| own));
         let already = match (&existing, stage) {
             (Some(existing), true) => existing.live.staged().as_deref() == Some(digest.as_str()),
-            _ => serving
-                .as_ref()
-                .is_some_and(|serving| serving.digest() == digest),
+            _ => serving.as_ref().is_some_and(|serving| {
+                serving.digest() == digest
+                    && own.as_ref().is_ok_and(|own| serving.own_limits() == *own)
+            }),
         };
         if already {
             self.turned_down.remove(function);
@@ -207,15 +212,19 @@ impl Table {
                 "function {function} has no current version to stage {digest} beside"
             ));
         }
-        if self.turned_down.get(function) == Some(&digest) {
+        if self.turned_down.get(function) == Some(&version) {
             return Err(format!("{digest} was turned down before"));
         }
 
         let kept = self.compiled(&digest);
         let reused = kept.is_some();
-        let loaded = match kept {
-            Some(module) => Ok(module.named(function)),
-            None => {
+        let loaded = match (own, kept) {
+            (Err(err), _) => Err(FunctionError::from(err)),
+            (Ok(own), Some(module)) => module
+                .named(function)
+                .limited(own)
+                .map_err(FunctionError::from),
+            (Ok(own), None) => {
                 let (sandbox, name) = (self.sandbox.clone(), function.to_owned());
                 tokio::task::spawn_blocking(move || sandbox.load_bytes(&name, &bytes))
                     .await
@@ -224,6 +233,8 @@ impl Table {
                             "the compiler stopped: {join}"
                         ))))
                     })
+                    .map_err(FunctionError::from)
+                    .and_then(|module| module.limited(own).map_err(FunctionError::from))
             }
         };
         let how = match &loaded {
@@ -231,17 +242,18 @@ impl Table {
             Ok(module) => module.loaded().to_string(),
             Err(_) => String::new(),
         };
-        let loaded =
-            loaded
-                .map_err(FunctionError::from)
-                .and_then(|module| match (&existing, stage) {
-                    (Some(existing), true) => {
-                        existing.live.stage(module);
-                        Ok(None)
-                    }
-                    (Some(existing), false) => Ok(Some(existing.live.swap(module))),
-                    (None, _) => self.add(module).map(|_| None).map_err(FunctionError::from),
-                });
+        let limits = loaded
+            .as_ref()
+            .map(|module| module.own_limits().to_string())
+            .unwrap_or_default();
+        let loaded = loaded.and_then(|module| match (&existing, stage) {
+            (Some(existing), true) => {
+                existing.live.stage(module);
+                Ok(None)
+            }
+            (Some(existing), false) => Ok(Some(existing.live.swap(module))),
+            (None, _) => self.add(module).map(|_| None).map_err(FunctionError::from),
+        });
         match loaded {
             Ok(was) => {
                 self.turned_down.remove(function);
@@ -249,14 +261,18 @@ impl Table {
                     (Some(was), _) => info!(
                         function,
                         from,
+                        limits,
                         "serving {digest} (was {}), {how}",
                         was.digest(),
                     ),
                     (None, true) => {
-                        info!(function, from, "staged {digest} for pinned requests, {how}")
+                        info!(
+                            function,
+                            from, limits, "staged {digest} for pinned requests, {how}"
+                        )
                     }
                     (None, false) => {
-                        info!(function, from, %digest, module = how, "serving a new function")
+                        info!(function, from, %digest, module = how, limits, "serving a new function")
                     }
                 }
                 Ok(())
@@ -274,7 +290,7 @@ impl Table {
                 if let Some(existing) = &existing {
                     existing.live.reject(Rejected::Unusable(digest.clone()));
                 }
-                self.turned_down.insert(function.to_owned(), digest);
+                self.turned_down.insert(function.to_owned(), version);
                 Err(err.to_string())
             }
             Err(err) => {
@@ -289,7 +305,8 @@ impl Table {
         }
     }
 
-    /// Version `digest`, if any function keeps it compiled.
+    /// Version `digest`, if any function keeps it compiled, under the
+    /// node's limits.
     fn compiled(&self, digest: &str) -> Option<ComputeModule> {
         lock(&self.served)
             .values()

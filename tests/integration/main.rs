@@ -12,6 +12,7 @@ mod health;
 mod hostile;
 mod languages;
 mod library;
+mod limits;
 mod messages;
 mod metrics;
 mod pinning;

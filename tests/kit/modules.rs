@@ -59,9 +59,19 @@ impl ModuleDir {
     /// Publishes `bytes` as `NAME.wasm` the safe way: a hidden temporary
     /// name, then a rename.
     pub fn publish_as(&self, name: &str, bytes: &[u8]) {
-        let temporary = self.join(format!(".{name}.wasm.{}", Uuid::new_v4()));
+        self.write_safely(&format!("{name}.wasm"), bytes);
+    }
+
+    /// Writes `text` as the limits file of function `name`, `NAME.toml`,
+    /// the same safe way.
+    pub fn limit(&self, name: &str, text: &str) {
+        self.write_safely(&format!("{name}.toml"), text.as_bytes());
+    }
+
+    fn write_safely(&self, file_name: &str, bytes: &[u8]) {
+        let temporary = self.join(format!(".{file_name}.{}", Uuid::new_v4()));
         std::fs::write(&temporary, bytes).unwrap();
-        std::fs::rename(&temporary, self.join(format!("{name}.wasm"))).unwrap();
+        std::fs::rename(&temporary, self.join(file_name)).unwrap();
     }
 }
 

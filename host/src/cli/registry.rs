@@ -9,7 +9,7 @@ use crate::{
         report::NodeStatus,
         signing::{self, DeployKey},
     },
-    sandbox::{Limits, Sandbox},
+    sandbox::{Limits, LimitsFile, Sandbox},
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -142,6 +142,13 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                         path.display()
                     )
                 })?;
+            let limits_file = LimitsFile::path_beside(&path);
+            if limits_file.exists() {
+                eprintln!(
+                    "note: the registry does not carry limits files yet: the nodes serve {function} under their own limits, not those of {}",
+                    limits_file.display()
+                );
+            }
             let digest = crate::sandbox::digest(&bytes);
             let message = deploy::publish(&function, &digest, stage);
             roll_out(&rollout, &function, |_| {

@@ -31,7 +31,10 @@ use crate::{
     metrics::{self, NodeMetrics},
     queues::{self, QueueType, Queues},
     registry::{follow::Follower, report::Identity, signing::Trust},
-    sandbox::{CacheError, CacheSettings, Limits, LoadError, Sandbox, SandboxError},
+    sandbox::{
+        CacheError, CacheSettings, Limits, LimitsError, LimitsFile, LoadError, Sandbox,
+        SandboxError,
+    },
     source::{self, Update, dir::DirSource},
     throttle::Throttle,
 };
@@ -291,12 +294,19 @@ impl ComputeNode {
                 // the cheapest fault to report.
                 let queues = Queues::One(queue.clone());
                 queues.of("")?;
-                let module = sandbox.load(path).map_err(|source| StartError::Module {
+                let module_error = |source| StartError::Module {
                     path: path.display().to_string(),
                     source,
+                };
+                // Read before the module is loaded, which reads it again:
+                // should it change in between, the source sees a change.
+                let limits = LimitsFile::read_beside(path).map_err(|source| {
+                    module_error(LimitsError::unreadable_beside(path, source).into())
                 })?;
+                let module = sandbox.load(path).map_err(module_error)?;
                 let mut table = Table::new(sandbox, queues, changed);
-                let source = source::file::watch(path, module.name(), module.digest(), updates);
+                let source =
+                    source::file::watch(path, module.name(), module.digest(), limits, updates);
                 table.add(module)?;
                 (spawn_table(table, updated), source)
             }
@@ -389,6 +399,7 @@ impl ComputeNode {
             function = only.as_ref().map(|module| module.name()),
             digest = only.as_ref().map(|module| module.digest()),
             module = only.as_ref().map(|module| tracing::field::display(module.loaded())),
+            limits = only.as_ref().map(|module| tracing::field::display(module.own_limits())),
             queue = functions.first().filter(|_| only.is_some()).map(|function| function.queue()),
             broker = %Redacted(config.amqp_url.clone()),
             prefetch = config.prefetch,

@@ -22,7 +22,7 @@ use crate::{
     functions::Served,
     lock::lock,
     node::link::Link,
-    source::{Offer, Update, Updates},
+    source::{NewBytes, Offer, Update, Updates},
 };
 use futures_util::StreamExt as _;
 use lapin::{
@@ -248,12 +248,13 @@ impl Follower {
                 let (verdict, learned) = oneshot::channel();
                 let update = Update {
                     function: name.clone(),
-                    offer: Offer::Bytes {
+                    offer: Offer::Bytes(NewBytes {
                         bytes: stored.bytes.to_vec(),
+                        limits: None,
                         from: format!("registry {}", self.stream),
                         settled: true,
                         stage: role == Role::Staged,
-                    },
+                    }),
                     verdict: Some(verdict),
                 };
                 if self.updates.send(update).await.is_err() {

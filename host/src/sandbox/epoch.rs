@@ -16,6 +16,12 @@ use wasmtime::Engine;
 /// run.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
+/// Epoch ticks that make up a deadline of `timeout`: at least one.
+pub(super) fn ticks_in(timeout: Duration) -> u64 {
+    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos());
+    u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+}
+
 /// Advances the engine's epoch every [`EPOCH_TICK`] so that guests past
 /// their deadline trap. Stops when dropped.
 pub(super) struct EpochTicker {

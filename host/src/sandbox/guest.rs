@@ -20,13 +20,18 @@ pub(super) struct GuestState {
 }
 
 impl GuestState {
-    pub(super) fn new(memory: usize) -> Self {
+    /// A guest's state, its memory capped at `memory` bytes: the node's
+    /// limit, or the function's own when `own_limit`.
+    pub(super) fn new(memory: usize, own_limit: bool) -> Self {
         GuestState {
             wasi: None,
             output: None,
             panic: None,
             table: ResourceTable::new(),
-            limits: MemoryCap { bytes: memory },
+            limits: MemoryCap {
+                bytes: memory,
+                own_limit,
+            },
         }
     }
 }
@@ -54,6 +59,9 @@ impl super::gen_::ComputeFunctionImports for GuestState {
 /// allocator would turn into a bare `unreachable`.
 pub(super) struct MemoryCap {
     bytes: usize,
+    /// Set by the function's limits file rather than the node: the
+    /// message names where to raise it.
+    own_limit: bool,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -64,9 +72,14 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         if desired > self.bytes {
+            let limit = self.bytes;
+            let whose = if self.own_limit {
+                format!("its own limit of {limit} bytes (memory in its limits file)")
+            } else {
+                format!("the node's limit of {limit} bytes (--guest-memory)")
+            };
             wasmtime::bail!(
-                "the compute function needed {desired} bytes of memory, more than the node's limit of {} bytes (--guest-memory)",
-                self.bytes
+                "the compute function needed {desired} bytes of memory, more than {whose}"
             );
         }
         Ok(true)

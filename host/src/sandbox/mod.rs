@@ -13,8 +13,10 @@
 //!
 //! # Layout
 //!
-//! - this file: [`Sandbox`], [`Limits`] and loading a module
-//!   ([`LoadError`]).
+//! - this file: [`Sandbox`] and loading a module ([`LoadError`]).
+//! - `limits`: what a request may use: the node's [`Limits`], and a
+//!   function's own, from `NAME.toml` beside its module
+//!   ([`FunctionLimits`]).
 //! - `pool`: the engine's configuration, its instance pool sized once.
 //! - `cache`: compiled code kept on disk ([`CompileCache`]), checked
 //!   before it is loaded.
@@ -29,6 +31,7 @@ mod cache;
 mod epoch;
 mod guest;
 mod header;
+mod limits;
 mod module;
 mod output;
 mod pool;
@@ -37,17 +40,14 @@ mod tests;
 
 pub use cache::{CacheError, CacheSettings, CompileCache};
 pub use header::NotAComponent;
+pub use limits::{FunctionLimits, Limits, LimitsError, LimitsFile};
 pub use module::{ComputeError, ComputeModule, Loaded};
 pub use output::GUEST_OUTPUT_CAP;
 
-use epoch::{EPOCH_TICK, EpochTicker};
+use epoch::EpochTicker;
 use guest::GuestState;
 use sha2::{Digest as _, Sha256};
-use std::{
-    path::Path,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::Path, sync::Arc, time::Instant};
 use tokio::sync::Semaphore;
 use tracing::debug;
 use wasmtime::{
@@ -67,35 +67,6 @@ use gen_::ComputeFunctionPre;
 /// Requests a sandbox made with [`Sandbox::new`] runs at once.
 pub const DEFAULT_INSTANCES: u32 = 256;
 
-/// What one request may use.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// CPU time the guest may run for one request (instantiation included).
-    /// Counted only while the guest's own code runs.
-    pub timeout: Duration,
-    /// Wall-clock time one request may take in the sandbox, whatever it
-    /// does: running, waiting for a thread, or blocked in a host call
-    /// (a WASI sleep or poll), which [`timeout`](Self::timeout) does not
-    /// count.
-    pub wall_timeout: Duration,
-    /// Linear memory the guest may grow to, in bytes.
-    pub memory: usize,
-    /// The largest request body the guest is given, and the largest reply
-    /// body it may return, in bytes.
-    pub max_body: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            timeout: Duration::from_secs(1),
-            wall_timeout: Duration::from_secs(10),
-            memory: 64 << 20,
-            max_body: 1 << 20,
-        }
-    }
-}
-
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -107,6 +78,10 @@ pub enum LoadError {
         /// Why.
         source: std::io::Error,
     },
+    /// The limits file beside it cannot be read, or asks for more than
+    /// the node allows.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
     /// The bytes are not a binary component at all.
     #[error(transparent)]
     NotAComponent(#[from] NotAComponent),
@@ -192,14 +167,21 @@ impl Sandbox {
         self
     }
 
-    /// What each request may use.
+    /// The node's limits: the most a request of any function may use.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
     /// Compiles the component at `path` and checks that it provides the
-    /// compute contract. The function's name is the file stem.
+    /// compute contract. The function's name is the file stem, and its
+    /// limits are those of the limits file beside it (`NAME.toml`), if
+    /// there is one.
     pub fn load(&self, path: &Path) -> Result<ComputeModule, LoadError> {
+        let file = LimitsFile::read_beside(path)
+            .map_err(|source| LimitsError::unreadable_beside(path, source))?;
+        let own = FunctionLimits::of(file.as_ref())?;
+        // Checked before compiling: it is the cheaper fault to report.
+        own.within(self.limits)?;
         let bytes = std::fs::read(path).map_err(|source| LoadError::Unreadable {
             path: path.display().to_string(),
             source,
@@ -208,7 +190,7 @@ impl Sandbox {
             .file_stem()
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| "compute".to_owned());
-        self.load_bytes(&name, &bytes)
+        Ok(self.load_bytes(&name, &bytes)?.limited(own)?)
     }
 
     /// Compiles `bytes` (a binary component) as function `name` and checks
@@ -236,6 +218,8 @@ impl Sandbox {
                 component
             }
         };
+        // Above the node's limit, the pool has refused it already.
+        let memory_to_start = memory_to_start(&component);
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -246,19 +230,29 @@ impl Sandbox {
             took: started.elapsed(),
         };
         debug!(function = name, %digest, "{loaded}");
-        Ok(ComputeModule::new(name, digest, loaded, pre, self.clone()))
-    }
-
-    /// Epoch ticks that make up the per-request deadline.
-    fn deadline_ticks(&self) -> u64 {
-        let ticks = self
-            .limits
-            .timeout
-            .as_nanos()
-            .div_ceil(EPOCH_TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+        Ok(ComputeModule::new(
+            name,
+            digest,
+            loaded,
+            memory_to_start,
+            pre,
+            self.clone(),
+        ))
     }
 }
+
+/// The linear memory, in bytes, that an instance of `component` has
+/// before it runs any code: the largest initial size of its memories.
+fn memory_to_start(component: &Component) -> usize {
+    let pages = component
+        .resources_required()
+        .and_then(|required| required.max_initial_memory_size)
+        .unwrap_or(0);
+    usize::try_from(pages.saturating_mul(WASM_PAGE)).unwrap_or(usize::MAX)
+}
+
+/// The size of a WebAssembly page: the unit of a memory's size.
+const WASM_PAGE: u64 = 64 << 10;
 
 /// `sha256:<hex>` of `bytes`: the name of one exact module version.
 pub fn digest(bytes: &[u8]) -> String {

@@ -2,11 +2,13 @@
 //! instance of it.
 
 use super::{
-    Sandbox, gen_::ComputeFunctionPre, gen_::Failure, guest::GuestState, output::GuestOutput,
+    FunctionLimits, Limits, LimitsError, Sandbox, epoch, gen_::ComputeFunctionPre, gen_::Failure,
+    guest::GuestState, output::GuestOutput,
 };
 use crate::wire::ErrorKind;
 use futures_util::FutureExt;
 use std::{sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 /// Why a request produced no reply body. Each case maps to one
@@ -24,9 +26,7 @@ pub enum ComputeError {
     Timeout(Duration),
     /// The function took longer than the wall-clock limit (blocked in a
     /// host call, say) and its instance was dropped.
-    #[error(
-        "the compute function did not finish within {0:?} of wall-clock time (--guest-wall-timeout) and was stopped"
-    )]
+    #[error("the compute function did not finish within {0:?} of wall-clock time and was stopped")]
     Stalled(Duration),
     /// The function trapped (a panic, a stack overflow, memory past the
     /// cap, ...).
@@ -80,7 +80,8 @@ impl std::fmt::Display for Loaded {
 }
 
 /// A compiled, type-checked compute function, ready to run requests.
-/// Cheap to clone; clones share the compiled code.
+/// Cheap to clone; clones share the compiled code, and the count of
+/// instances running.
 #[derive(Clone)]
 pub struct ComputeModule {
     name: Arc<str>,
@@ -88,6 +89,15 @@ pub struct ComputeModule {
     loaded: Loaded,
     pre: ComputeFunctionPre<GuestState>,
     sandbox: Sandbox,
+    /// The function's own limits, as asked for.
+    own: FunctionLimits,
+    /// The node's limits narrowed by `own`: what each request may use.
+    limits: Limits,
+    /// Bytes of linear memory an instance has before it runs any code.
+    memory_to_start: usize,
+    /// One permit per instance the function may have at once, when it
+    /// asks for fewer than the pool holds.
+    instances: Option<Arc<Semaphore>>,
 }
 
 impl ComputeModule {
@@ -95,6 +105,7 @@ impl ComputeModule {
         name: &str,
         digest: String,
         loaded: Loaded,
+        memory_to_start: usize,
         pre: ComputeFunctionPre<GuestState>,
         sandbox: Sandbox,
     ) -> Self {
@@ -102,18 +113,61 @@ impl ComputeModule {
             name: name.into(),
             digest: digest.into(),
             loaded,
+            memory_to_start,
             pre,
+            limits: sandbox.limits,
             sandbox,
+            own: FunctionLimits::default(),
+            instances: None,
         }
     }
 
-    /// The same compiled code, serving as function `name`: two functions
-    /// whose modules are the same bytes share one compile.
+    /// The same compiled code, serving as function `name` under the node's
+    /// limits: two functions whose modules are the same bytes share one
+    /// compile, each with its own limits.
     pub fn named(&self, name: &str) -> Self {
         ComputeModule {
             name: name.into(),
+            own: FunctionLimits::default(),
+            limits: self.sandbox.limits,
+            instances: None,
             ..self.clone()
         }
+    }
+
+    /// The same compiled code, under its own limits `own`, within the
+    /// node's. Its count of instances is its own too.
+    ///
+    /// # Errors
+    ///
+    /// When `own` asks for more than the node allows, or for less memory
+    /// than the module starts with.
+    pub fn limited(&self, own: FunctionLimits) -> Result<Self, LimitsError> {
+        let limits = own.within(self.sandbox.limits)?;
+        if self.memory_to_start > limits.memory {
+            return Err(LimitsError::TooSmallToStart {
+                needs: self.memory_to_start,
+                limit: limits.memory,
+            });
+        }
+        Ok(ComputeModule {
+            limits,
+            own,
+            instances: own
+                .instances
+                .map(|instances| Arc::new(Semaphore::new(instances as usize))),
+            ..self.clone()
+        })
+    }
+
+    /// The function's own limits, as its limits file asked for them.
+    pub fn own_limits(&self) -> FunctionLimits {
+        self.own
+    }
+
+    /// What each request of this function may use.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The function's name (the module's file stem), sent in `x-function`.
@@ -136,7 +190,7 @@ impl ComputeModule {
     /// Runs one request in a fresh instance. A request over the size limit
     /// is refused without running the guest.
     pub async fn compute(&self, request: &[u8]) -> Result<Vec<u8>, ComputeError> {
-        let limits = self.sandbox.limits;
+        let limits = self.limits;
         let too_large = |body, size| ComputeError::TooLarge {
             body,
             size,
@@ -145,15 +199,23 @@ impl ComputeModule {
         if request.len() > limits.max_body {
             return Err(too_large("request", request.len()));
         }
-        // The sandbox never closes its semaphore, so this always holds a
-        // permit.
+        // Neither semaphore is ever closed, so these always hold a permit.
+        // The function's own first: a request waiting for one of its
+        // function's instances must not hold one of the pool's.
+        let _own_instance = match &self.instances {
+            Some(instances) => instances.acquire().await.ok(),
+            None => None,
+        };
         let _instance = self.sandbox.instances.acquire().await.ok();
-        let mut store = Store::new(&self.sandbox.engine, GuestState::new(limits.memory));
+        let mut store = Store::new(
+            &self.sandbox.engine,
+            GuestState::new(limits.memory, self.own.memory.is_some()),
+        );
         store.limiter(|state| &mut state.limits);
         // The guest runs on the node's async threads: at every epoch tick
         // it yields, so a runaway guest delays no other request, and after
         // the deadline's worth of ticks of running it is stopped.
-        let mut ticks_left = self.sandbox.deadline_ticks();
+        let mut ticks_left = epoch::ticks_in(limits.timeout);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             ticks_left -= 1;

@@ -1,6 +1,6 @@
 use super::*;
 use crate::wire::ErrorKind;
-use std::sync::Mutex;
+use std::{sync::Mutex, time::Duration};
 
 fn increase() -> ComputeModule {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/increase.wasm");
@@ -180,6 +180,60 @@ async fn hostile_guests_fail_their_own_request_only() {
     assert_eq!(module.compute(b"1").await.unwrap(), b"2");
 }
 
+/// A module's limits file (`NAME.toml` beside `NAME.wasm`) narrows the
+/// node's limits for that module, and a request past them is told which
+/// limit it met; one that asks for more than the node allows, or says
+/// what no limit means, is not loaded.
+#[tokio::test]
+async fn a_limits_file_beside_a_module_narrows_its_limits() {
+    let dir = TempDir::new("limits");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let module = dir.0.join("grower.wasm");
+    std::fs::write(
+        &module,
+        component("(drop (memory.grow (i32.const 40))) unreachable"),
+    )
+    .unwrap();
+    let limits_file = dir.0.join("grower.toml");
+    std::fs::write(&limits_file, "memory = 2\ntimeout = 0.1\n").unwrap();
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+
+    let grower = sandbox.load(&module).unwrap();
+    assert_eq!(grower.limits().memory, 2 << 20);
+    assert_eq!(grower.limits().timeout, Duration::from_millis(100));
+    let err = grower.compute(b"1").await.unwrap_err().to_string();
+    assert!(
+        err.contains("more than its own limit of 2097152 bytes (memory in its limits file)"),
+        "{err}"
+    );
+    // Without the file, the same module grows within the node's 64 MiB.
+    std::fs::remove_file(&limits_file).unwrap();
+    let err = sandbox
+        .load(&module)
+        .unwrap()
+        .compute(b"1")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unreachable"), "{err}");
+
+    for refused in ["memory = 65", "memroy = 2"] {
+        std::fs::write(&limits_file, refused).unwrap();
+        let err = sandbox.load(&module).err().expect(refused);
+        assert!(matches!(err, LoadError::Limits(_)), "{refused}: {err}");
+    }
+
+    // A module whose memory starts at 3 MiB could never run under a limit
+    // of 2 MiB: refused when it is loaded, not at every request.
+    let big = component_with_memory("unreachable", 48);
+    std::fs::write(&module, big).unwrap();
+    std::fs::write(&limits_file, "memory = 2").unwrap();
+    let err = sandbox.load(&module).err().expect("too small to start");
+    assert_eq!(
+        err.to_string(),
+        "the module needs 3145728 bytes of memory to start, more than its own memory limit of 2097152 bytes"
+    );
+}
+
 /// A guest built with std that tries every capability is denied each,
 /// and what it prints lands in the node's log, capped per request.
 #[tokio::test]
@@ -289,8 +343,18 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
 /// A compute component whose core function is `body`, from the
 /// fixture the integration tests share.
 fn component(body: &str) -> Vec<u8> {
+    component_with_memory(body, 1)
+}
+
+/// The same, its memory starting at `pages` of 64 KiB.
+fn component_with_memory(body: &str, pages: u32) -> Vec<u8> {
     let template = include_str!("../../../tests/fixtures/compute.wat");
-    wat::parse_str(template.replace("(; BODY ;)", body)).unwrap()
+    let memory = "(memory (export \"memory\") 1)";
+    assert!(template.contains(memory), "the fixture's memory changed");
+    let text = template
+        .replace("(; BODY ;)", body)
+        .replace(memory, &format!("(memory (export \"memory\") {pages})"));
+    wat::parse_str(text).unwrap()
 }
 
 /// A core function body that answers with the request itself; `n` makes

@@ -1,5 +1,6 @@
 //! Every module in a directory (`compute --modules DIR`): function `name`
-//! is the file `name.wasm`.
+//! is the file `name.wasm`, under the limits of `name.toml` if there is
+//! one.
 //!
 //! The directory is scanned again on every change notify reports in it
 //! and every [`RESCAN`]. A new or changed file is offered (a file is read
@@ -8,7 +9,8 @@
 //! for a while (replaced by two renames, say) is logged once and changes
 //! nothing; a replaced directory is watched anew.
 
-use super::{Offer, Update, Updates};
+use super::{NewBytes, Offer, Update, Updates};
+use crate::sandbox::LimitsFile;
 use notify::{RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::{
     collections::BTreeMap,
@@ -33,10 +35,10 @@ pub(crate) struct DirSource {
     dir: PathBuf,
     watch: DirWatch,
     changes: mpsc::UnboundedReceiver<()>,
-    /// Each function's file as it was when last offered, and whether it
-    /// had settled then: it is read again only once it changes, or
-    /// settles.
-    offered: BTreeMap<String, (FileStamp, bool)>,
+    /// Each function's files as they were when last offered, and whether
+    /// they had settled then: they are read again only once one changes,
+    /// or they settle.
+    offered: BTreeMap<String, (Stamps, bool)>,
     /// Why the directory could not be read at the last scan.
     unreadable: Option<String>,
 }
@@ -83,28 +85,41 @@ impl DirSource {
         }
         let mut updates = Vec::new();
         for (function, path) in &present {
-            let Some(stamp) = FileStamp::of(path) else {
+            let Some(module) = FileStamp::of(path) else {
                 continue;
             };
-            if self.offered.get(function) == Some(&(stamp, true)) {
+            let limits_path = LimitsFile::path_beside(path);
+            let stamps = Stamps {
+                module,
+                limits: FileStamp::of(&limits_path),
+            };
+            if self.offered.get(function) == Some(&(stamps, true)) {
                 continue;
             }
-            let settled = stamp.age().is_none_or(|age| age >= SETTLE);
+            let settled = [Some(stamps.module), stamps.limits]
+                .into_iter()
+                .flatten()
+                .all(|stamp| stamp.age().is_none_or(|age| age >= SETTLE));
             // A file that vanished since the listing is seen as gone at
             // the next scan.
             let Ok(bytes) = tokio::fs::read(path).await else {
                 continue;
             };
-            self.offered.insert(function.clone(), (stamp, settled));
-            updates.push(Update::new(
-                function.clone(),
-                Offer::Bytes {
+            self.offered.insert(function.clone(), (stamps, settled));
+            let offer = match LimitsFile::read_beside(path) {
+                Ok(limits) => Offer::Bytes(NewBytes {
                     bytes,
+                    limits,
                     from: path.display().to_string(),
                     settled,
                     stage: false,
+                }),
+                Err(error) => Offer::Unreadable {
+                    from: limits_path.display().to_string(),
+                    error,
                 },
-            ));
+            };
+            updates.push(Update::new(function.clone(), offer));
         }
         let gone: Vec<String> = self
             .offered
@@ -141,6 +156,14 @@ impl DirSource {
             }
         }))
     }
+}
+
+/// What tells one version of a function's files from the next: its
+/// module's stamp, and its limits file's, if it has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamps {
+    module: FileStamp,
+    limits: Option<FileStamp>,
 }
 
 /// What tells one version of a file from the next without reading it:

@@ -10,13 +10,14 @@
 //! - SIGHUP, at once.
 //! - every [`BACKSTOP`], in case an event was missed.
 //!
-//! Looking means reading and hashing the file; bytes already offered are
-//! not offered again. A file caught in the middle of a write is offered
+//! Looking means reading and hashing the file, and reading its limits
+//! file (`NAME.toml` beside it, watched the same way); a version already
+//! offered with the same limits is not offered again. A file caught in the middle of a write is offered
 //! as not settled, so its failure to load is only logged at debug level,
 //! and offered again once writes stop.
 
-use super::{Offer, Update, Updates, signal};
-use crate::sandbox;
+use super::{NewBytes, Offer, Update, Updates, signal};
+use crate::sandbox::{self, LimitsFile};
 use notify::{
     EventKind, RecommendedWatcher, RecursiveMode, Watcher as _,
     event::{AccessKind, AccessMode, ModifyKind},
@@ -47,25 +48,32 @@ const BACKSTOP: Duration = Duration::from_secs(2);
 /// once more when a version offered mid-write settles).
 #[derive(Debug, PartialEq, Eq)]
 enum Offered {
-    Bytes { digest: String, settled: bool },
+    Bytes {
+        digest: String,
+        limits: Option<LimitsFile>,
+        settled: bool,
+    },
     Unreadable(std::io::ErrorKind),
 }
 
 /// Starts watching the module at `path`, function `function`, whose
-/// version `digest` is already served. Stops when the handle is dropped.
+/// version `digest` is already served, under the limits file `limits`.
+/// Stops when the handle is dropped.
 pub(crate) fn watch(
     path: &Path,
     function: &str,
     digest: &str,
+    limits: Option<LimitsFile>,
     updates: Updates,
 ) -> AbortOnDropHandle<()> {
     let source = FileSource {
         path: path.to_owned(),
-        file_name: path.file_name().map(OsString::from).unwrap_or_default(),
+        file_names: watched_names(path),
         function: function.to_owned(),
         updates,
         offered: Some(Offered::Bytes {
             digest: digest.to_owned(),
+            limits,
             settled: true,
         }),
         writing_since: None,
@@ -73,9 +81,17 @@ pub(crate) fn watch(
     AbortOnDropHandle::new(tokio::spawn(source.run()))
 }
 
+/// The names, in the module's directory, of the module and of its limits
+/// file.
+fn watched_names(module: &Path) -> [OsString; 2] {
+    [module, &LimitsFile::path_beside(module)]
+        .map(|path| path.file_name().map(OsString::from).unwrap_or_default())
+}
+
 struct FileSource {
     path: PathBuf,
-    file_name: OsString,
+    /// The module's file name and its limits file's.
+    file_names: [OsString; 2],
     function: String,
     updates: Updates,
     offered: Option<Offered>,
@@ -166,7 +182,8 @@ impl FileSource {
         if !event
             .paths
             .iter()
-            .any(|path| path.file_name() == Some(&self.file_name))
+            .filter_map(|path| path.file_name())
+            .any(|name| self.file_names.iter().any(|watched| watched == name))
         {
             return planned;
         }
@@ -187,44 +204,58 @@ impl FileSource {
         }
     }
 
-    /// Reads the file and offers it if it is not what was offered last.
+    /// Reads the file and its limits file, and offers them if they are
+    /// not what was offered last.
     async fn check(&mut self) {
-        let from = self.path.display().to_string();
-        let (offered, offer) = match tokio::fs::read(&self.path).await {
-            Ok(bytes) => {
+        let read = async {
+            let bytes = tokio::fs::read(&self.path)
+                .await
+                .map_err(|error| (self.path.clone(), error))?;
+            let limits = LimitsFile::read_beside(&self.path)
+                .map_err(|error| (LimitsFile::path_beside(&self.path), error))?;
+            Ok::<_, (PathBuf, std::io::Error)>((bytes, limits))
+        };
+        let (offered, offer) = match read.await {
+            Ok((bytes, limits)) => {
                 let settled = self
                     .writing_since
                     .is_none_or(|since| since.elapsed() >= SETTLE);
-                let offered = Offered::Bytes {
-                    digest: sandbox::digest(&bytes),
-                    settled,
-                };
-                let unchanged = match (&self.offered, &offered) {
-                    (
-                        Some(Offered::Bytes {
-                            digest: before,
-                            settled: was_settled,
-                        }),
-                        Offered::Bytes { digest, settled },
-                    ) => before == digest && (*was_settled || !settled),
+                let digest = sandbox::digest(&bytes);
+                let unchanged = match &self.offered {
+                    Some(Offered::Bytes {
+                        digest: digest_before,
+                        limits: limits_before,
+                        settled: was_settled,
+                    }) => {
+                        *digest_before == digest
+                            && *limits_before == limits
+                            && (*was_settled || !settled)
+                    }
                     _ => false,
                 };
                 if unchanged {
                     return;
                 }
-                let offer = Offer::Bytes {
+                let offered = Offered::Bytes {
+                    digest,
+                    limits: limits.clone(),
+                    settled,
+                };
+                let offer = Offer::Bytes(NewBytes {
                     bytes,
-                    from,
+                    limits,
+                    from: self.path.display().to_string(),
                     settled,
                     stage: false,
-                };
+                });
                 (offered, offer)
             }
-            Err(error) => {
+            Err((path, error)) => {
                 let offered = Offered::Unreadable(error.kind());
                 if self.offered.as_ref() == Some(&offered) {
                     return;
                 }
+                let from = path.display().to_string();
                 (offered, Offer::Unreadable { from, error })
             }
         };
@@ -246,12 +277,13 @@ mod tests {
         let (updates, offered) = mpsc::channel(4);
         let path = dir.join("work.wasm");
         let source = FileSource {
-            file_name: path.file_name().unwrap().into(),
+            file_names: watched_names(&path),
             path,
             function: "work".into(),
             updates,
             offered: Some(Offered::Bytes {
                 digest: sandbox::digest(served),
+                limits: None,
                 settled: true,
             }),
             writing_since: None,
@@ -339,7 +371,7 @@ mod tests {
         source.writing_since = Some(Instant::now());
         source.check().await;
         let settled = |update: Update| match update.offer {
-            Offer::Bytes { settled, bytes, .. } => (bytes, settled),
+            Offer::Bytes(NewBytes { settled, bytes, .. }) => (bytes, settled),
             other => panic!("{other:?}"),
         };
         assert_eq!(

@@ -14,6 +14,7 @@ pub(crate) mod dir;
 pub(crate) mod file;
 mod signal;
 
+use crate::sandbox::LimitsFile;
 use tokio::sync::{mpsc, oneshot};
 
 /// News about one function, from a source.
@@ -43,23 +44,30 @@ pub(crate) type Verdict = Result<(), String>;
 /// What a source says about a function.
 #[derive(Debug)]
 pub(crate) enum Offer {
-    /// The function now has these bytes, read from `from`.
-    Bytes {
-        bytes: Vec<u8>,
-        /// Where they came from, for the log.
-        from: String,
-        /// False while the bytes may be a write still in progress: a
-        /// failure to load them is then only logged at debug level, and
-        /// the source offers them again once they settle.
-        settled: bool,
-        /// Held for requests that pin them, not made current.
-        stage: bool,
-    },
+    /// The function now has these bytes.
+    Bytes(NewBytes),
     /// The function's module cannot be read just now (its file was
     /// deleted, say); the current version goes on serving.
     Unreadable { from: String, error: std::io::Error },
     /// The function is no longer to be served.
     Gone,
+}
+
+/// New bytes of a function, and where they come from.
+#[derive(Debug)]
+pub(crate) struct NewBytes {
+    pub(crate) bytes: Vec<u8>,
+    /// The limits file beside the module, if it has one: none means the
+    /// node's limits.
+    pub(crate) limits: Option<LimitsFile>,
+    /// Where they were read, for the log.
+    pub(crate) from: String,
+    /// False while the bytes may be a write still in progress: a failure
+    /// to load them is then only logged at debug level, and the source
+    /// offers them again once they settle.
+    pub(crate) settled: bool,
+    /// Held for requests that pin them, not made current.
+    pub(crate) stage: bool,
 }
 
 /// Where sources send their updates.
