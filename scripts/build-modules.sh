@@ -33,11 +33,23 @@ cp "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/nosy_guest.wasm" tests/fix
 # `compute` becomes modules/NAME-py.wasm or modules/NAME-js.wasm. They are
 # tens of MB each and their tools' output is not byte-for-byte
 # reproducible, so they are built here, never committed (.gitignore).
-# The tools, at the versions pinned in guest-py/requirements.txt and
+# Each gets its language directory's limits.toml beside it, NAME-py.toml
+# or NAME-js.toml. The tools, at the versions pinned in guest-py/requirements.txt and
 # guest-js/package-lock.json, go under the build directory; a module is
 # rebuilt only when its language's sources or tools changed.
 tools="${CARGO_TARGET_DIR:-target}/guest-tools"
 mkdir -p "$tools/stamps"
+
+# The limits every function of a language directory runs under: its
+# limits.toml, copied beside each module built from it ($1: the language
+# directory, $2: the module's name without .wasm).
+place_limits() {
+    if [ -f "$1/limits.toml" ]; then
+        cp "$1/limits.toml" "modules/$2.toml"
+    else
+        rm -f "modules/$2.toml"
+    fi
+}
 
 # Whether modules/$1 exists and was built from sources whose digest is
 # $2 (the digest of the sources a module was built from is kept under
@@ -60,6 +72,7 @@ python_sources="$(cat guest-py/*.py wit/compute.wit guest-py/requirements.txt | 
 for source in guest-py/*.py; do
     name=$(basename "$source" .py)
     grep -q '^class WitWorld(' "$source" || continue
+    place_limits guest-py "$name-py"
     up_to_date "$name-py.wasm" "$python_sources" && continue
     echo "build-modules: building modules/$name-py.wasm (componentize-py, about 15 s)" >&2
     "$python_tools/bin/componentize-py" --wit-path wit --world compute-function \
@@ -79,6 +92,7 @@ javascript_sources="$(cat guest-js/*.js guest-js/build.mjs wit/compute.wit guest
 for source in guest-js/*.js; do
     name=$(basename "$source" .js)
     grep -q '^export function compute(' "$source" || continue
+    place_limits guest-js "$name-js"
     up_to_date "$name-js.wasm" "$javascript_sources" && continue
     echo "build-modules: building modules/$name-js.wasm (componentize-js, about 10 s)" >&2
     node "$node_tools/build.mjs" "$source" wit "modules/$name-js.wasm"
