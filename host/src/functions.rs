@@ -196,12 +196,19 @@ impl Table {
         // report. Unparsable limits are as unusable as broken bytes.
         let own = FunctionLimits::of(limits_file.as_ref())
             .and_then(|own| own.within(self.sandbox.limits()).map(|_| own));
+        let same_limits =
+            |module: &ComputeModule| own.as_ref().is_ok_and(|own| module.own_limits() == *own);
         let already = match (&existing, stage) {
-            (Some(existing), true) => existing.live.staged().as_deref() == Some(digest.as_str()),
-            _ => serving.as_ref().is_some_and(|serving| {
-                serving.digest() == digest
-                    && own.as_ref().is_ok_and(|own| serving.own_limits() == *own)
-            }),
+            (Some(existing), true) => {
+                existing.live.staged().as_deref() == Some(digest.as_str())
+                    && existing
+                        .live
+                        .version(&digest)
+                        .is_some_and(|staged| same_limits(&staged))
+            }
+            _ => serving
+                .as_ref()
+                .is_some_and(|serving| serving.digest() == digest && same_limits(serving)),
         };
         if already {
             self.turned_down.remove(function);

@@ -204,7 +204,7 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
     assert_eq!(following.len(), 3);
     let state = forced.read().await.unwrap();
     let broken_digest = digest(&bytes);
-    let message = deploy::publish("increase", &broken_digest, false);
+    let message = deploy::publish("increase", &broken_digest, false, None);
     forced
         .append(&state, vec![(message, bytes)], None)
         .await
@@ -343,7 +343,7 @@ async fn retention_never_drops_a_version_in_use() {
         .unwrap();
     let increase = std::fs::read(built_module("increase")).unwrap();
     let state = deployer.read().await.unwrap();
-    let message = deploy::publish("increase", &digest(&increase), false);
+    let message = deploy::publish("increase", &digest(&increase), false, None);
     deployer
         .append(&state, vec![(message, increase.clone())], None)
         .await
@@ -358,7 +358,7 @@ async fn retention_never_drops_a_version_in_use() {
         let bytes = with_custom_section(&double, &format!("version {version}"));
         last = digest(&bytes);
         let state = deployer.read().await.unwrap();
-        let message = deploy::publish("busy", &last, false);
+        let message = deploy::publish("busy", &last, false, None);
         deployer
             .append(&state, vec![(message, bytes)], None)
             .await
@@ -385,6 +385,60 @@ async fn retention_never_drops_a_version_in_use() {
     busy_caller.close().await;
     drop(node);
     delete_queue(&format!("{}.busy", registry.prefix)).await;
+    registry.remove().await;
+}
+
+/// A version deployed with its limits file (`NAME.toml` beside the
+/// module) runs under those limits on every node, a node started later
+/// included; deploying the same module with another limits file changes
+/// only its limits; a limits file no node could use is refused by
+/// `compute deploy`, and nothing is deployed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployed_limits_file_applies_on_every_node() {
+    let registry = TestRegistry::new("limits");
+    let dir = ModuleDir::empty();
+    let module = dir.join("nosy.wasm");
+    std::fs::copy(testkit::nosy_module(), &module).unwrap();
+    dir.limit("nosy", "wall-timeout = 0.5");
+    registry.deploy(&module, &[]).await;
+    let first = registry.node(&["--allow-unsigned"]).await;
+    let caller = center(&registry.queue(), Duration::from_secs(30)).await;
+    let sleeper_stopped_within = |limit: &'static str| {
+        let caller = &caller;
+        async move {
+            match caller.call("sleep").await {
+                Err(compute_host::CallError::Remote { kind, message, .. }) => {
+                    assert_eq!(kind, "timeout", "{message}");
+                    assert!(message.contains(&format!("within {limit}")), "{message}");
+                }
+                other => panic!("a sleeper got {other:?}"),
+            }
+        }
+    };
+
+    sleeper_stopped_within("500ms").await;
+
+    dir.limit("nosy", "wall-timeout = 0.25");
+    let output = registry.deploy(&module, &[]).await;
+    assert!(output.contains("to 1/1 nodes in"), "{output}");
+    sleeper_stopped_within("250ms").await;
+
+    dir.limit("nosy", "wall-timout = 1");
+    let path = module.to_string_lossy().into_owned();
+    let output = registry
+        .compute("deploy", &[&path, "--function", "increase"])
+        .await;
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(said.contains("unknown field `wall-timout`"), "{said}");
+    assert!(said.contains("nothing was deployed"), "{said}");
+
+    // Only the node started now serves: it read the limits from the stream.
+    drop(first);
+    let _late = registry.node(&["--allow-unsigned"]).await;
+    sleeper_stopped_within("250ms").await;
+
+    caller.close().await;
     registry.remove().await;
 }
 

@@ -9,7 +9,7 @@ use crate::{
         report::NodeStatus,
         signing::{self, DeployKey},
     },
-    sandbox::{Limits, LimitsFile, Sandbox},
+    sandbox::{FunctionLimits, Limits, LimitsFile, Sandbox},
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -20,7 +20,8 @@ use tokio::time::Instant;
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommand {
     /// Publish a new version of a function to every node following the
-    /// registry, and wait for each to report.
+    /// registry, with its limits file (`NAME.toml` beside the module) if
+    /// it has one, and wait for each to report.
     Deploy {
         /// The module (a WebAssembly component).
         path: PathBuf,
@@ -133,7 +134,13 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                     .map(|stem| stem.to_string_lossy().into_owned())
                     .context("the module's path has no file name: give --function")?,
             };
-            // Refused here, before any node sees it.
+            // Refused here, before any node sees it: a limits file no node
+            // can parse would be rejected by every one of them.
+            let limits = LimitsFile::read_beside(&path).with_context(|| {
+                format!("cannot read {}", LimitsFile::path_beside(&path).display())
+            })?;
+            FunctionLimits::of(limits.as_ref())
+                .context("not a usable limits file; nothing was deployed")?;
             Sandbox::with_capacity(Limits::default(), 1)?
                 .load_bytes(&function, &bytes)
                 .with_context(|| {
@@ -142,15 +149,9 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                         path.display()
                     )
                 })?;
-            let limits_file = LimitsFile::path_beside(&path);
-            if limits_file.exists() {
-                eprintln!(
-                    "note: the registry does not carry limits files yet: the nodes serve {function} under their own limits, not those of {}",
-                    limits_file.display()
-                );
-            }
             let digest = crate::sandbox::digest(&bytes);
-            let message = deploy::publish(&function, &digest, stage);
+            let limits = limits.map(|file| file.text);
+            let message = deploy::publish(&function, &digest, stage, limits);
             roll_out(&rollout, &function, |_| {
                 Ok((digest, vec![(message, bytes)]))
             })

@@ -103,6 +103,7 @@ impl Registry {
             function: String::new(),
             digest: String::new(),
             role: None,
+            limits: None,
             signature: None,
         };
         self.publish(&sync, &[], &marker).await?;
@@ -189,12 +190,14 @@ impl Registry {
         }
         let mut all = Vec::new();
         for (function, digest, role) in state.to_keep(incoming, keep_within) {
-            let bytes = state.functions[&function].stored[&digest].bytes.to_vec();
+            let stored = &state.functions[&function].stored[&digest];
+            let (bytes, limits) = (stored.bytes.to_vec(), stored.limits.clone());
             let keep = Message {
                 action: Action::Keep,
                 function,
                 digest,
                 role: Some(role),
+                limits,
                 signature: None,
             };
             all.push((keep, bytes));
@@ -341,17 +344,20 @@ pub fn promote(function: &str, digest: &str) -> Message {
         function: function.to_owned(),
         digest: digest.to_owned(),
         role: None,
+        limits: None,
         signature: None,
     }
 }
 
-/// A message carrying new bytes of `function`.
-pub fn publish(function: &str, digest: &str, stage: bool) -> Message {
+/// A message carrying new bytes of `function`, with the text of their
+/// limits file if they have one.
+pub fn publish(function: &str, digest: &str, stage: bool, limits: Option<String>) -> Message {
     Message {
         action: Action::Publish,
         function: function.to_owned(),
         digest: digest.to_owned(),
         role: Some(if stage { Role::Staged } else { Role::Current }),
+        limits,
         signature: None,
     }
 }
@@ -363,6 +369,7 @@ pub fn remove(function: &str) -> Message {
         function: function.to_owned(),
         digest: String::new(),
         role: None,
+        limits: None,
         signature: None,
     }
 }

@@ -22,6 +22,7 @@ use crate::{
     functions::Served,
     lock::lock,
     node::link::Link,
+    sandbox::LimitsFile,
     source::{NewBytes, Offer, Update, Updates},
 };
 use futures_util::StreamExt as _;
@@ -52,8 +53,12 @@ pub(crate) struct Follower {
     pub(crate) identity: Identity,
 }
 
-/// What was last offered for a function: its current and staged digests.
-type Offered = BTreeMap<String, (Option<String>, Option<String>)>;
+/// What was last offered for a function: its current and staged
+/// versions.
+type Offered = BTreeMap<String, (Option<Version>, Option<Version>)>;
+
+/// One version as offered: its digest, and its limits file's text.
+type Version = (String, Option<String>);
 
 impl Follower {
     /// Follows the stream until dropped, on whatever connection the link
@@ -239,18 +244,23 @@ impl Follower {
                     *was = None;
                     continue;
                 };
-                if was.as_ref() == Some(digest) {
-                    continue;
-                }
                 let Some(stored) = function.stored.get(digest) else {
                     continue;
                 };
+                let version = (digest.clone(), stored.limits.clone());
+                if was.as_ref() == Some(&version) {
+                    continue;
+                }
                 let (verdict, learned) = oneshot::channel();
                 let update = Update {
                     function: name.clone(),
                     offer: Offer::Bytes(NewBytes {
                         bytes: stored.bytes.to_vec(),
-                        limits: None,
+                        limits: stored.limits.clone().map(|text| LimitsFile {
+                            path: format!("the limits of {name} in registry {}", self.stream)
+                                .into(),
+                            text,
+                        }),
                         from: format!("registry {}", self.stream),
                         settled: true,
                         stage: role == Role::Staged,
@@ -265,7 +275,7 @@ impl Follower {
                     .unwrap_or_else(|_| Err("the node is stopping".into()));
                 // Offered once, taken or not: a rejected version is not
                 // offered (and reported) again at every later message.
-                *was = Some(digest.clone());
+                *was = Some(version);
                 self.report(channel, name, digest, role, outcome).await;
             }
         }

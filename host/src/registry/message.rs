@@ -11,6 +11,9 @@ use lapin::{
 pub const ACTION_HEADER: &str = "x-action";
 /// Header that says which role a version takes (`publish` and `keep`).
 pub const ROLE_HEADER: &str = "x-role";
+/// Header holding a version's limits file, its TOML text (`publish` and
+/// `keep`, when the version has one).
+pub const LIMITS_HEADER: &str = "x-limits";
 /// Header holding the ed25519 signature of the message, hex.
 pub const SIGNATURE_HEADER: &str = "x-signature";
 /// Header holding the public key that signed the message, hex.
@@ -99,6 +102,9 @@ pub struct Message {
     pub digest: String,
     /// The role, for [`Action::Publish`] and [`Action::Keep`].
     pub role: Option<Role>,
+    /// The version's limits file, its text, for [`Action::Publish`] and
+    /// [`Action::Keep`]: none means the node's limits.
+    pub limits: Option<String>,
     /// The signature and the key that made it, if signed.
     pub signature: Option<(String, String)>,
 }
@@ -133,6 +139,7 @@ impl Message {
                 function: String::new(),
                 digest: String::new(),
                 role: None,
+                limits: None,
                 signature: None,
             });
         }
@@ -160,27 +167,38 @@ impl Message {
                 });
             }
         }
+        let limits = match action {
+            Action::Publish | Action::Keep => text(LIMITS_HEADER),
+            _ => None,
+        };
         let signature = text(SIGNATURE_HEADER).zip(text(SIGNED_BY_HEADER));
         Ok(Message {
             action,
             function,
             digest,
             role,
+            limits,
             signature,
         })
     }
 
     /// What a signature covers: everything the message does, so a
-    /// signature cannot be moved onto another action, function, version
-    /// or role.
+    /// signature cannot be moved onto another action, function, version,
+    /// role or limits. A message without limits signs what it signed
+    /// before limits existed.
     pub fn signed_text(&self) -> String {
-        format!(
+        let mut text = format!(
             "compute-registry-v1\n{}\n{}\n{}\n{}",
             self.action.as_str(),
             self.function,
             self.digest,
             self.role.map_or("", Role::as_str)
-        )
+        );
+        if let Some(limits) = &self.limits {
+            text.push_str("\nlimits\n");
+            text.push_str(limits);
+        }
+        text
     }
 
     /// The properties that carry this message.
@@ -198,6 +216,9 @@ impl Message {
         }
         if let Some(role) = self.role {
             put(ROLE_HEADER, role.as_str());
+        }
+        if let Some(limits) = &self.limits {
+            put(LIMITS_HEADER, limits);
         }
         if let Some((signature, key)) = &self.signature {
             put(SIGNATURE_HEADER, signature);
@@ -222,6 +243,7 @@ mod tests {
             function: "increase".into(),
             digest: crate::sandbox::digest(body),
             role: Some(Role::Staged),
+            limits: Some("instances = 2\n".into()),
             signature: Some(("ab".into(), "cd".into())),
         };
         let properties = message.properties("id-1");
@@ -238,6 +260,14 @@ mod tests {
             unsigned.signed_text(),
             Message {
                 role: Some(Role::Current),
+                ..unsigned.clone()
+            }
+            .signed_text()
+        );
+        assert_ne!(
+            unsigned.signed_text(),
+            Message {
+                limits: None,
                 ..unsigned.clone()
             }
             .signed_text()

@@ -185,6 +185,7 @@ mod tests {
             function: "increase".into(),
             digest: "sha256:00".into(),
             role: Some(Role::Current),
+            limits: None,
             signature: None,
         };
         assert_eq!(trust.check(&message), Err(Untrusted::Unsigned));

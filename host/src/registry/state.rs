@@ -10,10 +10,13 @@ use std::{collections::BTreeMap, sync::Arc};
 /// framing, counted generously.
 pub const MESSAGE_OVERHEAD: u64 = 512;
 
-/// One version's bytes, as the latest message that carried them.
+/// One version's bytes and limits, as the latest message that carried
+/// them.
 #[derive(Clone, Debug)]
 pub struct Stored {
     pub bytes: Arc<Vec<u8>>,
+    /// Its limits file's text, if it has one.
+    pub limits: Option<String>,
     /// How many bytes the stream held before this message.
     pub position: u64,
 }
@@ -84,6 +87,7 @@ impl State {
         self.written += body.len() as u64 + MESSAGE_OVERHEAD;
         let stored = || Stored {
             bytes: Arc::new(body.to_vec()),
+            limits: message.limits.clone(),
             position,
         };
         match message.action {
@@ -188,6 +192,7 @@ mod tests {
             function: function.into(),
             digest: digest.into(),
             role,
+            limits: None,
             signature: None,
         }
     }
