@@ -1,7 +1,10 @@
 //! `increase` in Rust, Python and JavaScript, measured side by side: the
 //! module's size, its compile time cold and from the compile cache, one
 //! call through a fresh instance (median, p99), calls/s at K=128 through
-//! the broker, and the node's peak RSS under that load.
+//! the broker, and the node's peak RSS under that load. The Python and
+//! JavaScript nodes run under the limits files beside their modules; the
+//! same modules without them, in the same run, are the baseline those
+//! limits are compared with.
 //!
 //! Run with `cargo bench -p integration --bench languages` (needs the
 //! broker, like the tests, and the modules `scripts/build-modules.sh`
@@ -47,6 +50,21 @@ async fn main() {
         } else {
             through_the_broker(&module, &cache).await
         };
+        let limits_file = module.with_extension("toml");
+        if !in_process_only && limits_file.exists() {
+            // The same bytes in a directory of their own, with no limits
+            // file beside them: what the limits change.
+            let bare = ModuleDir::empty();
+            let copy = bare.join(module.file_name().unwrap());
+            std::fs::copy(&module, &copy).unwrap();
+            let (bare_rate, bare_rss) = through_the_broker(&copy, &cache).await;
+            println!(
+                "{language:<10} {name:<12} under {}: {rate:.0} calls/s and {rss:.0} MiB; without it: {bare_rate:.0} calls/s and {bare_rss:.0} MiB (calls/s x{:.2}, RSS x{:.2})",
+                limits_file.display(),
+                rate / bare_rate,
+                rss / bare_rss,
+            );
+        }
         println!(
             "{language:<10} {name:<12} {:>6.1} MB | compile {:>7.0} ms | from the cache {:>5.0} ms | call median {:>7.1} us, p99 {:>7.1} us | K={IN_FLIGHT} {rate:>7.0} calls/s | node peak RSS {rss:>5.0} MiB",
             size as f64 / 1e6,
