@@ -8,7 +8,9 @@
 //!   the framing of batches (`wire::batch`).
 //! - [`sandbox`]: the WebAssembly side. One engine and one instance pool
 //!   for every function; each request runs in a fresh instance under a
-//!   CPU deadline and a memory cap, with its output captured into the log.
+//!   CPU deadline and a memory cap (the node's, or a function's own
+//!   narrower ones from `NAME.toml` beside its module), with its output
+//!   captured into the log.
 //! - [`node`]: the compute node. One connection, a consumer per function,
 //!   each delivery in its own task; reconnects when the broker goes away,
 //!   drains in-flight work on shutdown.
@@ -16,7 +18,7 @@
 //!   bytes its sources offer, off the request path, and swaps each usable
 //!   version in without failing a request.
 //! - `source` (private): where functions come from: a module file or a
-//!   directory of them, watched.
+//!   directory of them, watched with their limits files.
 //! - [`registry`]: versions on a RabbitMQ stream, followed by nodes
 //!   (`--registry`) and appended to by deployers (`compute deploy`),
 //!   signed, reported, kept through retention.
