@@ -10,7 +10,7 @@ const NOTICED: Duration = Duration::from_secs(10);
 
 /// The `timeout` reply of a guest that sleeps in a host call (`sleep` to
 /// the nosy guest), stopped by its wall-clock limit.
-async fn stopped_sleeper(center: &Center) -> String {
+pub(crate) async fn stopped_sleeper(center: &Center) -> String {
     match center.call("sleep").await {
         Err(CallError::Remote { kind, message, .. }) => {
             assert_eq!(kind, "timeout", "{message}");

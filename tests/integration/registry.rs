@@ -2,6 +2,7 @@
 //! that follows it, staged, pinned, promoted, rolled back, signed, and
 //! kept through the stream's retention.
 
+use crate::limits::stopped_sleeper;
 use compute_host::{
     Center, CenterOptions,
     registry::{
@@ -406,13 +407,8 @@ async fn a_deployed_limits_file_applies_on_every_node() {
     let sleeper_stopped_within = |limit: &'static str| {
         let caller = &caller;
         async move {
-            match caller.call("sleep").await {
-                Err(compute_host::CallError::Remote { kind, message, .. }) => {
-                    assert_eq!(kind, "timeout", "{message}");
-                    assert!(message.contains(&format!("within {limit}")), "{message}");
-                }
-                other => panic!("a sleeper got {other:?}"),
-            }
+            let message = stopped_sleeper(caller).await;
+            assert!(message.contains(&format!("within {limit}")), "{message}");
         }
     };
 

@@ -9,7 +9,7 @@ use crate::{
         report::NodeStatus,
         signing::{self, DeployKey},
     },
-    sandbox::{FunctionLimits, Limits, LimitsFile, Sandbox},
+    sandbox::{FunctionLimits, Limits, LimitsError, LimitsFile, Sandbox},
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -136,9 +136,8 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             };
             // Refused here, before any node sees it: a limits file no node
             // can parse would be rejected by every one of them.
-            let limits = LimitsFile::read_beside(&path).with_context(|| {
-                format!("cannot read {}", LimitsFile::path_beside(&path).display())
-            })?;
+            let limits = LimitsFile::read_beside(&path)
+                .map_err(|source| LimitsError::unreadable_beside(&path, source))?;
             FunctionLimits::of(limits.as_ref())
                 .context("not a usable limits file; nothing was deployed")?;
             Sandbox::with_capacity(Limits::default(), 1)?

@@ -298,12 +298,14 @@ impl ComputeNode {
                     path: path.display().to_string(),
                     source,
                 };
-                // Read before the module is loaded, which reads it again:
-                // should it change in between, the source sees a change.
+                // Read once: the limits the module is loaded under are
+                // those the source then watches for a change.
                 let limits = LimitsFile::read_beside(path).map_err(|source| {
                     module_error(LimitsError::unreadable_beside(path, source).into())
                 })?;
-                let module = sandbox.load(path).map_err(module_error)?;
+                let module = sandbox
+                    .load_limited(path, limits.as_ref())
+                    .map_err(module_error)?;
                 let mut table = Table::new(sandbox, queues, changed);
                 let source =
                     source::file::watch(path, module.name(), module.digest(), limits, updates);

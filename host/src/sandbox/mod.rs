@@ -179,7 +179,18 @@ impl Sandbox {
     pub fn load(&self, path: &Path) -> Result<ComputeModule, LoadError> {
         let file = LimitsFile::read_beside(path)
             .map_err(|source| LimitsError::unreadable_beside(path, source))?;
-        let own = FunctionLimits::of(file.as_ref())?;
+        self.load_limited(path, file.as_ref())
+    }
+
+    /// Compiles the component at `path`, as [`load`](Self::load) does,
+    /// under the limits file `limits` already read (none: the node's
+    /// limits).
+    pub fn load_limited(
+        &self,
+        path: &Path,
+        limits: Option<&LimitsFile>,
+    ) -> Result<ComputeModule, LoadError> {
+        let own = FunctionLimits::of(limits)?;
         // Checked before compiling: it is the cheaper fault to report.
         own.within(self.limits)?;
         let bytes = std::fs::read(path).map_err(|source| LoadError::Unreadable {

@@ -12,9 +12,10 @@
 //!
 //! Looking means reading and hashing the file, and reading its limits
 //! file (`NAME.toml` beside it, watched the same way); a version already
-//! offered with the same limits is not offered again. A file caught in the middle of a write is offered
-//! as not settled, so its failure to load is only logged at debug level,
-//! and offered again once writes stop.
+//! offered with the same limits is not offered again. A file caught in
+//! the middle of a write is offered as not settled, so its failure to
+//! load is only logged at debug level, and offered again once writes
+//! stop.
 
 use super::{NewBytes, Offer, Update, Updates, signal};
 use crate::sandbox::{self, LimitsFile};
