@@ -8,6 +8,7 @@ use crate::{code_memory::CodeMemory, type_registry::TypeCollection};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::ops::{Add, Range, Sub};
+use core::ptr::NonNull; // PATCHED
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
@@ -426,6 +427,14 @@ impl<'a> ModuleWithCode<'a> {
     /// Provide the Module wrapped in this tuple.
     pub fn module(&self) -> &'a Module {
         self.module
+    }
+
+    /// PATCHED: where the module's code starts in this store's text, for
+    /// `Instance` to find a defined function's entry points from the
+    /// offsets in `CompiledModule::funcref_starts`.
+    #[inline]
+    pub fn text_start(&self) -> NonNull<u8> {
+        NonNull::from(self.store_code.text()).cast()
     }
 
     /// Returns the slice in the text section of the function that

@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use crate::sync::OnceLock;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,23 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// PATCHED: where each defined function's two entry points start in the
+    /// text section, by `DefinedFuncIndex`, found once. Making a `VMFuncRef`
+    /// looked both up in `index` (two searches) every time, and an instance
+    /// makes one for every function its element segments put in a table
+    /// that wasmtime cannot initialize lazily (an imported one): for a
+    /// dynamically linked component such as componentize-py's, thousands on
+    /// every instantiation.
+    funcref_starts: OnceLock<Vec<FuncRefStarts>>,
+}
+
+/// PATCHED: the text-section offsets of a defined function's array-call
+/// trampoline (`u32::MAX` when the function does not escape, so has none)
+/// and of its wasm-call body.
+#[derive(Clone, Copy)]
+pub struct FuncRefStarts {
+    pub array_call: u32,
+    pub wasm_call: u32,
 }
 
 impl CompiledModule {
@@ -58,6 +76,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_starts: OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -163,6 +182,35 @@ impl CompiledModule {
             }
             _ => None,
         }
+    }
+
+    /// PATCHED: the offsets of `index`'s entry points, from a table built on
+    /// first use.
+    #[inline]
+    pub fn funcref_starts(&self, index: DefinedFuncIndex) -> FuncRefStarts {
+        let starts = self.funcref_starts.get_or_init(|| {
+            self.module
+                .defined_func_indices()
+                .map(|i| {
+                    let func = &self.module.functions[self.module.func_index(i)];
+                    let array_call = if func.is_escaping() {
+                        self.index
+                            .func_loc(FuncKey::ArrayToWasmTrampoline(self.module_index(), i))
+                            .map_or(u32::MAX, |loc| loc.start)
+                    } else {
+                        u32::MAX
+                    };
+                    let wasm_call = self
+                        .func_loc(FuncKey::DefinedWasmFunction(self.module_index(), i))
+                        .start;
+                    FuncRefStarts {
+                        array_call,
+                        wasm_call,
+                    }
+                })
+                .collect()
+        });
+        starts[usize::try_from(index.as_u32()).unwrap()]
     }
 
     /// Gets the function location information for a given function index.

@@ -144,6 +144,13 @@ pub struct Instance {
     /// cross-thread stuff used in `InstancePre`)
     store: Option<VMStoreRawPtr>,
 
+    /// PATCHED: where this instance's module's code starts in its store,
+    /// found at the first `VMFuncRef` made for a defined function and kept,
+    /// so the thousands an instance may make do not each search the store's
+    /// registry. The store registers a module's code before it instantiates
+    /// it and keeps it as long as the store, so it outlives this instance.
+    funcref_text: Option<SendSyncPtr<u8>>,
+
     /// Additional context used by compiled wasm code. This field is last, and
     /// represents a dynamically-sized array that extends beyond the nominal
     /// end of the struct (similar to a flexible array member).
@@ -209,6 +216,7 @@ impl Instance {
             #[cfg(feature = "wmemcheck")]
             wmemcheck_state,
             store: None,
+            funcref_text: None, // PATCHED
             vmctx: OwnedVMContext::new(),
         })?;
 
@@ -880,17 +888,14 @@ impl Instance {
         let func = &module.functions[index];
         let type_index = func.signature.unwrap_engine_type_index();
         let vmctx_offset = self.offsets().vmctx_func_ref(func.func_ref);
-        let array_to_wasm_key = FuncKey::ArrayToWasmTrampoline(module.module_index, def_index);
-        let wasm_key = FuncKey::DefinedWasmFunction(module.module_index, def_index);
-        // SAFETY: the type/offset/keys here are all valid for the defined
+        // SAFETY: the type/offset/index here are all valid for the defined
         // function at `def_index`.
         unsafe {
             self.initialize_and_return_funcref(
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Defined(def_index), // PATCHED: was its two keys
             )
         }
     }
@@ -916,8 +921,7 @@ impl Instance {
                 registry,
                 type_index,
                 vmctx_offset,
-                array_to_wasm_key,
-                wasm_key,
+                FuncRefCode::Keys(array_to_wasm_key, wasm_key), // PATCHED
             )
         }
     }
@@ -932,12 +936,11 @@ impl Instance {
     /// functions here. Effectively all the arguments here must be "logically
     /// correct" for the `VMFuncRef` being initialized.
     unsafe fn initialize_and_return_funcref(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>, // PATCHED: mut, to keep `funcref_text`
         registry: &ModuleRegistry,
         type_index: VMSharedTypeIndex,
         vmctx_offset: u32,
-        array_to_wasm_key: FuncKey,
-        wasm_key: FuncKey,
+        code: FuncRefCode, // PATCHED: was `array_to_wasm_key` and `wasm_key`
     ) -> Option<NonNull<VMFuncRef>> {
         // For now, we eagerly initialize an funcref struct in-place whenever
         // asked for a reference to it. This is mostly fine, because in practice
@@ -960,26 +963,55 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
-
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
-
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
+        let in_store = || {
+            ModuleWithCode::in_store(
+                registry,
+                self.runtime_module()
+                    .expect("funcref impossible in fake module"),
             )
-            .unwrap(),
-        ));
+            .expect("module not in store")
+        };
+
+        // PATCHED: a defined function's entry points come from a table, and
+        // from the start of the module's code in this store, found once.
+        let (array_call, wasm_call) = match code {
+            FuncRefCode::Keys(array_to_wasm_key, wasm_key) => {
+                let module_with_code = in_store();
+                (
+                    NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                    NonNull::from(module_with_code.function(wasm_key)).cast(),
+                )
+            }
+            FuncRefCode::Defined(index) => {
+                let text = match self.funcref_text {
+                    Some(text) => text.as_non_null(),
+                    None => {
+                        let text = in_store().text_start();
+                        // SAFETY: not moving data out of `self`.
+                        unsafe { self.as_mut().get_unchecked_mut() }.funcref_text =
+                            Some(SendSyncPtr::new(text));
+                        text
+                    }
+                };
+                let starts = self
+                    .runtime_module()
+                    .expect("funcref impossible in fake module")
+                    .compiled_module()
+                    .funcref_starts(index);
+                assert_ne!(
+                    starts.array_call,
+                    u32::MAX,
+                    "defined function should be present"
+                );
+                let at = |start: u32| {
+                    // SAFETY: `start` is an offset within the module's text.
+                    unsafe { text.add(usize::try_from(start).unwrap()) }
+                };
+                (at(starts.array_call), at(starts.wasm_call))
+            }
+        };
+        let array_call = VmPtr::from(array_call.cast());
+        let wasm_call = Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
@@ -1902,4 +1934,13 @@ impl PassiveElementSegment {
     pub(crate) fn elements_mut(&mut self) -> &mut [ValRaw] {
         &mut self.elements
     }
+}
+
+/// PATCHED: how `initialize_and_return_funcref` finds a function's code: by
+/// its two keys, or, for a defined function, by its index in the module's
+/// table of entry points.
+#[derive(Clone, Copy)]
+enum FuncRefCode {
+    Keys(FuncKey, FuncKey),
+    Defined(DefinedFuncIndex),
 }
