@@ -1372,4 +1372,71 @@ mod test {
         write_page(&mut memfd, 8);
         assert_pristine_after_reset(&mut memfd);
     }
+
+    /// PATCHED: more written regions than one scan reports (32) are all reset
+    /// in place and kept resident, not decommitted past the 32nd.
+    #[test]
+    fn reset_with_pagemap_many_regions() {
+        let page_size = host_page_size();
+        let ty = dummy_memory();
+        let tunables = Tunables {
+            memory_reservation: 100 << 16,
+            ..Tunables::default_miri()
+        };
+        let mmap = mmap_4mib_inaccessible();
+        let pages = 200;
+        let mmap_len = page_size * pages;
+        let mut memfd = MemoryImageSlot::create(
+            mmap.zero_offset(),
+            HostAlignedByteCount::ZERO,
+            mmap_len,
+            None,
+        );
+        let Some(pagemap) = PageMap::new() else {
+            return;
+        };
+        // An image over the middle of the memory: pages 50..150 hold their
+        // page number.
+        let mut data = vec![0; 100 * page_size];
+        for (i, chunk) in data.chunks_mut(page_size).enumerate() {
+            chunk.fill(u8::try_from(i + 50).unwrap());
+        }
+        let image = Arc::new(create_memfd_with_data(50 * page_size, &data).unwrap());
+        let expected = move |page: usize| match page {
+            50..150 => u8::try_from(page).unwrap(),
+            _ => 0,
+        };
+        let tunables = MemoryTunables::new(&tunables, MemoryKind::LinearMemory);
+        let keep_resident = HostAlignedByteCount::new(mmap_len).unwrap();
+        for round in 0..3 {
+            memfd
+                .instantiate(mmap_len, Some(&image), &ty, &tunables)
+                .unwrap();
+            // Every other page, in and around the image: 100 regions.
+            let written: Vec<usize> = (round..pages).step_by(2).collect();
+            for &page in &written {
+                unsafe {
+                    with_slice_mut(
+                        &mmap,
+                        page * page_size..(page + 1) * page_size,
+                        move |slice| slice.fill(0xff),
+                    );
+                }
+            }
+            let resident = memfd
+                .clear_and_remain_ready(Some(&pagemap), keep_resident, decommit)
+                .unwrap();
+            assert!(
+                resident >= written.len() * page_size,
+                "round {round}: {resident}"
+            );
+            unsafe {
+                with_slice_mut(&mmap, 0..mmap_len, move |slice| {
+                    for (page, chunk) in slice.chunks(page_size).enumerate() {
+                        assert!(chunk.iter().all(|b| *b == expected(page)), "page {page}");
+                    }
+                });
+            }
+        }
+    }
 }

@@ -276,75 +276,103 @@ pub unsafe fn reset_with_pagemap(
         },
     };
 
-    // For now use a fixed set of regions on the stack, but in the future this
-    // may want to use a dynamically allocated vector for more regions for
-    // example.
+    // PATCHED: the scan is repeated from where the last one stopped while it
+    // stopped only because `storage` was full. A single scan ended at the
+    // 32nd written region and decommitted everything after it, so a guest
+    // whose writes are scattered (an interpreter's heap) lost most of the
+    // pages it keeps resident and faulted them in again on every instance.
+    // It still stops at `keep_resident` pages in all.
     const MAX_REGIONS: usize = 32;
     let mut storage = [MaybeUninit::uninit(); MAX_REGIONS];
-
-    let scan_arg = PageMapScanBuilder::new(ptr::slice_from_raw_parts(ptr, len.byte_count()))
-        .max_pages(keep_resident.byte_count() / host_page_size)
-        // We specifically want pages that are NOT backed by the zero page or
-        // backed by files. Such pages mean that they haven't changed from their
-        // original contents, so they're inverted.
-        .category_inverted(Categories::PFNZERO | Categories::FILE)
-        // Search for pages that are written and present as those are the dirty
-        // pages. Additionally search for the zero page/file page as those are
-        // inverted above meaning we're searching for pages that specifically
-        // don't have those flags.
-        .category_mask(
-            Categories::WRITTEN | Categories::PRESENT | Categories::PFNZERO | Categories::FILE,
-        )
-        // Don't return any categories back. This helps group regions together
-        // since the reported set of categories is always empty and we otherwise
-        // aren't looking for anything in particular.
-        .return_mask(Categories::empty())
-        .build(&mut storage);
-
-    // SAFETY: this should be a safe ioctl as we control the fd we're operating
-    // on plus all of `scan_arg`, but this relies on `Ioctl` below being the
-    // correct implementation and such.
-    let result = match unsafe { ioctl(&pagemap.0, scan_arg) } {
-        Ok(result) => result,
-
-        // If the ioctl fails for whatever reason, we at least tried, so fall
-        // back to the default behavior.
-        //
-        // SAFETY: the safety requirement of
-        // `pagemap_disabled::reset_with_pagemap` is the same as this function.
-        Err(err) => unsafe {
-            log::warn!("failed pagemap scan {err}");
-            return crate::runtime::vm::pagemap_disabled::reset_with_pagemap(
-                None,
-                ptr,
-                len,
-                keep_resident,
-                reset_manually,
-                decommit,
-            );
-        },
-    };
-
-    // For all regions that were written in the scan reset them manually, then
-    // afterwards decommit everything else.
+    let end = ptr.wrapping_add(len.byte_count());
+    let mut start = ptr;
+    let mut pages_left = keep_resident.byte_count() / host_page_size;
     let mut bytes_resident = 0;
-    for region in result.regions() {
-        // SAFETY: we're relying on Linux to pass in valid region ranges within
-        // the `ptr/len` we specified to the original syscall.
-        unsafe {
-            reset_manually(&mut *region.region().cast_mut());
+    loop {
+        let scan_arg =
+            PageMapScanBuilder::new(ptr::slice_from_raw_parts(start, end.addr() - start.addr()))
+                .max_pages(pages_left)
+                // We specifically want pages that are NOT backed by the zero page or
+                // backed by files. Such pages mean that they haven't changed from their
+                // original contents, so they're inverted.
+                .category_inverted(Categories::PFNZERO | Categories::FILE)
+                // Search for pages that are written as those are the dirty pages.
+                // Additionally search for the zero page/file page as those are
+                // inverted above meaning we're searching for pages that specifically
+                // don't have those flags.
+                .category_mask(Categories::WRITTEN | Categories::PFNZERO | Categories::FILE)
+                // PATCHED: present or swapped out. A written page the kernel swapped
+                // out is not `PRESENT`: requiring that left it unreset and, being
+                // before `walk_end`, not decommitted either, so the next instance
+                // could read it.
+                .category_anyof_mask(Categories::PRESENT | Categories::SWAPPED)
+                // Don't return any categories back. This helps group regions together
+                // since the reported set of categories is always empty and we otherwise
+                // aren't looking for anything in particular.
+                .return_mask(Categories::empty())
+                .build(&mut storage);
+
+        // SAFETY: this should be a safe ioctl as we control the fd we're
+        // operating on plus all of `scan_arg`, but this relies on `Ioctl`
+        // below being the correct implementation and such.
+        let result = match unsafe { ioctl(&pagemap.0, scan_arg) } {
+            Ok(result) => result,
+
+            // If the ioctl fails for whatever reason, we at least tried, so
+            // fall back to the default behavior for what was not scanned: with
+            // nothing more kept resident, that decommits it.
+            //
+            // SAFETY: the safety requirement of
+            // `pagemap_disabled::reset_with_pagemap` is the same as this
+            // function.
+            Err(err) => unsafe {
+                log::warn!("failed pagemap scan {err}");
+                let rest = HostAlignedByteCount::new(end.addr() - start.addr())
+                    .expect("scans end at page boundaries");
+                let kept = if start == ptr {
+                    keep_resident
+                } else {
+                    HostAlignedByteCount::ZERO
+                };
+                return bytes_resident
+                    + crate::runtime::vm::pagemap_disabled::reset_with_pagemap(
+                        None,
+                        start,
+                        rest,
+                        kept,
+                        reset_manually,
+                        decommit,
+                    );
+            },
+        };
+
+        // For all regions that were written in the scan reset them manually.
+        let mut regions = 0;
+        for region in result.regions() {
+            // SAFETY: we're relying on Linux to pass in valid region ranges
+            // within the `ptr/len` we specified to the original syscall.
+            unsafe {
+                reset_manually(&mut *region.region().cast_mut());
+            }
+            bytes_resident += region.len();
+            pages_left = pages_left.saturating_sub(region.len() / host_page_size);
+            regions += 1;
         }
-        bytes_resident += region.len();
+
+        // The scan stopped before the end with `storage` full: scan the rest.
+        let walk_end = result.walk_end().cast_mut();
+        if walk_end < end && regions == MAX_REGIONS && pages_left > 0 {
+            start = walk_end;
+            continue;
+        }
+
+        // Report everything after `walk_end` to the end of memory as memory
+        // that must be decommitted as the scan didn't reach it. Note that if
+        // `walk_end` is already at the end of memory then the byte size of the
+        // decommitted memory here will be 0 meaning that this is a noop.
+        decommit(walk_end, end.addr() - walk_end.addr());
+        return bytes_resident;
     }
-
-    // Report everything after `walk_end` to the end of memory as memory that
-    // must be decommitted as the scan didn't reach it. Note that if `walk_end`
-    // is already at the end of memory then the byte size of the decommitted
-    // memory here will be 0 meaning that this is a noop.
-    let scan_size = result.walk_end().addr() - ptr.addr();
-    decommit(result.walk_end().cast_mut(), len.byte_count() - scan_size);
-
-    bytes_resident
 }
 
 mod ioctl {
@@ -465,7 +493,6 @@ mod ioctl {
         ///
         /// For more detail see the `pagemap_scan_is_interesting_page` function
         /// in the Linux kernel source.
-        #[expect(dead_code, reason = "bindings for the future if we need them")]
         pub fn category_anyof_mask(&mut self, flags: Categories) -> &mut PageMapScanBuilder {
             self.pm_scan_arg.category_anyof_mask = flags;
             self
