@@ -234,6 +234,27 @@ async fn a_limits_file_beside_a_module_narrows_its_limits() {
     );
 }
 
+/// A fresh instance never sees what an earlier one wrote, even when the
+/// writes are scattered over hundreds of pages that the pool resets in
+/// place rather than gives back to the kernel.
+#[tokio::test]
+async fn an_instance_never_sees_what_an_earlier_one_wrote() {
+    let sandbox = Sandbox::new(Limits::default()).unwrap();
+    let nosy = sandbox
+        .load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/nosy.wasm"))
+        .unwrap();
+    // One call at a time, so each instance takes the slot the last one
+    // left.
+    for call in 0..20 {
+        let report = nosy.compute(b"scatter").await.unwrap();
+        assert_eq!(
+            String::from_utf8(report).unwrap(),
+            "found 0 pages written before; wrote 64",
+            "call {call}"
+        );
+    }
+}
+
 /// A guest built with std that tries every capability is denied each,
 /// and what it prints lands in the node's log, capped per request.
 #[tokio::test]

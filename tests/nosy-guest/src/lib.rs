@@ -6,9 +6,13 @@
 //! It also prints: a line to stdout and to stderr for every request, and
 //! 100 KB for the request `flood`, to show the node logs guest output and
 //! caps it. The request `sleep` sleeps for an hour in a host call
-//! (`wasi:clocks`), where no CPU deadline can see it.
+//! (`wasi:clocks`), where no CPU deadline can see it. The request
+//! `scatter` looks for what an earlier instance wrote to its memory, then
+//! writes every other page of 512 KiB of its data, as an interpreter's
+//! heap would.
 
 use std::{
+    cell::UnsafeCell,
     io::Write as _,
     net::{TcpStream, ToSocketAddrs as _},
 };
@@ -35,6 +39,9 @@ impl Guest for Nosy {
                 let _ = stdout.write_all(&line);
             }
             return Ok(b"flooded".to_vec());
+        }
+        if request == b"scatter" {
+            return Ok(scatter().into_bytes());
         }
         let report = [
             ("read a file", probe(std::fs::read("/etc/passwd"))),
@@ -78,3 +85,38 @@ fn none_is_denied(count: usize) -> String {
 }
 
 export!(Nosy);
+
+/// A host page: the unit in which the pool resets an instance's memory.
+const PAGE: usize = 4096;
+const SCRATCH_PAGES: usize = 128;
+/// Not zero, so `SCRATCH` is in the module's data, which the pool maps from
+/// its image a page at a time: a written page there is a region of its own.
+/// Zeroed memory after the data may be backed by huge pages, where writes
+/// to every other page make one region.
+const SCRATCH_BYTE: u8 = 0x5a;
+/// Aligned to a host page, so writing a 4 KiB chunk writes one page, not
+/// parts of two.
+#[repr(C, align(4096))]
+struct Scratch(UnsafeCell<[u8; SCRATCH_PAGES * PAGE]>);
+// SAFETY: an instance runs one call, on one thread.
+unsafe impl Sync for Scratch {}
+static SCRATCH: Scratch = Scratch(UnsafeCell::new([SCRATCH_BYTE; SCRATCH_PAGES * PAGE]));
+
+/// Counts the pages of `SCRATCH` that are not as the module starts them,
+/// then writes every other one: more separate written regions than one
+/// scan of the pool's reset reports.
+fn scatter() -> String {
+    // SAFETY: an instance runs one call, on one thread; nothing else
+    // touches `SCRATCH`.
+    let scratch = unsafe { &mut *SCRATCH.0.get() };
+    let mut leftovers = 0;
+    let mut written = 0;
+    for page in scratch.chunks_mut(PAGE).step_by(2) {
+        if page.iter().any(|byte| *byte != SCRATCH_BYTE) {
+            leftovers += 1;
+        }
+        page.fill(!SCRATCH_BYTE);
+        written += 1;
+    }
+    format!("found {leftovers} pages written before; wrote {written}")
+}
