@@ -1,6 +1,7 @@
 //! `increase` in Rust, Python and JavaScript, measured side by side: the
 //! module's size, its compile time cold and from the compile cache, one
-//! call through a fresh instance (median, p99), calls/s at K=128 through
+//! call through a fresh instance (median, p99, and the page faults it
+//! took), calls/s at K=128 through
 //! the broker, and the node's peak RSS under that load. The Python and
 //! JavaScript nodes run under the limits files beside their modules; the
 //! same modules without them, in the same run, are the baseline those
@@ -14,7 +15,8 @@
 use compute_host::sandbox::{CacheSettings, CompileCache, Limits, Sandbox};
 use std::time::{Duration, Instant};
 use testkit::{
-    ModuleDir, ServerProcess, built_module, center, peak_rss_mib, print_goal, unique_queue,
+    ModuleDir, ServerProcess, built_module, center, minor_faults, peak_rss_mib, print_goal,
+    unique_queue,
 };
 
 const LANGUAGES: [(&str, &str); 3] = [
@@ -44,7 +46,7 @@ async fn main() {
             .len();
         let compiled = load_time(&module, &cache, true);
         let cached = load_time(&module, &cache, false);
-        let (median, p99) = guest_call(&module, &cache).await;
+        let (median, p99, faults) = guest_call(&module, &cache).await;
         let (rate, rss) = if in_process_only {
             (f64::NAN, f64::NAN)
         } else {
@@ -66,7 +68,7 @@ async fn main() {
             );
         }
         println!(
-            "{language:<10} {name:<12} {:>6.1} MB | compile {:>7.0} ms | from the cache {:>5.0} ms | call median {:>7.1} us, p99 {:>7.1} us | K={IN_FLIGHT} {rate:>7.0} calls/s | node peak RSS {rss:>5.0} MiB",
+            "{language:<10} {name:<12} {:>6.1} MB | compile {:>7.0} ms | from the cache {:>5.0} ms | call median {:>7.1} us, p99 {:>7.1} us, {faults:>5.1} page faults | K={IN_FLIGHT} {rate:>7.0} calls/s | node peak RSS {rss:>5.0} MiB",
             size as f64 / 1e6,
             compiled.as_secs_f64() * 1e3,
             cached.as_secs_f64() * 1e3,
@@ -138,11 +140,16 @@ fn sandbox(cache: &ModuleDir) -> Sandbox {
 }
 
 /// One call at a time through a fresh instance, as the node runs each
-/// request: median and p99 in µs.
-async fn guest_call(module: &std::path::Path, cache: &ModuleDir) -> (f64, f64) {
+/// request: median and p99 in µs, and the page faults of this process per
+/// call.
+async fn guest_call(module: &std::path::Path, cache: &ModuleDir) -> (f64, f64, f64) {
     let module = sandbox(cache).load(module).unwrap();
     let mut micros = Vec::with_capacity(GUEST_CALLS);
+    let mut faults_before = 0;
     for n in 0..GUEST_CALLS as i64 + 100 {
+        if n == 100 {
+            faults_before = minor_faults();
+        }
         let started = Instant::now();
         let reply = module.compute(n.to_string().as_bytes()).await.unwrap();
         let took = started.elapsed();
@@ -152,8 +159,13 @@ async fn guest_call(module: &std::path::Path, cache: &ModuleDir) -> (f64, f64) {
             micros.push(took.as_secs_f64() * 1e6);
         }
     }
+    let faults = (minor_faults() - faults_before) as f64 / GUEST_CALLS as f64;
     micros.sort_by(f64::total_cmp);
-    (micros[micros.len() / 2], micros[micros.len() * 99 / 100])
+    (
+        micros[micros.len() / 2],
+        micros[micros.len() * 99 / 100],
+        faults,
+    )
 }
 
 /// A node serving `module` (loaded from the warm cache), under
