@@ -8,8 +8,7 @@
 //! caps it. The request `sleep` sleeps for an hour in a host call
 //! (`wasi:clocks`), where no CPU deadline can see it. The request
 //! `scatter` looks for what an earlier instance wrote to its memory, then
-//! writes every other page of 512 KiB of its data, as an interpreter's
-//! heap would.
+//! writes every other page of 512 KiB, as an interpreter's heap would.
 
 use std::{
     cell::UnsafeCell,
@@ -89,18 +88,14 @@ export!(Nosy);
 /// A host page: the unit in which the pool resets an instance's memory.
 const PAGE: usize = 4096;
 const SCRATCH_PAGES: usize = 128;
-/// Not zero, so `SCRATCH` is in the module's data, which the pool maps from
-/// its image a page at a time: a written page there is a region of its own.
-/// Zeroed memory after the data may be backed by huge pages, where writes
-/// to every other page make one region.
-const SCRATCH_BYTE: u8 = 0x5a;
 /// Aligned to a host page, so writing a 4 KiB chunk writes one page, not
-/// parts of two.
+/// parts of two, and every other page is a written region of its own.
+/// Zeroed, so it costs the module no bytes.
 #[repr(C, align(4096))]
 struct Scratch(UnsafeCell<[u8; SCRATCH_PAGES * PAGE]>);
 // SAFETY: an instance runs one call, on one thread.
 unsafe impl Sync for Scratch {}
-static SCRATCH: Scratch = Scratch(UnsafeCell::new([SCRATCH_BYTE; SCRATCH_PAGES * PAGE]));
+static SCRATCH: Scratch = Scratch(UnsafeCell::new([0; SCRATCH_PAGES * PAGE]));
 
 /// Counts the pages of `SCRATCH` that are not as the module starts them,
 /// then writes every other one: more separate written regions than one
@@ -112,10 +107,10 @@ fn scatter() -> String {
     let mut leftovers = 0;
     let mut written = 0;
     for page in scratch.chunks_mut(PAGE).step_by(2) {
-        if page.iter().any(|byte| *byte != SCRATCH_BYTE) {
+        if page.iter().any(|byte| *byte != 0) {
             leftovers += 1;
         }
-        page.fill(!SCRATCH_BYTE);
+        page.fill(0xa5);
         written += 1;
     }
     format!("found {leftovers} pages written before; wrote {written}")
