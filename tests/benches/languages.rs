@@ -1,11 +1,10 @@
 //! `increase` in Rust, Python and JavaScript, measured side by side: the
 //! module's size, its compile time cold and from the compile cache, one
 //! call through a fresh instance (median, p99, and the page faults it
-//! took), calls/s at K=128 through
-//! the broker, and the node's peak RSS under that load. The Python and
-//! JavaScript nodes run under the limits files beside their modules; the
-//! same modules without them, in the same run, are the baseline those
-//! limits are compared with.
+//! took), calls/s at K=128 through the broker, and the node's peak RSS
+//! under that load. The Python and JavaScript nodes run under the limits
+//! files beside their modules; the same modules without them, in the same
+//! run, are the baseline those limits are compared with.
 //!
 //! Run with `cargo bench -p integration --bench languages` (needs the
 //! broker, like the tests, and the modules `scripts/build-modules.sh`

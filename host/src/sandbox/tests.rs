@@ -235,8 +235,9 @@ async fn a_limits_file_beside_a_module_narrows_its_limits() {
 }
 
 /// A fresh instance never sees what an earlier one wrote, even when the
-/// writes are scattered over hundreds of pages that the pool resets in
-/// place rather than gives back to the kernel.
+/// writes are scattered over more separate pages than one scan of the
+/// pool's reset reports, which it resets in place rather than gives back
+/// to the kernel.
 #[tokio::test]
 async fn an_instance_never_sees_what_an_earlier_one_wrote() {
     let sandbox = Sandbox::new(Limits::default()).unwrap();

@@ -97,9 +97,10 @@ struct Scratch(UnsafeCell<[u8; SCRATCH_PAGES * PAGE]>);
 unsafe impl Sync for Scratch {}
 static SCRATCH: Scratch = Scratch(UnsafeCell::new([0; SCRATCH_PAGES * PAGE]));
 
-/// Counts the pages of `SCRATCH` that are not as the module starts them,
-/// then writes every other one: more separate written regions than one
-/// scan of the pool's reset reports.
+/// Writes every other page of `SCRATCH`, counting first those of them
+/// that are not as the module starts them (an earlier instance's writes):
+/// more separate written regions than one scan of the pool's reset
+/// reports.
 fn scatter() -> String {
     // SAFETY: an instance runs one call, on one thread; nothing else
     // touches `SCRATCH`.
