@@ -7,7 +7,7 @@ use super::{
     router::{Answer, Pending, Waiting, returned_id, route_replies, wake_returned},
 };
 use crate::{
-    amqp::{self, DIRECT_REPLY_TO, Routed},
+    amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     wire,
 };
 use lapin::{
@@ -38,6 +38,8 @@ pub(super) struct Session {
     pub(super) reply_queue: ShortString,
     pending: Arc<Pending>,
     /// Cleared when the reply consumer ends: no reply can arrive any more.
+    /// Also when the channel fails to send a request, before the
+    /// connection has noticed why.
     alive: Arc<AtomicBool>,
     /// Whether this session replaced a lost one.
     pub(super) reconnected: bool,
@@ -158,7 +160,16 @@ impl Session {
             properties,
         )
         .await
-        .map_err(CallError::Publish)?;
+        .map_err(|error| {
+            if matches!(error, PublishError::Client(_)) {
+                // The connection's reader may not have seen the reset yet,
+                // and would leave this session looking alive: a retry
+                // would fail on it again at once, and burn every retry in
+                // a moment while the broker restarts.
+                self.alive.store(false, Ordering::Release);
+            }
+            CallError::Publish(error)
+        })?;
         match routed {
             Routed::Queued => {}
             Routed::Returned(returned) => {
