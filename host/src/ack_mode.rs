@@ -57,7 +57,7 @@ impl AckMode {
     /// chosen.
     pub fn default_for(queue_type: &QueueType) -> AckMode {
         match queue_type {
-            QueueType::Classic => AckMode::OnPublish,
+            QueueType::Classic | QueueType::Transient => AckMode::OnPublish,
             QueueType::Quorum { .. } => AckMode::OnConfirm,
         }
     }

@@ -5,7 +5,7 @@ use crate::backoff::Backoff;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
     message::BasicReturnMessage,
-    options::{BasicConsumeOptions, BasicPublishOptions},
+    options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
 use std::{fmt, future::Future, time::Duration};
@@ -288,6 +288,77 @@ pub async fn consume_no_ack(
     channel
         .basic_consume(queue, "".into(), no_ack, FieldTable::default())
         .await
+}
+
+/// A broker's answer no: a channel or a connection it closed in answer
+/// to a method (403 `ACCESS_REFUSED`, 404 `NOT_FOUND`, 406
+/// `PRECONDITION_FAILED`, 541 `INTERNAL_ERROR`...), with its words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// The AMQP reply code.
+    pub(crate) code: u16,
+    /// What the broker said, on one line (RabbitMQ's texts may span
+    /// several).
+    pub(crate) text: String,
+}
+
+impl Refusal {
+    /// The refusal `error` reports, or `None` for an error of another
+    /// kind (I/O, a timeout, a closed channel).
+    pub(crate) fn of(error: &lapin::Error) -> Option<Refusal> {
+        match error.kind() {
+            ErrorKind::ProtocolError(amqp) => Some(Refusal {
+                code: amqp.get_id(),
+                text: amqp
+                    .get_message()
+                    .as_str()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the broker closed the connection on its own (shutting
+    /// down, or an operator closing it), as opposed to refusing
+    /// something the client asked for.
+    pub(crate) fn is_forced(&self) -> bool {
+        self.code == CONNECTION_FORCED
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// AMQP's 404 `NOT_FOUND`.
+pub(crate) const NOT_FOUND: u16 = 404;
+/// AMQP's 320 `CONNECTION_FORCED`: the broker closed the connection.
+const CONNECTION_FORCED: u16 = 320;
+
+/// Declares `queue` passively on `channel`: its message and consumer
+/// counts if it exists, whatever its settings, or `None` if it does not.
+/// Needs no permission on the queue. The broker closes the channel when
+/// the queue does not exist, so give it a channel of its own.
+pub(crate) async fn existing_queue(
+    channel: &Channel,
+    queue: ShortString,
+) -> Result<Option<lapin::Queue>, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue, passive, FieldTable::default())
+        .await
+    {
+        Ok(queue) => Ok(Some(queue)),
+        Err(err) if Refusal::of(&err).is_some_and(|refusal| refusal.code == NOT_FOUND) => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// A queue name as AMQP carries it: at most 255 bytes. Checked wherever a

@@ -25,8 +25,8 @@
 //! - [`live`]: one function's versions: the current one that requests
 //!   read without a lock, and the recent ones kept compiled.
 //! - [`queues`]: which queue serves which function, how the queues are
-//!   declared (classic, or quorum with a delivery limit), and the
-//!   defaults.
+//!   declared (durable classic, quorum with a delivery limit, or the
+//!   Python examples' transient one), and the defaults.
 //! - [`ack_mode`]: when a request is acked, relative to its reply, and
 //!   what each choice guarantees.
 //! - `request` (private): what happens to one delivery: compute (each

@@ -21,20 +21,33 @@ pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 /// A queue type as a command line names it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum QueueKind {
-    /// Not durable, on one broker node, as the Python examples declare it.
+    /// Durable, on one broker node, messages not persistent: what every
+    /// RabbitMQ from 3.x to 4.3 and later accepts. A queue that exists
+    /// already is used as it is.
     #[default]
     Classic,
     /// Durable and replicated across a cluster.
     Quorum,
+    /// Not durable, exactly as the Python examples declare it. RabbitMQ
+    /// 4.3 and later refuse it unless their operator permits the
+    /// deprecated feature `transient_nonexcl_queues`.
+    Transient,
 }
 
 /// How a node declares its queues.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum QueueType {
-    /// As the Python examples declare them: not durable, on the one broker
-    /// node that holds them; gone with that node.
+    /// Durable classic queues on the one broker node that holds them;
+    /// requests are not persistent, so a broker restart keeps the queue
+    /// and drops what waited in it. A queue that exists already, of any
+    /// type or durability (a Python peer's, an operator's), is used as
+    /// it is: it is declared passively first, which needs no `configure`
+    /// permission.
     #[default]
     Classic,
+    /// As the Python examples declare them: not durable, gone with their
+    /// broker node. RabbitMQ 4.3 and later refuse them by default.
+    Transient,
     /// Durable quorum queues, replicated across a cluster (Raft): they
     /// survive a broker node, and a request redelivered more than
     /// `delivery_limit` times goes to `dead_letter_queue` (`<queue>.dead`
@@ -49,7 +62,8 @@ impl QueueType {
     /// How to declare `queue`: its options and arguments.
     pub(crate) fn declaration(&self, queue: &str) -> (QueueDeclareOptions, FieldTable) {
         match self {
-            QueueType::Classic => (QueueDeclareOptions::default(), FieldTable::default()),
+            QueueType::Classic => (durable(), FieldTable::default()),
+            QueueType::Transient => (QueueDeclareOptions::default(), FieldTable::default()),
             QueueType::Quorum { delivery_limit, .. } => {
                 let (options, mut arguments) = quorum();
                 arguments.insert(
@@ -70,10 +84,19 @@ impl QueueType {
         }
     }
 
+    /// Whether a queue that exists already is used as it is, rather than
+    /// declared with this type's settings (and refused by the broker when
+    /// they differ). Only the default: a quorum queue's delivery limit
+    /// and a transient queue's exact declaration are what their user
+    /// asked for.
+    pub(crate) fn takes_existing(&self) -> bool {
+        matches!(self, QueueType::Classic)
+    }
+
     /// Where `queue`'s requests go past the delivery limit, if anywhere.
     pub(crate) fn dead_letter_queue(&self, queue: &str) -> Option<ShortString> {
         match self {
-            QueueType::Classic => None,
+            QueueType::Classic | QueueType::Transient => None,
             QueueType::Quorum {
                 dead_letter_queue, ..
             } => Some(
@@ -99,11 +122,17 @@ fn quorum() -> (QueueDeclareOptions, FieldTable) {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    let durable = QueueDeclareOptions {
+    (durable(), arguments)
+}
+
+/// A durable queue, and nothing more: every RabbitMQ accepts it, and no
+/// deprecated feature (`transient_nonexcl_queues`, `x-queue-mode`,
+/// `x-queue-master-locator`, `x-queue-version`) is asked for.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
-    };
-    (durable, arguments)
+    }
 }
 
 /// How a node names the queue of each function it serves.

@@ -31,7 +31,12 @@ async fn main() -> anyhow::Result<()> {
     channel
         .queue_declare(
             queue.as_str().into(),
-            QueueDeclareOptions::default(),
+            // Durable, as our node declares it: RabbitMQ 4.3 and later
+            // refuse a queue that is neither durable nor exclusive.
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await?;

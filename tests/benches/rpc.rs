@@ -37,7 +37,9 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-use testkit::{ServerProcess, amqp_url, center_command, increase_module, print_goal, unique_queue};
+use testkit::{
+    ServerProcess, amqp_url, center_command, cpu_seconds, increase_module, print_goal, unique_queue,
+};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     process::Command,
@@ -110,7 +112,7 @@ async fn main() {
         client.run(16, 2000).await;
     }
 
-    let broker = broker_pid();
+    let broker = testkit::broker_pid(&url).map(|pid| pid.to_string());
     println!(
         "{ROUNDS} rounds, the variants alternating within each; each figure is the median round"
     );
@@ -442,47 +444,12 @@ trait Measured {
 
 impl Measured for ServerProcess {
     fn cpu_seconds(&self) -> f64 {
-        cpu_seconds(&self.pid().to_string())
+        cpu_seconds(self.pid())
     }
 
     fn peak_rss_mib(&self) -> f64 {
         testkit::peak_rss_mib(self.pid()).expect("VmHWM in /proc/PID/status")
     }
-}
-
-/// The local RabbitMQ's process (the Erlang VM, `beam.smp`), if any.
-fn broker_pid() -> Option<String> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-            (comm.trim() == "beam.smp").then(|| entry.file_name().to_string_lossy().into_owned())
-        })
-}
-
-/// User + system CPU seconds of process `pid` (`self` for this one).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 12th and 13th of them.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / clock_ticks_per_second()
-}
-
-fn clock_ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        let output = std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .expect("getconf runs");
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(100.0)
-    })
 }
 
 /// The plainest RPC client on lapin: one connection, one exclusive reply

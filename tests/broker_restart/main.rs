@@ -72,10 +72,8 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
         assert!(unclear.is_empty(), "{unclear:?}");
 
         let log = node.log();
-        assert!(
-            log.matches("reconnected; serving again").count() >= 2,
-            "{log}"
-        );
+        // Once per restart, and only once the queue is consumed again.
+        assert!(log.matches("serving again").count() >= 2, "{log}");
         node.terminate();
         assert!(node.wait().await.success(), "{}", node.log());
         testkit::delete_queue(&queue).await;

@@ -2,11 +2,10 @@
 //! wrong and what to do, exit status 2, and no raw lines of the AMQP
 //! client before it.
 
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;
 use testkit::{
-    ModuleDir, QueueGuard, amqp_url, compute_command, delete_queue, eventually, increase_module,
-    run_to_end, unique_queue,
+    ModuleDir, QueueGuard, ServerProcess, amqp_url, compute_command, declare_queue, delete_queue,
+    eventually, increase_module, refuses_transient_queues, run_to_end, unique_queue,
 };
 
 /// Runs `compute ARGS...` in `dir`; returns its exit code and stderr.
@@ -25,28 +24,18 @@ async fn compute_fails(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, St
 /// Each way a start goes wrong gets one line, naming the cause and the
 /// way out: a host name that does not resolve, a wrong password, a
 /// missing module directory, the default module looked for in the wrong
-/// directory, and a queue that exists with other settings.
+/// directory, and a queue that exists with other settings than the
+/// node was told to declare (a classic queue where it wants a quorum
+/// one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_cannot_start_says_why_in_one_line() {
     let here = ModuleDir::empty();
     let module = increase_module();
     let module = module.to_str().unwrap();
     let durable = unique_queue("durable");
-    let _deleted_however_this_ends = QueueGuard::new([durable.clone()]);
+    let _deleted_however_this_ends = QueueGuard::new([durable.clone(), format!("{durable}.dead")]);
+    declare_queue(&durable).await;
     let url = amqp_url();
-    {
-        let connection = compute_host::amqp::connect(&url).await.unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let options = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(durable.as_str().into(), options, FieldTable::default())
-            .await
-            .unwrap();
-        let _ = connection.close(200, "OK".into()).await;
-    }
     // A URL with a user of its own cannot be given a wrong password here.
     let wrong_password =
         (!url.contains('@')).then(|| url.replacen("://", "://guest:not-the-password@", 1));
@@ -91,7 +80,16 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
             ],
         ),
         (
-            vec!["--module", module, "--queue", &durable, "--amqp-url", &url],
+            vec![
+                "--module",
+                module,
+                "--queue",
+                &durable,
+                "--queue-type",
+                "quorum",
+                "--amqp-url",
+                &url,
+            ],
             vec![
                 "PRECONDITION_FAILED",
                 "delete it with `rabbitmqctl delete_queue NAME`",
@@ -120,6 +118,49 @@ async fn a_node_that_cannot_start_says_why_in_one_line() {
             assert!(last.contains(words), "{args:?}: {stderr}");
         }
         assert!(!stderr.contains("not-the-password"), "{stderr}");
+    }
+}
+
+/// A node told to declare the Python examples' transient queue, where
+/// the broker refuses one (RabbitMQ 4.3 and later as upstream ships
+/// them), says in one line what the broker refused and the two ways out,
+/// and exits 2: no "lost the session", no reconnecting. Where the broker
+/// permits it (3.x), the node serves on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_queue_the_broker_refuses_is_said_once() {
+    let here = ModuleDir::empty();
+    let queue = unique_queue("transient");
+    let _deleted_however_this_ends = QueueGuard::new([queue.clone()]);
+    let module = increase_module();
+    let args = [
+        "--module",
+        module.to_str().unwrap(),
+        "--queue",
+        &queue,
+        "--queue-type",
+        "transient",
+        "--amqp-url",
+        &amqp_url(),
+    ];
+    if !refuses_transient_queues().await {
+        let node = ServerProcess::start(compute_command().args(args), "waiting for requests").await;
+        let center = testkit::center(&queue, Duration::from_secs(10)).await;
+        assert_eq!(center.call("41").await.unwrap().body, b"42");
+        center.close().await;
+        drop(node);
+        return;
+    }
+    let (code, stderr) = compute_fails(&here.path, &args).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for words in [
+        "compute: cannot consume queue",
+        "RabbitMQ refused to declare it",
+        "transient_nonexcl_queues",
+        "use --queue-type classic",
+        "deprecated_features.permit.transient_nonexcl_queues = true",
+    ] {
+        assert!(stderr.contains(words), "{words:?} in {stderr}");
     }
 }
 

@@ -38,12 +38,45 @@ pub async fn declare_queue(queue: &str) {
     channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions::default(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
         .unwrap();
     let _ = connection.close(200, "OK".into()).await;
+}
+
+/// Whether the broker refuses a queue that is neither durable nor
+/// exclusive, the Python examples' own declaration: RabbitMQ 4.3 and
+/// later do as upstream ships them (the deprecated feature
+/// `transient_nonexcl_queues`), 3.x does not.
+pub async fn refuses_transient_queues() -> bool {
+    let queue = unique_queue("probe-transient");
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let refused = match declared {
+        Ok(_) => false,
+        Err(err) => {
+            assert!(
+                matches!(err.kind(), lapin::ErrorKind::ProtocolError(_)),
+                "the broker did not answer the probe: {err}"
+            );
+            true
+        }
+    };
+    let _ = connection.close(200, "OK".into()).await;
+    delete_queue(&queue).await;
+    refused
 }
 
 /// Deletes a test queue so runs leave nothing behind on the broker.

@@ -1,5 +1,5 @@
-//! What the benches print beside their figures: a process's peak RSS, and
-//! a figure against its goal.
+//! What the benches print beside their figures: a process's CPU time and
+//! peak RSS, the broker's process, and a figure against its goal.
 
 /// The peak RSS of process `pid` so far, in MiB (`VmHWM`); `None` once it
 /// is gone.
@@ -10,6 +10,69 @@ pub fn peak_rss_mib(pid: impl std::fmt::Display) -> Option<f64> {
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())?;
     Some(kib / 1024.0)
+}
+
+/// User + system CPU seconds of process `pid` (`self` for this one).
+pub fn cpu_seconds(pid: impl std::fmt::Display) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let output = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .expect("getconf runs");
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(100.0)
+    })
+}
+
+/// The process of this machine that listens on the port of AMQP URL
+/// `url` (the broker's Erlang VM), if any: several brokers may run here
+/// at once (RabbitMQ 3.x and 4.3, a cluster's nodes).
+pub fn broker_pid(url: &str) -> Option<u32> {
+    let authority = url
+        .rsplit_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()?;
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let port: u16 = host_port
+        .rsplit_once(':')
+        .map_or(Some(5672), |(_, port)| port.parse().ok())?;
+    // The listening socket's inode, from /proc/net/tcp (addresses in hex;
+    // state 0A is LISTEN), then the process holding it open.
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = tcp.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields.get(1)?.rsplit_once(':')?.1;
+        (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &"0A")
+            .then(|| fields.get(9).map(|inode| format!("socket:[{inode}]")))?
+    })?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|process| {
+            let pid: u32 = process.file_name().to_str()?.parse().ok()?;
+            let fds = std::fs::read_dir(process.path().join("fd")).ok()?;
+            fds.flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|link| link.as_os_str() == inode.as_str())
+                })
+                .then_some(pid)
+        })
 }
 
 /// The page faults this process has taken so far that needed no disk

@@ -30,9 +30,12 @@ mod proxy;
 mod python;
 mod raw;
 
-pub use broker::{QueueGuard, amqp_url, center, declare_queue, delete_queue, unique_queue};
+pub use broker::{
+    QueueGuard, amqp_url, center, declare_queue, delete_queue, refuses_transient_queues,
+    unique_queue,
+};
 pub use eventually::eventually;
-pub use figures::{minor_faults, peak_rss_mib, print_goal};
+pub use figures::{broker_pid, cpu_seconds, minor_faults, peak_rss_mib, print_goal};
 pub use load::{Call, Calls, Load, Tally};
 pub use metrics::{get, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};

@@ -1,18 +1,22 @@
 """The seed article's compute node (compute.py), ported to Python 3 and
 pika 1.x and nothing else: prefetch 1, reply with the correlation id.
+With --durable, the one line RabbitMQ 4.3 and later need: the queue is
+declared durable=True, as our node declares it.
 
-Usage: seed_compute.py QUEUE [AMQP_URL]
+Usage: seed_compute.py QUEUE [AMQP_URL] [--durable]
 """
 import sys
 
 import pika
 
-queue = sys.argv[1]
-url = sys.argv[2] if len(sys.argv) > 2 else "amqp://guest:guest@127.0.0.1:5672/%2f"
+durable = "--durable" in sys.argv
+args = [arg for arg in sys.argv[1:] if arg != "--durable"]
+queue = args[0]
+url = args[1] if len(args) > 1 else "amqp://guest:guest@127.0.0.1:5672/%2f"
 
 connection = pika.BlockingConnection(pika.URLParameters(url))
 channel = connection.channel()
-channel.queue_declare(queue=queue)
+channel.queue_declare(queue=queue, durable=durable)
 
 
 def increase(n):

@@ -85,10 +85,7 @@ use crate::{
     wire::batch::{self, ItemResult},
 };
 use arc_swap::ArcSwap;
-use lapin::{
-    options::QueueDeclareOptions,
-    types::{FieldTable, ShortString},
-};
+use lapin::types::ShortString;
 use reply::Answered;
 use session::{Request, Session};
 use std::{
@@ -334,22 +331,9 @@ impl Center {
         // gets a channel of its own.
         let session = self.shared.session.load_full();
         let channel = session.connection.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(self.shared.queue.clone(), passive, FieldTable::default())
-            .await;
+        let declared = amqp::existing_queue(&channel, self.shared.queue.clone()).await;
         let _ = channel.close(200, "OK".into()).await;
-        match declared {
-            Ok(queue) => Ok(Some(queue.consumer_count())),
-            // 404 NOT_FOUND: no queue of that name.
-            Err(err) if matches!(err.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
-                Ok(None)
-            }
-            Err(err) => Err(err),
-        }
+        Ok(declared?.map(|queue| queue.consumer_count()))
     }
 
     /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for

@@ -65,9 +65,10 @@ pub struct CenterArgs {
     #[arg(long, value_name = "SECS", value_parser = super::parse_seconds)]
     pub connect_timeout: Option<Duration>,
 
-    /// The type of the queue the nodes declared: with `quorum` (durable),
-    /// requests are published persistent, so a request waiting in the
-    /// queue survives a broker restart.
+    /// The type of the queue the nodes declared: with `quorum`, requests
+    /// are published persistent, so a request waiting in the queue
+    /// survives a broker restart; with `classic` and `transient` they are
+    /// not, which is cheaper for the broker.
     #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
     pub queue_type: QueueKind,
 

@@ -72,10 +72,12 @@ pub struct ComputeArgs {
     #[arg(long, requires = "registry", conflicts_with = "trusted_key")]
     pub allow_unsigned: bool,
 
-    /// How the queues are declared: `classic`, exactly as the Python
-    /// examples declare them (not durable, on one broker node), or
-    /// `quorum`: durable and replicated across a RabbitMQ cluster, with a
-    /// delivery limit and a dead-letter queue.
+    /// How the queues are declared: `classic`, durable on one broker node
+    /// (a queue that exists already, a Python peer's say, is used as it
+    /// is); `quorum`, durable and replicated across a RabbitMQ cluster,
+    /// with a delivery limit and a dead-letter queue; or `transient`, not
+    /// durable, exactly as the Python examples declare it (refused by
+    /// RabbitMQ 4.3 and later unless their operator permits it).
     #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
     pub queue_type: QueueKind,
 
@@ -254,14 +256,15 @@ impl ComputeArgs {
     }
 
     fn queue_type(&self) -> anyhow::Result<QueueType> {
+        if self.queue_type != QueueKind::Quorum {
+            anyhow::ensure!(
+                self.delivery_limit.is_none() && self.dead_letter_queue.is_none(),
+                "--delivery-limit and --dead-letter-queue are for quorum queues: add --queue-type quorum"
+            );
+        }
         match self.queue_type {
-            QueueKind::Classic => {
-                anyhow::ensure!(
-                    self.delivery_limit.is_none() && self.dead_letter_queue.is_none(),
-                    "--delivery-limit and --dead-letter-queue are for quorum queues: add --queue-type quorum"
-                );
-                Ok(QueueType::Classic)
-            }
+            QueueKind::Classic => Ok(QueueType::Classic),
+            QueueKind::Transient => Ok(QueueType::Transient),
             QueueKind::Quorum => Ok(QueueType::Quorum {
                 delivery_limit: self
                     .delivery_limit
@@ -384,6 +387,10 @@ mod tests {
         };
         assert_eq!(config(&[]).unwrap(), QueueType::Classic);
         assert_eq!(
+            config(&["--queue-type", "transient"]).unwrap(),
+            QueueType::Transient
+        );
+        assert_eq!(
             config(&["--queue-type", "quorum"]).unwrap(),
             QueueType::Quorum {
                 delivery_limit: queues::DEFAULT_DELIVERY_LIMIT,
@@ -405,12 +412,17 @@ mod tests {
                 dead_letter_queue: Some("dead".into())
             }
         );
-        let err = config(&["--delivery-limit", "2"]).unwrap_err().to_string();
-        assert!(err.contains("add --queue-type quorum"), "{err}");
+        for args in [
+            &["--delivery-limit", "2"][..],
+            &["--queue-type", "transient", "--dead-letter-queue", "dead"],
+        ] {
+            let err = config(args).unwrap_err().to_string();
+            assert!(err.contains("add --queue-type quorum"), "{err}");
+        }
     }
 
     #[test]
-    fn defaults_match_the_python_examples() {
+    fn the_default_queue_is_the_python_examples_queue() {
         let args = ComputeArgs::try_parse_from(["compute"]).unwrap();
         assert_eq!(args.queue, queues::DEFAULT_QUEUE);
         assert_eq!(args.config().unwrap().limits.memory, 64 << 20);

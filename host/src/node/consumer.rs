@@ -14,7 +14,7 @@
 use super::link::Link;
 use crate::{
     ack_mode::AckMode,
-    amqp,
+    amqp::{self, Refusal},
     backoff::{self, Backoff},
     functions::Function,
     metrics::RequestMetrics,
@@ -71,7 +71,7 @@ impl Running {
     pub(super) fn start(
         function: Arc<Function>,
         shared: Arc<Shared>,
-        first: Option<oneshot::Sender<Result<(), String>>>,
+        first: Option<oneshot::Sender<Result<(), SetUpError>>>,
     ) -> Running {
         let stop = CancellationToken::new();
         let span = info_span!("function", function = function.name());
@@ -109,10 +109,12 @@ async fn serve(
     function: Arc<Function>,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    mut first: Option<oneshot::Sender<Result<(), String>>>,
+    mut first: Option<oneshot::Sender<Result<(), SetUpError>>>,
 ) -> Option<Channel> {
     let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
     let mut last_failure: Option<String> = None;
+    // Whether a consumer was lost or failed since the last one was set up.
+    let mut resuming = false;
     loop {
         let connection = tokio::select! {
             _ = stop.cancelled() => return None,
@@ -124,15 +126,24 @@ async fn serve(
         };
         let mut session = match opened {
             Ok(session) => session,
-            Err(cause) => {
-                if !connection.status().connected() {
+            Err(err) => {
+                let connected = connection.status().connected();
+                if !connected {
                     shared.link.lost();
-                } else if let Some(first) = first.take() {
-                    let _ = first.send(Err(cause));
-                } else if last_failure.as_ref() != Some(&cause) {
-                    warn!(queue = function.queue(), %cause, retry_in_ms = backoff.upcoming().as_millis() as u64, "cannot consume the function's queue; trying again");
-                    last_failure = Some(cause);
                 }
+                // A connection lost meanwhile is the link's to report, but
+                // a refusal is this queue's, whether the broker closed the
+                // channel or the whole connection for it.
+                if connected || err.is_refusal() {
+                    let cause = err.to_string();
+                    if let Some(first) = first.take() {
+                        let _ = first.send(Err(err));
+                    } else if last_failure.as_ref() != Some(&cause) {
+                        warn!(queue = function.queue(), %cause, retry_in_ms = backoff.upcoming().as_millis() as u64, "cannot consume the function's queue; trying again");
+                        last_failure = Some(cause);
+                    }
+                }
+                resuming = first.is_none();
                 tokio::select! {
                     _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff.next_wait()) => continue,
@@ -141,12 +152,13 @@ async fn serve(
         };
         if let Some(first) = first.take() {
             let _ = first.send(Ok(()));
-        } else if last_failure.take().is_some() {
-            info!(
-                queue = function.queue(),
-                "consuming the function's queue again"
-            );
+        } else if resuming {
+            // Said only now that the consumer is set up again: a
+            // reconnected connection on which the queue cannot be
+            // consumed serves nothing.
+            info!(queue = function.queue(), "serving again");
         }
+        last_failure = None;
         let handler = Arc::new(Handler {
             live: function.live().clone(),
             channel: session.channel.clone(),
@@ -170,6 +182,7 @@ async fn serve(
                 session.abandon.cancel();
                 let lasted = session.opened.elapsed();
                 close(&session.channel).await;
+                resuming = true;
                 if !connection.status().connected() {
                     // The link logs it once for every function.
                     shared.link.lost();
@@ -216,15 +229,11 @@ impl Session {
         connection: &Connection,
         function: &Function,
         shared: &Shared,
-    ) -> Result<Session, String> {
+    ) -> Result<Session, SetUpError> {
         let set_up = Self::set_up(connection, function, shared);
-        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up).await {
-            Ok(opened) => opened.map_err(|err| err.to_string()),
-            Err(_) => Err(format!(
-                "RabbitMQ did not answer within {:?} while the node set up the queue",
-                amqp::ANSWER_TIMEOUT
-            )),
-        }
+        tokio::time::timeout(amqp::ANSWER_TIMEOUT, set_up)
+            .await
+            .unwrap_or(Err(SetUpError::NoAnswer))
     }
 
     async fn set_up(
@@ -233,27 +242,19 @@ impl Session {
         shared: &Shared,
     ) -> Result<Session, SetUpError> {
         let queue_type = &shared.queue_type;
-        let channel = connection.create_channel().await?;
-        // A classic queue is declared exactly as the Python examples
-        // declare it, so either side may declare it first.
         if let Some(dead_letter) = queue_type.dead_letter_queue(function.queue()) {
+            let channel = connection.create_channel().await?;
             let (options, arguments) = QueueType::dead_letter_declaration();
             channel
                 .queue_declare(dead_letter.clone(), options, arguments)
                 .await
-                .map_err(|source| SetUpError::Declare {
-                    queue: dead_letter.to_string(),
-                    source,
+                .map_err(|source| {
+                    let what = format!("its dead-letter queue {:?}", dead_letter.as_str());
+                    SetUpError::refused(what, queue_type, source)
                 })?;
+            close(&channel).await;
         }
-        let (options, arguments) = queue_type.declaration(function.queue());
-        channel
-            .queue_declare(function.queue_name().clone(), options, arguments)
-            .await
-            .map_err(|source| SetUpError::Declare {
-                queue: function.queue().to_owned(),
-                source,
-            })?;
+        let channel = declare(connection, function, queue_type).await?;
         channel
             .basic_qos(shared.prefetch, BasicQosOptions::default())
             .await?;
@@ -365,26 +366,100 @@ async fn close(channel: &Channel) {
     }
 }
 
+/// Declares `function`'s queue and returns a channel to consume it on.
+/// A queue type that takes an existing queue as it is looks first, so a
+/// queue declared otherwise (by a Python peer, by an operator) is
+/// consumed, not refused; a missing one is declared.
+async fn declare(
+    connection: &Connection,
+    function: &Function,
+    queue_type: &QueueType,
+) -> Result<Channel, SetUpError> {
+    let queue = function.queue_name();
+    let channel = connection.create_channel().await?;
+    if queue_type.takes_existing() {
+        let existing = amqp::existing_queue(&channel, queue.clone())
+            .await
+            .map_err(|source| SetUpError::refused("it".into(), queue_type, source))?;
+        if existing.is_some() {
+            return Ok(channel);
+        }
+    }
+    // A passive look at a missing queue closed the channel it was on.
+    let channel = if channel.status().connected() {
+        channel
+    } else {
+        connection.create_channel().await?
+    };
+    let (options, arguments) = queue_type.declaration(function.queue());
+    channel
+        .queue_declare(queue.clone(), options, arguments)
+        .await
+        .map_err(|source| SetUpError::refused("it".into(), queue_type, source))?;
+    Ok(channel)
+}
+
 /// Why a function's queue could not be consumed.
 #[derive(Debug, thiserror::Error)]
-enum SetUpError {
-    #[error("cannot declare queue {queue:?}: {source}{}", declare_hint(source))]
-    Declare { queue: String, source: lapin::Error },
+pub(super) enum SetUpError {
+    /// The broker refused to declare a queue: trying again changes
+    /// nothing until someone changes the broker or the node's settings.
+    #[error("RabbitMQ refused to declare {what}: {refusal}{}", declare_hint(refusal.code, .queue_type))]
+    Refused {
+        /// `it`, the function's queue, or its dead-letter queue by name.
+        what: String,
+        queue_type: QueueType,
+        refusal: Refusal,
+    },
+    /// The broker did not answer in time.
+    #[error(
+        "RabbitMQ did not answer within {:?} while the node set up the queue",
+        amqp::ANSWER_TIMEOUT
+    )]
+    NoAnswer,
+    /// The channel or the connection failed otherwise.
     #[error(transparent)]
     Channel(#[from] lapin::Error),
 }
 
-/// What to do about a refused queue declaration, when the broker's reply
-/// code says.
-fn declare_hint(error: &lapin::Error) -> &'static str {
-    match error.kind() {
+impl SetUpError {
+    /// What declaring `what` (a queue) as `queue_type` failed with: a
+    /// refusal when the broker answered with a reply code.
+    fn refused(what: String, queue_type: &QueueType, source: lapin::Error) -> SetUpError {
+        match Refusal::of(&source) {
+            Some(refusal) => SetUpError::Refused {
+                what,
+                queue_type: queue_type.clone(),
+                refusal,
+            },
+            None => SetUpError::Channel(source),
+        }
+    }
+
+    /// Whether the broker refused the queue, as opposed to failing to
+    /// answer: a node that starts so can never serve.
+    pub(super) fn is_refusal(&self) -> bool {
+        matches!(self, SetUpError::Refused { .. })
+    }
+}
+
+/// What to do about a refused queue declaration, from the broker's reply
+/// code and what the node asked for.
+fn declare_hint(code: u16, queue_type: &QueueType) -> &'static str {
+    match (code, queue_type) {
+        // RabbitMQ 4.3 and later close the connection with 541
+        // INTERNAL_ERROR for a deprecated feature they deny; a transient
+        // queue is the one such feature a node can ask for.
+        (541, QueueType::Transient) => {
+            " (RabbitMQ 4.3 and later refuse a queue that is neither durable nor exclusive: use --queue-type classic, which is durable, or have the broker permit it with `deprecated_features.permit.transient_nonexcl_queues = true` in rabbitmq.conf)"
+        }
         // 406 PRECONDITION_FAILED: the queue exists with other arguments.
-        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+        (406, _) => {
             " (the queue exists with other settings, such as another type or durability (see --queue-type): delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
         }
         // 403 ACCESS_REFUSED: the user may not configure that queue.
-        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 403 => {
-            " (the broker user may not declare this queue: check its permissions, `rabbitmqctl list_permissions`)"
+        (403, _) => {
+            " (the broker user may not declare this queue: give it `configure` permission on the queue's name, or have the queue declared beforehand; see `rabbitmqctl list_permissions`)"
         }
         _ => "",
     }

@@ -6,7 +6,7 @@
 //! connection to every consumer.
 
 use crate::{
-    amqp,
+    amqp::{self, Refusal},
     backoff::{self, Backoff},
     metrics::{self, NodeMetrics},
 };
@@ -18,7 +18,7 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// A connection that lasts this long was a success: the next reconnect
 /// starts again from the first wait. One that is lost sooner (a message
@@ -28,6 +28,8 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How often the connection's state is looked at, besides the events
 /// that report its loss.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a connection found closed may take to say why.
+const CLOSE_REASON_WAIT: Duration = Duration::from_millis(500);
 
 /// The current connection, shared by the node's consumers.
 pub(crate) struct Link {
@@ -97,17 +99,27 @@ impl Link {
                 return;
             };
             let opened = Instant::now();
-            let cause = self.until_lost(&connection, &metrics.broker_blocked).await;
+            let lost = self.until_lost(&connection, &metrics.broker_blocked).await;
             metrics.broker_connected.set(0);
-            warn!(
-                %cause,
-                "lost the session with RabbitMQ; the broker will redeliver the unacked requests; reconnecting"
-            );
+            // A connection the broker closed in answer to a queue it
+            // refused is the consumer's to report, in its own words.
+            let refused = lost
+                .refusal
+                .as_ref()
+                .is_some_and(|refusal| !refusal.is_forced());
+            if refused {
+                debug!(cause = %lost.cause, "RabbitMQ closed the connection on a refusal; reconnecting");
+            } else {
+                warn!(
+                    cause = %lost.cause,
+                    "lost the session with RabbitMQ; the broker will redeliver the unacked requests; reconnecting"
+                );
+            }
             self.current.send_replace(None);
             if opened.elapsed() >= STABLE_SESSION {
                 backoff.reset();
             }
-            let connection = self.reconnect(&mut backoff).await;
+            let connection = self.reconnect(&mut backoff, refused).await;
             metrics.broker_connected.set(1);
             self.current.send_replace(Some(Arc::new(connection)));
         }
@@ -120,7 +132,7 @@ impl Link {
     ///
     /// The one listener of the connection's events: listeners share them
     /// out rather than each seeing all.
-    async fn until_lost(&self, connection: &Connection, blocked: &metrics::Gauge) -> String {
+    async fn until_lost(&self, connection: &Connection, blocked: &metrics::Gauge) -> Lost {
         let _cleared_when_gone = metrics::ClearOnDrop(blocked.clone());
         let mut events = connection.events_listener();
         let mut check = tokio::time::interval(CHECK_EVERY);
@@ -135,28 +147,53 @@ impl Link {
                         blocked.set(0);
                         info!("RabbitMQ lifted its block; replies flow again");
                     }
-                    Some(Event::Error(err)) if !connection.status().connected() => return err.to_string(),
+                    Some(Event::Error(err)) if !connection.status().connected() => {
+                        return Lost { cause: err.to_string(), refusal: Refusal::of(&err) };
+                    }
                     Some(_) => {}
-                    None => return "the connection ended".into(),
+                    None => return Lost::without_refusal("the connection ended"),
                 },
                 () = self.lost.notified() => {}
                 _ = check.tick() => {}
             }
             if !connection.status().connected() {
-                return "the connection is closed".into();
+                // The client marks the connection closing before it
+                // reports why: wait a little for the reason.
+                let reason = async {
+                    while let Some(event) = events.next().await {
+                        if let Event::Error(err) = event {
+                            return Some(err);
+                        }
+                    }
+                    None
+                };
+                return match tokio::time::timeout(CLOSE_REASON_WAIT, reason).await {
+                    Ok(Some(err)) => Lost {
+                        cause: err.to_string(),
+                        refusal: Refusal::of(&err),
+                    },
+                    _ => Lost::without_refusal("the connection is closed"),
+                };
             }
         }
     }
 
-    /// Connects again, waiting longer after each failed attempt.
-    async fn reconnect(&self, backoff: &mut Backoff) -> Connection {
+    /// Connects again, waiting longer after each failed attempt. After a
+    /// refusal, quietly: the consumer that was refused says what matters.
+    async fn reconnect(&self, backoff: &mut Backoff, quietly: bool) -> Connection {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             tokio::time::sleep(backoff.next_wait()).await;
             match amqp::connect(&self.url).await {
                 Ok(connection) => {
-                    info!(attempt, "reconnected; serving again");
+                    // Each consumer says "serving again" once its queue is
+                    // consumed on this connection.
+                    if quietly {
+                        debug!(attempt, "reconnected to RabbitMQ");
+                    } else {
+                        info!(attempt, "reconnected to RabbitMQ");
+                    }
                     return connection;
                 }
                 Err(err) => warn!(
@@ -166,6 +203,23 @@ impl Link {
                     "cannot reconnect yet"
                 ),
             }
+        }
+    }
+}
+
+/// Why a connection ended.
+struct Lost {
+    cause: String,
+    /// What the broker refused, when it closed the connection on a
+    /// refusal.
+    refusal: Option<Refusal>,
+}
+
+impl Lost {
+    fn without_refusal(cause: &str) -> Lost {
+        Lost {
+            cause: cause.to_owned(),
+            refusal: None,
         }
     }
 }

@@ -424,10 +424,12 @@ impl ComputeNode {
         for (function, first) in first_attempts {
             match first.await {
                 Ok(Ok(())) | Err(_) => {}
-                Ok(Err(cause)) if strict => {
+                // A refused queue is refused again on every try: the node
+                // says so once and stops rather than loop.
+                Ok(Err(cause)) if strict || cause.is_refusal() => {
                     return Err(StartError::Queue {
                         queue: function.queue().to_owned(),
-                        cause,
+                        cause: cause.to_string(),
                     });
                 }
                 Ok(Err(cause)) => warn!(
@@ -448,7 +450,10 @@ impl ComputeNode {
         &mut self,
         change: Change,
         report_first: bool,
-    ) -> Option<(Arc<Function>, oneshot::Receiver<Result<(), String>>)> {
+    ) -> Option<(
+        Arc<Function>,
+        oneshot::Receiver<Result<(), consumer::SetUpError>>,
+    )> {
         match change {
             Change::Added(function) => {
                 let (first, learned) = oneshot::channel();
