@@ -25,23 +25,41 @@ case "${AMQP_URL:-amqp://127.0.0.1}" in
     *@127.0.0.1[:/]* | *://127.0.0.1[:/]* | *://127.0.0.1 | *localhost*) broker_is_local=yes ;;
     *) broker_is_local=no ;;
 esac
-if [ "$broker_is_local" = no ]; then
-    echo "skipping the broker-restart test: the tests' broker (AMQP_URL) is not the local one it would restart" >&2
-elif command -v rabbitmqctl >/dev/null; then
-    cargo test --locked -p integration --test broker_restart -- --ignored --test-threads 1
-else
-    echo "skipping the broker-restart test: rabbitmqctl is not on PATH (the broker is not local)" >&2
-fi
-# Failover on a local three-node cluster of the same RabbitMQ, started
-# here and stopped however the tests end.
-if [ "$broker_is_local" = yes ] && command -v rabbitmqctl >/dev/null; then
-    trap 'scripts/cluster.sh stop' EXIT
-    scripts/cluster.sh start
-    cargo test --locked -p integration --test cluster -- --ignored --test-threads 1
+# The broker tests that stop brokers, on their own: the local broker's
+# restart and alarm, then failover on a local three-node cluster of the
+# same RabbitMQ, started here and stopped however the tests end.
+# `--workspace`, as above, so that features resolve alike and nothing is
+# built again.
+stopping_tests() {
+    cargo test --workspace --locked --test broker_restart -- --ignored --test-threads 1
+    trap 'scripts/cluster.sh stop; '"${1:-}" EXIT
+    scripts/cluster.sh start ${2:-}
+    cargo test --workspace --locked --test cluster -- --ignored --test-threads 1
     scripts/cluster.sh stop
+    trap "${1:-}" EXIT
+}
+if [ "$broker_is_local" = no ]; then
+    echo "skipping the broker-restart and cluster tests: the tests' broker (AMQP_URL) is not the local one they would stop" >&2
+elif command -v rabbitmqctl >/dev/null; then
+    stopping_tests
+else
+    echo "skipping the broker-restart and cluster tests: rabbitmqctl is not on PATH (the broker is not local)" >&2
+fi
+# Everything against a broker again, on RabbitMQ 4.3 as upstream ships it
+# (scripts/rabbitmq.sh: Debian's package in a chroot, the deprecated
+# features denied): the end-to-end tests, then its broker restart and a
+# three-node 4.3 cluster, with 4.3's rabbitmqctl first on PATH.
+if [ "$broker_is_local" = yes ] && [ "$(id -u)" = 0 ]; then
+    trap 'scripts/rabbitmq.sh stop 4.3' EXIT
+    url_4_3="$(scripts/rabbitmq.sh start 4.3)"
+    echo "the broker tests again, on RabbitMQ $(scripts/rabbitmq.sh run 4.3 rabbitmqctl -q version) ($url_4_3)" >&2
+    AMQP_URL="$url_4_3" cargo test --workspace --locked --test integration
+    PATH="$(scripts/rabbitmq.sh bin 4.3):$PATH" AMQP_URL="$url_4_3" \
+        stopping_tests 'scripts/rabbitmq.sh stop 4.3' 4.3
+    scripts/rabbitmq.sh stop 4.3
     trap - EXIT
 else
-    echo "skipping the cluster tests: they need the local RabbitMQ (scripts/cluster.sh)" >&2
+    echo "skipping the tests on RabbitMQ 4.3: they need root (scripts/rabbitmq.sh makes a chroot) and the local broker" >&2
 fi
 # Formatting, lints, docs, and the rebuilt modules matching the committed
 # ones.
