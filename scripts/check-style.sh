@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # What a reviewer would otherwise check by hand: formatting, lints, docs
-# that build without warnings, and committed modules that match their
-# sources (scripts/build-modules.sh rebuilds them; nothing may change).
+# that build without warnings, committed modules that match their sources
+# (scripts/build-modules.sh rebuilds them; nothing may change), and
+# vendored crates that are exactly their published crate with our patch
+# series (scripts/vendor.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +18,4 @@ if ! git diff --exit-code --stat -- modules/ tests/fixtures/; then
     echo "the modules built from the sources differ from the committed ones: rebuild with scripts/build-modules.sh and commit them" >&2
     exit 1
 fi
+scripts/vendor.sh --check
