@@ -8,6 +8,7 @@ use compute_host::{
     registry::{
         Retention,
         deploy::{self, Registry},
+        message::{Action, Message},
     },
     sandbox::digest,
 };
@@ -494,4 +495,241 @@ async fn first_offset(stream: &str) -> i64 {
     };
     let _ = connection.close(200, "OK".into()).await;
     first
+}
+
+/// No copy of a signed message moves a node. With the deployer's key
+/// trusted, a registry deploys `increase`, then `double` as `increase`:
+/// - the first version's `publish`, copied to the end of the stream, is
+///   refused as replayed, and the node keeps serving `double`;
+/// - the same message copied into another registry signed by the same key
+///   is refused as signed for another registry;
+/// - a node started after the copies replays the stream from its start
+///   and ends serving what the first node serves, saying in one line
+///   that it skipped a message;
+/// - a deployer that lost a race for a number (it read the registry
+///   before another deployed) is refused by the node, and its roll-out
+///   reports the refusal; nothing of it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_replayed_or_copied_message_moves_a_node() {
+    let registry = TestRegistry::new("replay");
+    let staging = TestRegistry::new("replay-staging");
+    let keys = ModuleDir::empty();
+    let key = keys.join("deployer");
+    let made = compute_command()
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
+    let key_arg = key.to_string_lossy().into_owned();
+    let trusted = format!("{key_arg}.pub");
+    let signed = ["--sign-key", key_arg.as_str()];
+
+    let increase = built_module("increase");
+    registry.deploy(&increase, &signed).await;
+    registry.deploy(&built_module("double"), &signed).await;
+    staging.deploy(&built_module("triple"), &signed).await;
+    let trusting = [
+        "--trusted-key",
+        trusted.as_str(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let node = registry.node(&trusting).await;
+    let staging_node = staging.node(&trusting).await;
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    let staging_caller = center(&staging.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"14");
+
+    let first = digest(&std::fs::read(&increase).unwrap());
+    let old_publish = stream_messages(&registry.stream)
+        .await
+        .into_iter()
+        .find(|(properties, _)| header(properties, "x-module-digest") == Some(first.clone()))
+        .expect("the stream holds the first version's publish");
+    append_raw(&registry.stream, std::slice::from_ref(&old_publish)).await;
+    let replayed = "compute_registry_messages_refused_total{cause=\"replayed\"} 1";
+    testkit::wait_for_metric(node.metrics_addr().await, replayed).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"14");
+
+    append_raw(&staging.stream, std::slice::from_ref(&old_publish)).await;
+    let elsewhere = "compute_registry_messages_refused_total{cause=\"other-registry\"} 1";
+    testkit::wait_for_metric(staging_node.metrics_addr().await, elsewhere).await;
+    assert_eq!(staging_caller.call("7").await.unwrap().body, b"21");
+
+    let late = registry.node(&["--trusted-key", &trusted]).await;
+    assert!(
+        late.log().contains("skipped registry messages") && late.log().contains("replayed 1"),
+        "{}",
+        late.log()
+    );
+    drop(node);
+    assert_eq!(caller.call("7").await.unwrap().body, b"14", "the late node");
+
+    // A deployer that read the registry before another one deployed
+    // takes the number the other one took.
+    let stale = Registry::connect(&amqp_url(), &registry.stream, RETENTION)
+        .await
+        .unwrap();
+    let stale_state = stale.read().await.unwrap();
+    registry.deploy(&built_module("triple"), &signed).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"21");
+    let square = std::fs::read(built_module("square")).unwrap();
+    let square_digest = digest(&square);
+    let nodes = stale.nodes(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    let mut reports = stale.reports().await.unwrap();
+    let since = Instant::now();
+    let key = compute_host::registry::signing::DeployKey::read(&key).unwrap();
+    stale
+        .append(
+            &stale_state,
+            vec![(
+                deploy::publish("increase", &square_digest, false, None),
+                square,
+            )],
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    let rollout = deploy::collect(
+        &mut reports,
+        &nodes,
+        "increase",
+        &square_digest,
+        since,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(!rollout.succeeded(), "{rollout:?}");
+    let reason = rollout.reports[0].reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("replayed: sequence"), "{reason}");
+    assert_eq!(caller.call("7").await.unwrap().body, b"21");
+
+    stale.close().await;
+    caller.close().await;
+    staging_caller.close().await;
+    drop((late, staging_node));
+    registry.remove().await;
+    staging.remove().await;
+}
+
+/// A writer without a key floods the stream with junk: the node keeps
+/// serving, logs a few lines rather than one per message, counts them all
+/// in its metrics, and a node started after the flood says in one line
+/// how many it skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
+    const JUNK: usize = 2000;
+    let registry = TestRegistry::new("junk");
+    registry.deploy(&built_module("increase"), &[]).await;
+    let node = registry
+        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
+        .await;
+    let junk = (lapin::BasicProperties::default(), b"junk".to_vec());
+    append_raw(&registry.stream, &vec![junk; JUNK]).await;
+    let counted = format!("compute_registry_messages_refused_total{{cause=\"unreadable\"}} {JUNK}");
+    testkit::wait_for_metric(node.metrics_addr().await, &counted).await;
+    let warnings = node.log().matches("ignoring a registry message").count();
+    assert!((1..=3).contains(&warnings), "{warnings}:\n{}", node.log());
+
+    let late = registry.node(&["--allow-unsigned"]).await;
+    let log = late.log();
+    assert_eq!(log.matches("skipped registry messages").count(), 1, "{log}");
+    assert!(log.contains(&format!("unreadable {JUNK}")), "{log}");
+    assert!(!log.contains("ignoring a registry message"), "{log}");
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+
+    caller.close().await;
+    drop((node, late));
+    registry.remove().await;
+}
+
+/// A registry message as it sits in the stream.
+type RawMessage = (lapin::BasicProperties, Vec<u8>);
+
+/// Every message of `stream`, from its first: a marker is written, and
+/// the stream read up to it.
+async fn stream_messages(stream: &str) -> Vec<RawMessage> {
+    use futures_util::StreamExt as _;
+    let marker = uuid::Uuid::new_v4().to_string();
+    let sync = Message {
+        action: Action::Sync,
+        registry: String::new(),
+        sequence: 0,
+        function: String::new(),
+        digest: String::new(),
+        role: None,
+        limits: None,
+        signature: None,
+    };
+    append_raw(stream, &[(sync.properties(&marker), Vec::new())]).await;
+    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .basic_qos(64, lapin::options::BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = compute_host::registry::consume_from_first(&channel, stream)
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    let read = async {
+        while let Some(Ok(delivery)) = consumer.next().await {
+            let _ = delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await;
+            if delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str())
+                == Some(&marker)
+            {
+                break;
+            }
+            messages.push((delivery.properties, delivery.data));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the stream is read to its marker");
+    let _ = connection.close(200, "OK".into()).await;
+    messages
+}
+
+/// Writes `messages` to the end of `stream` as they are: what anyone
+/// allowed to write there could do, with no key.
+async fn append_raw(stream: &str, messages: &[RawMessage]) {
+    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for (properties, body) in messages {
+        channel
+            .basic_publish(
+                "".into(),
+                stream.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(
+        channel.wait_for_confirms().await.unwrap().is_empty(),
+        "the broker took every message"
+    );
+    let _ = connection.close(200, "OK".into()).await;
+}
+
+/// The text of header `name` of a message, if it has one.
+fn header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
+    compute_host::wire::header_text(properties, name)
 }

@@ -57,6 +57,13 @@ struct RequestLabels {
     outcome: &'static str,
 }
 
+/// Why a registry message changed nothing: `unreadable`, `old-format`,
+/// `untrusted`, `replayed`, `other-registry` or `unknown-version`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FunctionLabel {
     function: String,
@@ -133,6 +140,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) broker_blocked: Gauge,
     /// 1 while the node has a connection to the broker.
     pub(crate) broker_connected: Gauge,
+    /// Registry messages that changed nothing, by cause.
+    registry_refused: Family<CauseLabel, Counter>,
     /// Whether the node is consuming: set once it has started, cleared
     /// when it begins to stop. With `broker_connected`, what `/health`
     /// answers.
@@ -156,6 +165,13 @@ impl NodeMetrics {
         {
             modules.remove(name);
         }
+    }
+
+    /// Counts a registry message that changed nothing, and why.
+    pub(crate) fn registry_refused(&self, cause: &'static str) {
+        self.registry_refused
+            .get_or_create(&CauseLabel { cause })
+            .inc();
     }
 
     pub(crate) fn new() -> Self {
@@ -201,6 +217,12 @@ impl NodeMetrics {
             "1 while the node has a connection to RabbitMQ",
             broker_connected.clone(),
         );
+        let registry_refused = Family::default();
+        registry.register(
+            "registry_messages_refused",
+            "Registry messages that changed nothing, by cause: unreadable, old-format, untrusted, replayed, other-registry, unknown-version",
+            registry_refused.clone(),
+        );
         let modules = Arc::new(Modules::default());
         registry.register_collector(Box::new(ModuleCollector {
             modules: modules.clone(),
@@ -210,6 +232,7 @@ impl NodeMetrics {
             requests,
             broker_blocked,
             broker_connected,
+            registry_refused,
             serving: AtomicBool::new(false),
             modules,
         }

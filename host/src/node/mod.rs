@@ -343,6 +343,8 @@ impl ComputeNode {
                     updates,
                     served: table.served(),
                     identity: Identity::new(),
+                    metrics: metrics.clone(),
+                    warnings: Throttle::default(),
                 };
                 link = Some(connected);
                 let table = spawn_table(table, updated);

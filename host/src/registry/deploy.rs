@@ -100,6 +100,8 @@ impl Registry {
         let marker = uuid::Uuid::new_v4().to_string();
         let sync = Message {
             action: Action::Sync,
+            registry: String::new(),
+            sequence: 0,
             function: String::new(),
             digest: String::new(),
             role: None,
@@ -111,7 +113,7 @@ impl Registry {
         channel.basic_qos(64, BasicQosOptions::default()).await?;
         let mut consumer = super::consume_from_first(&channel, &self.stream).await?;
         let read = async {
-            let mut state = State::default();
+            let mut state = State::new(&self.stream);
             while let Some(delivery) = consumer.next().await {
                 let delivery = delivery?;
                 delivery
@@ -194,6 +196,8 @@ impl Registry {
             let (bytes, limits) = (stored.bytes.to_vec(), stored.limits.clone());
             let keep = Message {
                 action: Action::Keep,
+                registry: String::new(),
+                sequence: 0,
                 function,
                 digest,
                 role: Some(role),
@@ -203,7 +207,17 @@ impl Registry {
             all.push((keep, bytes));
         }
         all.extend(messages);
+        // Each takes the next number of its function in this registry,
+        // under the signature: a node refuses any message numbered at or
+        // below one it applied, so a copy replayed later, or a message of
+        // another deployer that took the same number first, changes
+        // nothing.
+        let mut sequences = state.sequences.clone();
         for (mut message, body) in all {
+            let last = sequences.entry(message.function.clone()).or_insert(0);
+            *last += 1;
+            message.sequence = *last;
+            message.registry = self.stream.clone();
             if let Some(key) = key {
                 key.sign(&mut message);
             }
@@ -341,6 +355,8 @@ pub fn rollback_target(state: &State, function: &str) -> Result<String, DeployEr
 pub fn promote(function: &str, digest: &str) -> Message {
     Message {
         action: Action::Promote,
+        registry: String::new(),
+        sequence: 0,
         function: function.to_owned(),
         digest: digest.to_owned(),
         role: None,
@@ -354,6 +370,8 @@ pub fn promote(function: &str, digest: &str) -> Message {
 pub fn publish(function: &str, digest: &str, stage: bool, limits: Option<String>) -> Message {
     Message {
         action: Action::Publish,
+        registry: String::new(),
+        sequence: 0,
         function: function.to_owned(),
         digest: digest.to_owned(),
         role: Some(if stage { Role::Staged } else { Role::Current }),
@@ -366,6 +384,8 @@ pub fn publish(function: &str, digest: &str, stage: bool, limits: Option<String>
 pub fn remove(function: &str) -> Message {
     Message {
         action: Action::Remove,
+        registry: String::new(),
+        sequence: 0,
         function: function.to_owned(),
         digest: String::new(),
         role: None,

@@ -7,8 +7,13 @@
 //! replays; at the first pause it offers what the replay ended with, so a
 //! node that starts late compiles what is served now, not every version
 //! in the history. A message that is unsigned or wrongly signed (when the
-//! node trusts keys), malformed, or that promotes a version the registry
-//! does not hold, changes nothing and is reported.
+//! node trusts keys), malformed, of an older format, of another registry,
+//! numbered at or below one already applied for its function (a copy, or
+//! the loser of two deployers' race), or that promotes a version the
+//! registry does not hold, changes nothing. It is counted in a metric by
+//! cause; read live, it is reported and logged through a throttle (once
+//! per cause per interval); read while catching up, it is counted, and
+//! the catch-up ends with one line saying how many were skipped.
 
 use super::{
     message::{Action, Message, Role},
@@ -21,9 +26,11 @@ use crate::{
     backoff::{self, Backoff},
     functions::Served,
     lock::lock,
+    metrics::NodeMetrics,
     node::link::Link,
     sandbox::LimitsFile,
     source::{NewBytes, Offer, Update, Updates},
+    throttle::Throttle,
 };
 use futures_util::StreamExt as _;
 use lapin::{
@@ -51,7 +58,14 @@ pub(crate) struct Follower {
     pub(crate) updates: Updates,
     pub(crate) served: Served,
     pub(crate) identity: Identity,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// Refused messages read live are logged at most once per cause per
+    /// interval: anyone who may write to the stream could send thousands.
+    pub(crate) warnings: Throttle,
 }
+
+/// Messages skipped while catching up, by cause.
+type Skipped = BTreeMap<&'static str, u64>;
 
 /// What was last offered for a function: its current and staged
 /// versions.
@@ -104,7 +118,8 @@ impl Follower {
             };
         info!(stream = %self.stream, "following the registry from its first message");
         backoff.reset();
-        let mut state = State::default();
+        let mut state = State::new(&self.stream);
+        let mut skipped = Skipped::new();
         // While replaying (after every subscribe: the stream is read from
         // its first message again), what the replay has so far is offered
         // once it goes quiet.
@@ -120,7 +135,8 @@ impl Follower {
             tokio::select! {
                 next = stream.next() => match next {
                     Some(Ok(delivery)) => {
-                        self.replay(&mut state, &channel, &delivery.properties, &delivery.data).await;
+                        let skipped = replaying.then_some(&mut skipped);
+                        self.replay(&mut state, &channel, &delivery.properties, &delivery.data, skipped).await;
                         let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                         // Live, each message takes effect at once.
                         if replaying {
@@ -138,6 +154,16 @@ impl Follower {
                 () = paused => {
                     pause = None;
                     replaying = false;
+                    if !skipped.is_empty() {
+                        let count: u64 = skipped.values().sum();
+                        let causes = skipped
+                            .iter()
+                            .map(|(cause, count)| format!("{cause} {count}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        warn!(stream = %self.stream, skipped = count, %causes, "skipped registry messages that change nothing while reading it");
+                        skipped.clear();
+                    }
                     self.offer(&state, offered, &channel).await;
                     if let Some(caught_up) = caught_up.take() {
                         let _ = caught_up.send(());
@@ -175,39 +201,45 @@ impl Follower {
         Ok((consumer, status, channel, events))
     }
 
-    /// Applies one message to `state`, if it may act; reports it if not.
+    /// Applies one message to `state`, if it may act. One that may not is
+    /// counted; while catching up, in `skipped`; live, it is logged
+    /// (throttled) and reported.
     async fn replay(
         &self,
         state: &mut State,
         channel: &Channel,
         properties: &BasicProperties,
         body: &[u8],
+        skipped: Option<&mut Skipped>,
     ) {
-        let message = match Message::read(properties, body) {
-            Ok(message) => message,
-            Err(problem) => {
-                warn!(cause = %problem, "ignoring a registry message that cannot be read");
-                return;
-            }
+        let (cause, reason, message) = match Message::read(properties, body) {
+            Ok(message) if message.action == Action::Sync => return,
+            Ok(message) => match self.trust.check(&message) {
+                Ok(()) => match state.apply(&message, body) {
+                    Ok(()) => return,
+                    Err(refused) => (refused.cause(), refused.to_string(), Some(message)),
+                },
+                Err(untrusted) => ("untrusted", untrusted.to_string(), Some(message)),
+            },
+            Err(problem) => (problem.cause(), problem.to_string(), None),
         };
-        if message.action == Action::Sync {
+        self.metrics.registry_refused(cause);
+        if let Some(skipped) = skipped {
+            *skipped.entry(cause).or_default() += 1;
             return;
         }
-        let refused = match self.trust.check(&message) {
-            Ok(()) => state
-                .apply(&message, body)
-                .err()
-                .map(|refused| refused.to_string()),
-            Err(untrusted) => Some(untrusted.to_string()),
-        };
-        if let Some(reason) = refused {
+        if let Some(held_back) = self.warnings.admit(cause) {
             warn!(
-                function = message.function,
-                digest = message.digest,
-                action = message.action.as_str(),
+                function = message.as_ref().map(|message| message.function.as_str()),
+                digest = message.as_ref().map(|message| message.digest.as_str()),
+                action = message.as_ref().map(|message| message.action.as_str()),
+                cause,
                 %reason,
+                held_back,
                 "ignoring a registry message"
             );
+        }
+        if let Some(message) = message {
             let role = message.role.unwrap_or(Role::Current);
             self.report(
                 channel,

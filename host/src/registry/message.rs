@@ -18,6 +18,11 @@ pub const LIMITS_HEADER: &str = "x-limits";
 pub const SIGNATURE_HEADER: &str = "x-signature";
 /// Header holding the public key that signed the message, hex.
 pub const SIGNED_BY_HEADER: &str = "x-signed-by";
+/// Header naming the registry (the stream) a message was written for.
+pub const REGISTRY_HEADER: &str = "x-registry";
+/// Header holding a message's sequence number among its function's
+/// messages, decimal: each is greater than the one before.
+pub const SEQUENCE_HEADER: &str = "x-sequence";
 
 /// What a registry message does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,9 +98,21 @@ impl Role {
 }
 
 /// A registry message, its headers read.
+///
+/// What it belongs to and where it stands are part of what it says, and
+/// of what its signature covers: the registry it was written for, and its
+/// sequence number among its function's messages. A copy of a signed
+/// message, put back at the end of its stream or into another one, is
+/// refused for either.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub action: Action,
+    /// The registry (stream) it was written for; empty for
+    /// [`Action::Sync`].
+    pub registry: String,
+    /// Its place among its function's messages: greater than every one
+    /// before; 0 for [`Action::Sync`].
+    pub sequence: u64,
     /// The function; empty for [`Action::Sync`].
     pub function: String,
     /// The version; empty for [`Action::Remove`] and [`Action::Sync`].
@@ -120,8 +137,22 @@ pub enum BadMessage {
     Digest,
     #[error("no {ROLE_HEADER} header, or an unknown role")]
     Role,
+    #[error(
+        "no {REGISTRY_HEADER} or {SEQUENCE_HEADER} header: written by an older `compute deploy`; deploy its version again"
+    )]
+    OldFormat,
     #[error("its body's digest is {actual}, not the {claimed} it claims")]
     DigestMismatch { claimed: String, actual: String },
+}
+
+impl BadMessage {
+    /// Its name in metrics and logs.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            BadMessage::OldFormat => "old-format",
+            _ => "unreadable",
+        }
+    }
 }
 
 impl Message {
@@ -136,6 +167,8 @@ impl Message {
         if action == Action::Sync {
             return Ok(Message {
                 action,
+                registry: String::new(),
+                sequence: 0,
                 function: String::new(),
                 digest: String::new(),
                 role: None,
@@ -143,6 +176,10 @@ impl Message {
                 signature: None,
             });
         }
+        let registry = text(REGISTRY_HEADER).ok_or(BadMessage::OldFormat)?;
+        let sequence = text(SEQUENCE_HEADER)
+            .and_then(|sequence| sequence.parse().ok())
+            .ok_or(BadMessage::OldFormat)?;
         let function = text(wire::FUNCTION_HEADER).ok_or(BadMessage::Function)?;
         let digest = match action {
             Action::Remove => String::new(),
@@ -174,6 +211,8 @@ impl Message {
         let signature = text(SIGNATURE_HEADER).zip(text(SIGNED_BY_HEADER));
         Ok(Message {
             action,
+            registry,
+            sequence,
             function,
             digest,
             role,
@@ -184,11 +223,13 @@ impl Message {
 
     /// What a signature covers: everything the message does, so a
     /// signature cannot be moved onto another action, function, version,
-    /// role or limits. A message without limits signs what it signed
-    /// before limits existed.
+    /// role or limits; and the registry and sequence number it was
+    /// written with, so it cannot be replayed later or elsewhere.
     pub fn signed_text(&self) -> String {
         let mut text = format!(
-            "compute-registry-v1\n{}\n{}\n{}\n{}",
+            "compute-registry-v2\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.registry,
+            self.sequence,
             self.action.as_str(),
             self.function,
             self.digest,
@@ -208,6 +249,10 @@ impl Message {
             headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
         };
         put(ACTION_HEADER, self.action.as_str());
+        if self.action != Action::Sync {
+            put(REGISTRY_HEADER, &self.registry);
+            put(SEQUENCE_HEADER, &self.sequence.to_string());
+        }
         if !self.function.is_empty() {
             put(wire::FUNCTION_HEADER, &self.function);
         }
@@ -240,6 +285,8 @@ mod tests {
         let body = b"component bytes";
         let message = Message {
             action: Action::Publish,
+            registry: "compute.modules".into(),
+            sequence: 7,
             function: "increase".into(),
             digest: crate::sandbox::digest(body),
             role: Some(Role::Staged),
@@ -254,7 +301,7 @@ mod tests {
         ));
         let unsigned = Message {
             signature: None,
-            ..message
+            ..message.clone()
         };
         assert_ne!(
             unsigned.signed_text(),
@@ -264,13 +311,33 @@ mod tests {
             }
             .signed_text()
         );
-        assert_ne!(
-            unsigned.signed_text(),
+        for other in [
             Message {
                 limits: None,
                 ..unsigned.clone()
+            },
+            Message {
+                sequence: 8,
+                ..unsigned.clone()
+            },
+            Message {
+                registry: "staging".into(),
+                ..unsigned.clone()
+            },
+        ] {
+            assert_ne!(unsigned.signed_text(), other.signed_text());
+        }
+        // A message of the format before sequences is refused, not read
+        // as if it were in order.
+        let mut old = message.properties("id-2");
+        let headers = old.headers().clone().unwrap();
+        let mut without = FieldTable::default();
+        for (name, value) in headers.inner() {
+            if name.as_str() != SEQUENCE_HEADER {
+                without.insert(name.clone(), value.clone());
             }
-            .signed_text()
-        );
+        }
+        old = old.with_headers(without);
+        assert_eq!(Message::read(&old, body), Err(BadMessage::OldFormat));
     }
 }

@@ -182,6 +182,8 @@ mod tests {
 
         let mut message = Message {
             action: Action::Publish,
+            registry: "compute.modules".into(),
+            sequence: 1,
             function: "increase".into(),
             digest: "sha256:00".into(),
             role: Some(Role::Current),

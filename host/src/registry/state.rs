@@ -69,34 +69,95 @@ impl FunctionState {
 pub enum Refused {
     #[error("promotes {digest} of {function}, a version the registry does not hold")]
     UnknownVersion { function: String, digest: String },
+    /// A copy of an earlier message, or one that lost a race for its
+    /// number to another deployer's.
+    #[error("replayed: sequence {sequence} of {function}, this registry is at {at}")]
+    Replayed {
+        function: String,
+        sequence: u64,
+        at: u64,
+    },
+    /// A message copied from another registry.
+    #[error("signed for registry {signed_for:?}, this is {this:?}")]
+    OtherRegistry { signed_for: String, this: String },
+}
+
+impl Refused {
+    /// Its name in metrics and logs.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Refused::UnknownVersion { .. } => "unknown-version",
+            Refused::Replayed { .. } => "replayed",
+            Refused::OtherRegistry { .. } => "other-registry",
+        }
+    }
 }
 
 /// Every function the registry holds.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct State {
+    /// The registry (stream) whose messages this applies.
+    pub registry: String,
     pub functions: BTreeMap<String, FunctionState>,
+    /// The sequence number of the last message applied for each function,
+    /// removed ones included: none ever applies again.
+    pub sequences: BTreeMap<String, u64>,
     /// Bytes written to the stream so far, as far as this replay saw.
     pub written: u64,
 }
 
 impl State {
+    /// The state of registry `registry` before its first message.
+    pub fn new(registry: &str) -> Self {
+        State {
+            registry: registry.to_owned(),
+            functions: BTreeMap::new(),
+            sequences: BTreeMap::new(),
+            written: 0,
+        }
+    }
+
+    /// The sequence number the next message for `function` takes.
+    pub fn next_sequence(&self, function: &str) -> u64 {
+        self.sequences.get(function).map_or(1, |last| last + 1)
+    }
+
     /// Applies one message (with its body), read at the end of what came
-    /// before it.
+    /// before it: only a message of this registry, numbered after the last
+    /// one applied for its function, so that copies of earlier messages
+    /// change nothing wherever they sit in the stream, and a node that
+    /// replays the stream ends where the nodes that followed it live did.
     pub fn apply(&mut self, message: &Message, body: &[u8]) -> Result<(), Refused> {
         let position = self.written;
         self.written += body.len() as u64 + MESSAGE_OVERHEAD;
+        if message.action == Action::Sync {
+            return Ok(());
+        }
+        if message.registry != self.registry {
+            return Err(Refused::OtherRegistry {
+                signed_for: message.registry.clone(),
+                this: self.registry.clone(),
+            });
+        }
+        let at = self.sequences.get(&message.function).copied().unwrap_or(0);
+        if message.sequence <= at {
+            return Err(Refused::Replayed {
+                function: message.function.clone(),
+                sequence: message.sequence,
+                at,
+            });
+        }
+        // Used once, whatever the message then does.
+        self.sequences
+            .insert(message.function.clone(), message.sequence);
         let stored = || Stored {
             bytes: Arc::new(body.to_vec()),
             limits: message.limits.clone(),
             position,
         };
-        match message.action {
-            Action::Sync => return Ok(()),
-            Action::Remove => {
-                self.functions.remove(&message.function);
-                return Ok(());
-            }
-            _ => {}
+        if message.action == Action::Remove {
+            self.functions.remove(&message.function);
+            return Ok(());
         }
         let function = self.functions.entry(message.function.clone()).or_default();
         let digest = message.digest.as_str();
@@ -186,9 +247,13 @@ impl State {
 mod tests {
     use super::*;
 
+    /// A message for registry `r`, each numbered after the one before.
     fn message(action: Action, function: &str, digest: &str, role: Option<Role>) -> Message {
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Message {
             action,
+            registry: "r".into(),
+            sequence: SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             function: function.into(),
             digest: digest.into(),
             role,
@@ -199,7 +264,7 @@ mod tests {
 
     #[test]
     fn publish_stage_promote_and_rollback_move_the_roles() {
-        let mut state = State::default();
+        let mut state = State::new("r");
         let publish = |digest, role| message(Action::Publish, "f", digest, Some(role));
         state.apply(&publish("a", Role::Current), b"a").unwrap();
         state.apply(&publish("b", Role::Current), b"b").unwrap();
@@ -243,8 +308,46 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_earlier_messages_and_other_registries_change_nothing() {
+        let mut state = State::new("r");
+        let publish = |digest, sequence| Message {
+            sequence,
+            ..message(Action::Publish, "f", digest, Some(Role::Current))
+        };
+        let (old, new) = (publish("a", 1), publish("b", 2));
+        state.apply(&old, b"a").unwrap();
+        state.apply(&new, b"b").unwrap();
+        assert_eq!(
+            state.apply(&old, b"a"),
+            Err(Refused::Replayed {
+                function: "f".into(),
+                sequence: 1,
+                at: 2
+            })
+        );
+        // A removed function's numbers are not reused either.
+        let remove = Message {
+            sequence: 3,
+            ..message(Action::Remove, "f", "", None)
+        };
+        state.apply(&remove, b"").unwrap();
+        assert!(state.apply(&new, b"b").is_err());
+        assert!(state.functions.is_empty());
+        assert_eq!(state.next_sequence("f"), 4);
+        let elsewhere = Message {
+            registry: "staging".into(),
+            ..publish("c", 9)
+        };
+        assert!(matches!(
+            state.apply(&elsewhere, b"c"),
+            Err(Refused::OtherRegistry { .. })
+        ));
+        assert!(state.functions.is_empty());
+    }
+
+    #[test]
     fn versions_in_use_are_kept_before_they_age_out() {
-        let mut state = State::default();
+        let mut state = State::new("r");
         state
             .apply(
                 &message(Action::Publish, "old", "a", Some(Role::Current)),
