@@ -30,13 +30,16 @@ esac
 # same RabbitMQ, started here and stopped however the tests end.
 # `--workspace`, as above, so that features resolve alike and nothing is
 # built again.
+# $1: what else to run on exit (stopping the broker under test), $2: the
+# RabbitMQ version for the cluster (the installed one when empty).
 stopping_tests() {
+    local also_on_exit="${1:-true}"
     cargo test --workspace --locked --test broker_restart -- --ignored --test-threads 1
-    trap 'scripts/cluster.sh stop; '"${1:-}" EXIT
-    scripts/cluster.sh start ${2:-}
+    trap "scripts/cluster.sh stop; $also_on_exit" EXIT
+    scripts/cluster.sh start ${2:+"$2"}
     cargo test --workspace --locked --test cluster -- --ignored --test-threads 1
     scripts/cluster.sh stop
-    trap "${1:-}" EXIT
+    trap "$also_on_exit" EXIT
 }
 if [ "$broker_is_local" = no ]; then
     echo "skipping the broker-restart and cluster tests: the tests' broker (AMQP_URL) is not the local one they would stop" >&2

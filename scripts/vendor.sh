@@ -18,6 +18,8 @@
 # `cargo build` of a fresh clone needs nothing of this. The published
 # crates come through cargo, from crates.io.
 set -euo pipefail
+# `checksum=$(build ...)`: a failure inside stops the script there too.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 root="$PWD"
 
@@ -32,20 +34,27 @@ usage() {
 # The value of KEY in patches/CRATE/crate.
 recorded() { sed -n "s/^$2 = \"\(.*\)\"$/\1/p" "patches/$1/crate"; }
 
+# Makes a throwaway cargo project at DIR that depends on CRATE with
+# requirement REQ, to let cargo fetch or resolve it.
+project() {
+    local dir=$1 crate=$2 requirement=$3
+    mkdir -p "$dir/src"
+    echo 'fn main() {}' >"$dir/src/main.rs"
+    cat >"$dir/Cargo.toml" <<TOML
+[package]
+name = "vendor-probe"
+version = "0.0.0"
+edition = "2021"
+[dependencies]
+$crate = { version = "$requirement", default-features = false }
+TOML
+}
+
 # Fetches CRATE at VERSION through cargo and prints the path of its .crate
 # file.
 fetch() {
     local crate=$1 version=$2 project="$work/fetch-$1"
-    mkdir -p "$project/src"
-    echo 'fn main() {}' >"$project/src/main.rs"
-    cat >"$project/Cargo.toml" <<TOML
-[package]
-name = "fetch"
-version = "0.0.0"
-edition = "2021"
-[dependencies]
-$crate = { version = "=$version", default-features = false }
-TOML
+    project "$project" "$crate" "=$version"
     (cd "$project" && cargo fetch --quiet)
     local cached
     cached=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-$version.crate" 2>/dev/null | head -1)
@@ -85,16 +94,7 @@ build() {
 # Warns when a patch release of CRATE newer than VERSION is published.
 newer_release() {
     local crate=$1 version=$2 project="$work/newest-$1"
-    mkdir -p "$project/src"
-    echo 'fn main() {}' >"$project/src/main.rs"
-    cat >"$project/Cargo.toml" <<TOML
-[package]
-name = "newest"
-version = "0.0.0"
-edition = "2021"
-[dependencies]
-$crate = { version = "~$version", default-features = false }
-TOML
+    project "$project" "$crate" "~$version"
     if ! (cd "$project" && cargo generate-lockfile --quiet 2>/dev/null); then
         echo "note: could not ask crates.io for newer releases of $crate" >&2
         return
@@ -102,7 +102,7 @@ TOML
     local newest
     newest=$(grep -A1 "^name = \"$crate\"$" "$project/Cargo.lock" | sed -n 's/^version = "\(.*\)"$/\1/p' | head -1)
     if [ -n "$newest" ] && [ "$newest" != "$version" ]; then
-        echo "warning: $crate $newest is published (we carry $version): move with scripts/vendor.sh $crate $newest" >&2
+        echo "warning: $crate $newest is published (we carry $version): try moving with scripts/vendor.sh $crate $newest (patches/README.md says what stopped the last move)" >&2
     fi
 }
 

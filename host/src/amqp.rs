@@ -290,9 +290,11 @@ pub async fn consume_no_ack(
         .await
 }
 
-/// A broker's answer no: a channel or a connection it closed in answer
-/// to a method (403 `ACCESS_REFUSED`, 404 `NOT_FOUND`, 406
-/// `PRECONDITION_FAILED`, 541 `INTERNAL_ERROR`...), with its words.
+/// A channel or a connection the broker closed, with its reply code and
+/// its words: a refusal of something the client asked (403
+/// `ACCESS_REFUSED`, 406 `PRECONDITION_FAILED`, 541 `INTERNAL_ERROR` for a
+/// denied deprecated feature...), or the broker going away (320
+/// `CONNECTION_FORCED`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Refusal {
     /// The AMQP reply code.
@@ -303,8 +305,8 @@ pub(crate) struct Refusal {
 }
 
 impl Refusal {
-    /// The refusal `error` reports, or `None` for an error of another
-    /// kind (I/O, a timeout, a closed channel).
+    /// What the broker said when it closed, or `None` for an error of
+    /// another kind (I/O, a timeout, a channel already closed).
     pub(crate) fn of(error: &lapin::Error) -> Option<Refusal> {
         match error.kind() {
             ErrorKind::ProtocolError(amqp) => Some(Refusal {
@@ -320,11 +322,21 @@ impl Refusal {
         }
     }
 
-    /// Whether the broker closed the connection on its own (shutting
-    /// down, or an operator closing it), as opposed to refusing
-    /// something the client asked for.
-    pub(crate) fn is_forced(&self) -> bool {
-        self.code == CONNECTION_FORCED
+    /// Whether the broker refused what the client asked, and will again
+    /// until someone changes the broker or the client's settings: a
+    /// permission, a queue's settings, a feature the broker denies. Not a
+    /// broker going away (320), nor a queue another connection holds for a
+    /// while (405 `RESOURCE_LOCKED`), nor a framing error.
+    pub(crate) fn is_lasting(&self) -> bool {
+        matches!(
+            self.code,
+            ACCESS_REFUSED
+                | NOT_FOUND
+                | PRECONDITION_FAILED
+                | NOT_ALLOWED
+                | NOT_IMPLEMENTED
+                | INTERNAL_ERROR
+        )
     }
 }
 
@@ -334,10 +346,15 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// AMQP's 404 `NOT_FOUND`.
+/// AMQP 0-9-1's reply codes, as the broker gives them.
+pub(crate) const ACCESS_REFUSED: u16 = 403;
 pub(crate) const NOT_FOUND: u16 = 404;
-/// AMQP's 320 `CONNECTION_FORCED`: the broker closed the connection.
-const CONNECTION_FORCED: u16 = 320;
+pub(crate) const PRECONDITION_FAILED: u16 = 406;
+pub(crate) const NOT_ALLOWED: u16 = 530;
+pub(crate) const NOT_IMPLEMENTED: u16 = 540;
+/// RabbitMQ 4.3 and later close the connection with it for a deprecated
+/// feature they deny.
+pub(crate) const INTERNAL_ERROR: u16 = 541;
 
 /// Declares `queue` passively on `channel`: its message and consumer
 /// counts if it exists, whatever its settings, or `None` if it does not.

@@ -8,7 +8,7 @@ use compute_host::{
     registry::{
         Retention,
         deploy::{self, Registry},
-        message::{Action, Message},
+        message::Message,
     },
     sandbox::digest,
 };
@@ -101,6 +101,17 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Makes a deploy key pair at `key` and `key.pub` with `compute keygen`.
+async fn keygen(key: &Path) {
+    let made = compute_command()
+        .arg("keygen")
+        .arg(key)
+        .output()
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made));
 }
 
 /// Waits until a call started at or after `since` has ended, then
@@ -274,15 +285,8 @@ async fn only_versions_signed_by_a_trusted_key_are_served() {
     let registry = TestRegistry::new("signed");
     let keys = ModuleDir::empty();
     let (ours, theirs) = (keys.join("deployer"), keys.join("stranger"));
-    for key in [&ours, &theirs] {
-        let made = compute_command()
-            .arg("keygen")
-            .arg(key)
-            .output()
-            .await
-            .unwrap();
-        assert!(made.status.success(), "{}", text(&made));
-    }
+    keygen(&ours).await;
+    keygen(&theirs).await;
     let ours_arg = ours.to_string_lossy().into_owned();
     let trusted = format!("{ours_arg}.pub");
 
@@ -515,13 +519,7 @@ async fn no_replayed_or_copied_message_moves_a_node() {
     let staging = TestRegistry::new("replay-staging");
     let keys = ModuleDir::empty();
     let key = keys.join("deployer");
-    let made = compute_command()
-        .arg("keygen")
-        .arg(&key)
-        .output()
-        .await
-        .unwrap();
-    assert!(made.status.success(), "{}", text(&made));
+    keygen(&key).await;
     let key_arg = key.to_string_lossy().into_owned();
     let trusted = format!("{key_arg}.pub");
     let signed = ["--sign-key", key_arg.as_str()];
@@ -655,17 +653,8 @@ type RawMessage = (lapin::BasicProperties, Vec<u8>);
 async fn stream_messages(stream: &str) -> Vec<RawMessage> {
     use futures_util::StreamExt as _;
     let marker = uuid::Uuid::new_v4().to_string();
-    let sync = Message {
-        action: Action::Sync,
-        registry: String::new(),
-        sequence: 0,
-        function: String::new(),
-        digest: String::new(),
-        role: None,
-        limits: None,
-        signature: None,
-    };
-    append_raw(stream, &[(sync.properties(&marker), Vec::new())]).await;
+    let sync = Message::sync().properties(&marker);
+    append_raw(stream, &[(sync, Vec::new())]).await;
     let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel

@@ -167,11 +167,11 @@ impl NodeMetrics {
         }
     }
 
-    /// Counts a registry message that changed nothing, and why.
-    pub(crate) fn registry_refused(&self, cause: &'static str) {
+    /// Counts `count` registry messages that changed nothing, and why.
+    pub(crate) fn registry_refused(&self, cause: &'static str, count: u64) {
         self.registry_refused
             .get_or_create(&CauseLabel { cause })
-            .inc();
+            .inc_by(count);
     }
 
     pub(crate) fn new() -> Self {

@@ -113,7 +113,7 @@ async fn serve(
 ) -> Option<Channel> {
     let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
     let mut last_failure: Option<String> = None;
-    // Whether a consumer was lost or failed since the last one was set up.
+    // Whether a consumer that served was lost, and none is set up since.
     let mut resuming = false;
     loop {
         let connection = tokio::select! {
@@ -143,7 +143,6 @@ async fn serve(
                         last_failure = Some(cause);
                     }
                 }
-                resuming = first.is_none();
                 tokio::select! {
                     _ = stop.cancelled() => return None,
                     _ = tokio::time::sleep(backoff.next_wait()) => continue,
@@ -157,6 +156,11 @@ async fn serve(
             // reconnected connection on which the queue cannot be
             // consumed serves nothing.
             info!(queue = function.queue(), "serving again");
+        } else if last_failure.is_some() {
+            info!(
+                queue = function.queue(),
+                "consuming the function's queue now"
+            );
         }
         last_failure = None;
         let handler = Arc::new(Handler {
@@ -377,19 +381,18 @@ async fn declare(
 ) -> Result<Channel, SetUpError> {
     let queue = function.queue_name();
     let channel = connection.create_channel().await?;
-    if queue_type.takes_existing() {
+    let channel = if queue_type.takes_existing() {
         let existing = amqp::existing_queue(&channel, queue.clone())
             .await
             .map_err(|source| SetUpError::refused("it".into(), queue_type, source))?;
         if existing.is_some() {
             return Ok(channel);
         }
-    }
-    // A passive look at a missing queue closed the channel it was on.
-    let channel = if channel.status().connected() {
-        channel
-    } else {
+        // The broker closes the channel of a passive look at a missing
+        // queue.
         connection.create_channel().await?
+    } else {
+        channel
     };
     let (options, arguments) = queue_type.declaration(function.queue());
     channel
@@ -427,12 +430,12 @@ impl SetUpError {
     /// refusal when the broker answered with a reply code.
     fn refused(what: String, queue_type: &QueueType, source: lapin::Error) -> SetUpError {
         match Refusal::of(&source) {
-            Some(refusal) => SetUpError::Refused {
+            Some(refusal) if refusal.is_lasting() => SetUpError::Refused {
                 what,
                 queue_type: queue_type.clone(),
                 refusal,
             },
-            None => SetUpError::Channel(source),
+            _ => SetUpError::Channel(source),
         }
     }
 
@@ -447,18 +450,17 @@ impl SetUpError {
 /// code and what the node asked for.
 fn declare_hint(code: u16, queue_type: &QueueType) -> &'static str {
     match (code, queue_type) {
-        // RabbitMQ 4.3 and later close the connection with 541
-        // INTERNAL_ERROR for a deprecated feature they deny; a transient
-        // queue is the one such feature a node can ask for.
-        (541, QueueType::Transient) => {
+        // RabbitMQ 4.3 and later close the connection for a deprecated
+        // feature they deny; a transient queue is the one such feature a
+        // node can ask for.
+        (amqp::INTERNAL_ERROR, QueueType::Transient) => {
             " (RabbitMQ 4.3 and later refuse a queue that is neither durable nor exclusive: use --queue-type classic, which is durable, or have the broker permit it with `deprecated_features.permit.transient_nonexcl_queues = true` in rabbitmq.conf)"
         }
-        // 406 PRECONDITION_FAILED: the queue exists with other arguments.
-        (406, _) => {
+        // The queue exists with other arguments.
+        (amqp::PRECONDITION_FAILED, _) => {
             " (the queue exists with other settings, such as another type or durability (see --queue-type): delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
         }
-        // 403 ACCESS_REFUSED: the user may not configure that queue.
-        (403, _) => {
+        (amqp::ACCESS_REFUSED, _) => {
             " (the broker user may not declare this queue: give it `configure` permission on the queue's name, or have the queue declared beforehand; see `rabbitmqctl list_permissions`)"
         }
         _ => "",

@@ -103,10 +103,7 @@ impl Link {
             metrics.broker_connected.set(0);
             // A connection the broker closed in answer to a queue it
             // refused is the consumer's to report, in its own words.
-            let refused = lost
-                .refusal
-                .as_ref()
-                .is_some_and(|refusal| !refusal.is_forced());
+            let refused = lost.refusal.as_ref().is_some_and(Refusal::is_lasting);
             if refused {
                 debug!(cause = %lost.cause, "RabbitMQ closed the connection on a refusal; reconnecting");
             } else {
@@ -148,8 +145,11 @@ impl Link {
                         info!("RabbitMQ lifted its block; replies flow again");
                     }
                     Some(Event::Error(err)) if !connection.status().connected() => {
-                        return Lost { cause: err.to_string(), refusal: Refusal::of(&err) };
+                        return Lost::from(&err);
                     }
+                    // While the connection is open, an error is a
+                    // channel's (a passive look at a missing queue, say),
+                    // not why the connection ends.
                     Some(_) => {}
                     None => return Lost::without_refusal("the connection ended"),
                 },
@@ -168,10 +168,7 @@ impl Link {
                     None
                 };
                 return match tokio::time::timeout(CLOSE_REASON_WAIT, reason).await {
-                    Ok(Some(err)) => Lost {
-                        cause: err.to_string(),
-                        refusal: Refusal::of(&err),
-                    },
+                    Ok(Some(err)) => Lost::from(&err),
                     _ => Lost::without_refusal("the connection is closed"),
                 };
             }
@@ -216,6 +213,13 @@ struct Lost {
 }
 
 impl Lost {
+    fn from(err: &lapin::Error) -> Lost {
+        Lost {
+            cause: err.to_string(),
+            refusal: Refusal::of(err),
+        }
+    }
+
     fn without_refusal(cause: &str) -> Lost {
         Lost {
             cause: cause.to_owned(),

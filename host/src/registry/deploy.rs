@@ -44,6 +44,11 @@ pub enum DeployError {
         "the versions in use take {live} bytes, more than the stream can keep safely ({keep_within}); declare the registry with a larger --registry-max-bytes"
     )]
     RetentionTooSmall { live: u64, keep_within: u64 },
+    #[error(
+        "the registry's sequence numbers for {0} are used up (a message numbered {max} is in the stream): deploy it under another name",
+        max = u64::MAX
+    )]
+    SequenceExhausted(String),
 }
 
 /// A connection to the registry, for deploying.
@@ -98,17 +103,7 @@ impl Registry {
     /// message to the marker.
     pub async fn read(&self) -> Result<State, DeployError> {
         let marker = uuid::Uuid::new_v4().to_string();
-        let sync = Message {
-            action: Action::Sync,
-            registry: String::new(),
-            sequence: 0,
-            function: String::new(),
-            digest: String::new(),
-            role: None,
-            limits: None,
-            signature: None,
-        };
-        self.publish(&sync, &[], &marker).await?;
+        self.publish(&Message::sync(), &[], &marker).await?;
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(64, BasicQosOptions::default()).await?;
         let mut consumer = super::consume_from_first(&channel, &self.stream).await?;
@@ -128,9 +123,15 @@ impl Registry {
                 if id == Some(marker.as_str()) {
                     break;
                 }
-                // What nodes would ignore, a deployer ignores too.
-                if let Ok(message) = Message::read(&delivery.properties, &delivery.data) {
-                    let _ = state.apply(&message, &delivery.data);
+                // Applied as a node applies it, except for the trust
+                // check: a deployer does not know which keys the nodes
+                // trust, so it may number above a message they ignore,
+                // which costs nothing.
+                match Message::read(&delivery.properties, &delivery.data) {
+                    Ok(message) => {
+                        let _ = state.apply(&message, &delivery.data);
+                    }
+                    Err(_) => state.skip(&delivery.data),
                 }
             }
             Ok::<_, lapin::Error>(state)
@@ -173,8 +174,10 @@ impl Registry {
     }
 
     /// Appends `messages` (with their bodies), signed with `key` if given,
-    /// after writing again every version in use of `state` that the new
-    /// bytes could push out of the stream's retention.
+    /// after writing again every version in use of `state`, and every
+    /// removal, that the new bytes could push out of the stream's
+    /// retention. Each message takes the next sequence number of its
+    /// function.
     pub async fn append(
         &self,
         state: &State,
@@ -206,17 +209,22 @@ impl Registry {
             };
             all.push((keep, bytes));
         }
+        for function in state.removals_to_keep(incoming, keep_within) {
+            all.push((remove(&function), Vec::new()));
+        }
         all.extend(messages);
         // Each takes the next number of its function in this registry,
         // under the signature: a node refuses any message numbered at or
         // below one it applied, so a copy replayed later, or a message of
         // another deployer that took the same number first, changes
         // nothing.
-        let mut sequences = state.sequences.clone();
+        let mut numbered = state.clone();
         for (mut message, body) in all {
-            let last = sequences.entry(message.function.clone()).or_insert(0);
-            *last += 1;
-            message.sequence = *last;
+            let function = message.function.clone();
+            message.sequence = numbered
+                .next_sequence(&function)
+                .ok_or(DeployError::SequenceExhausted(function.clone()))?;
+            numbered.sequences.insert(function, message.sequence);
             message.registry = self.stream.clone();
             if let Some(key) = key {
                 key.sign(&mut message);

@@ -162,6 +162,13 @@ impl Follower {
                             .collect::<Vec<_>>()
                             .join(", ");
                         warn!(stream = %self.stream, skipped = count, %causes, "skipped registry messages that change nothing while reading it");
+                        // The stream is read again from its start after
+                        // every reconnect: its history is counted once.
+                        if caught_up.is_some() {
+                            for (cause, count) in &skipped {
+                                self.metrics.registry_refused(cause, *count);
+                            }
+                        }
                         skipped.clear();
                     }
                     self.offer(&state, offered, &channel).await;
@@ -201,9 +208,9 @@ impl Follower {
         Ok((consumer, status, channel, events))
     }
 
-    /// Applies one message to `state`, if it may act. One that may not is
-    /// counted; while catching up, in `skipped`; live, it is logged
-    /// (throttled) and reported.
+    /// Applies one message to `state`, if it may act. One that may not is,
+    /// while catching up, counted in `skipped`; live, counted in the
+    /// metrics, logged (throttled), and reported when it names a function.
     async fn replay(
         &self,
         state: &mut State,
@@ -221,13 +228,16 @@ impl Follower {
                 },
                 Err(untrusted) => ("untrusted", untrusted.to_string(), Some(message)),
             },
-            Err(problem) => (problem.cause(), problem.to_string(), None),
+            Err(problem) => {
+                state.skip(body);
+                (problem.cause(), problem.to_string(), None)
+            }
         };
-        self.metrics.registry_refused(cause);
         if let Some(skipped) = skipped {
             *skipped.entry(cause).or_default() += 1;
             return;
         }
+        self.metrics.registry_refused(cause, 1);
         if let Some(held_back) = self.warnings.admit(cause) {
             warn!(
                 function = message.as_ref().map(|message| message.function.as_str()),

@@ -156,6 +156,22 @@ impl BadMessage {
 }
 
 impl Message {
+    /// A marker a tool writes to know when it has read everything before
+    /// it: it belongs to no registry and no function, and changes
+    /// nothing.
+    pub fn sync() -> Self {
+        Message {
+            action: Action::Sync,
+            registry: String::new(),
+            sequence: 0,
+            function: String::new(),
+            digest: String::new(),
+            role: None,
+            limits: None,
+            signature: None,
+        }
+    }
+
     /// Reads a message's headers, and checks that a body it carries has
     /// the digest it claims.
     pub fn read(properties: &BasicProperties, body: &[u8]) -> Result<Self, BadMessage> {
@@ -165,16 +181,7 @@ impl Message {
             .and_then(Action::parse)
             .ok_or(BadMessage::Action)?;
         if action == Action::Sync {
-            return Ok(Message {
-                action,
-                registry: String::new(),
-                sequence: 0,
-                function: String::new(),
-                digest: String::new(),
-                role: None,
-                limits: None,
-                signature: None,
-            });
+            return Ok(Message::sync());
         }
         let registry = text(REGISTRY_HEADER).ok_or(BadMessage::OldFormat)?;
         let sequence = text(SEQUENCE_HEADER)

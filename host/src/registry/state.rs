@@ -102,6 +102,10 @@ pub struct State {
     /// The sequence number of the last message applied for each function,
     /// removed ones included: none ever applies again.
     pub sequences: BTreeMap<String, u64>,
+    /// Where the last `remove` of each removed function sits (bytes before
+    /// it): it carries the function's last number, so it is written again
+    /// before retention could drop it, like a version in use.
+    pub removed: BTreeMap<String, u64>,
     /// Bytes written to the stream so far, as far as this replay saw.
     pub written: u64,
 }
@@ -113,13 +117,23 @@ impl State {
             registry: registry.to_owned(),
             functions: BTreeMap::new(),
             sequences: BTreeMap::new(),
+            removed: BTreeMap::new(),
             written: 0,
         }
     }
 
-    /// The sequence number the next message for `function` takes.
-    pub fn next_sequence(&self, function: &str) -> u64 {
-        self.sequences.get(function).map_or(1, |last| last + 1)
+    /// The sequence number the next message for `function` takes; `None`
+    /// once the numbers are used up (a message numbered `u64::MAX`).
+    pub fn next_sequence(&self, function: &str) -> Option<u64> {
+        self.sequences
+            .get(function)
+            .map_or(Some(1), |last| last.checked_add(1))
+    }
+
+    /// Counts a message that cannot be read: it takes room in the stream
+    /// all the same, and ages the versions before it.
+    pub fn skip(&mut self, body: &[u8]) {
+        self.written += body.len() as u64 + MESSAGE_OVERHEAD;
     }
 
     /// Applies one message (with its body), read at the end of what came
@@ -157,8 +171,10 @@ impl State {
         };
         if message.action == Action::Remove {
             self.functions.remove(&message.function);
+            self.removed.insert(message.function.clone(), position);
             return Ok(());
         }
+        self.removed.remove(&message.function);
         let function = self.functions.entry(message.function.clone()).or_default();
         let digest = message.digest.as_str();
         match (message.action, message.role) {
@@ -231,6 +247,27 @@ impl State {
                 chosen.push((name, digest, role));
             }
         }
+    }
+
+    /// The removed functions whose `remove` must be written again before
+    /// `incoming` more bytes are, to stay within the newest `keep_within`
+    /// bytes of the stream: once it is dropped, a node replaying the
+    /// stream would no longer know the function's last number, and a
+    /// copy of an old signed `publish` of it would apply again.
+    pub fn removals_to_keep(&self, incoming: u64, keep_within: u64) -> Vec<String> {
+        let aging: Vec<&String> = self
+            .removed
+            .iter()
+            .filter(|(_, position)| self.written - **position + incoming > keep_within)
+            .map(|(function, _)| function)
+            .collect();
+        // Written before the new messages, each one ages the rest a little.
+        let incoming = incoming + aging.len() as u64 * MESSAGE_OVERHEAD;
+        self.removed
+            .iter()
+            .filter(|(_, position)| self.written - **position + incoming > keep_within)
+            .map(|(function, _)| function.clone())
+            .collect()
     }
 
     /// The bytes of every version in use, in all.
@@ -333,7 +370,7 @@ mod tests {
         state.apply(&remove, b"").unwrap();
         assert!(state.apply(&new, b"b").is_err());
         assert!(state.functions.is_empty());
-        assert_eq!(state.next_sequence("f"), 4);
+        assert_eq!(state.next_sequence("f"), Some(4));
         let elsewhere = Message {
             registry: "staging".into(),
             ..publish("c", 9)
@@ -343,6 +380,36 @@ mod tests {
             Err(Refused::OtherRegistry { .. })
         ));
         assert!(state.functions.is_empty());
+    }
+
+    #[test]
+    fn a_removal_is_kept_before_it_ages_out() {
+        let mut state = State::new("r");
+        let gone = Message {
+            sequence: 7,
+            ..message(Action::Remove, "gone", "", None)
+        };
+        state.apply(&gone, b"").unwrap();
+        assert!(state.removals_to_keep(1_000, 10_000).is_empty());
+        for i in 0..10 {
+            let digest = format!("b{i}");
+            state
+                .apply(
+                    &message(Action::Publish, "busy", &digest, Some(Role::Current)),
+                    &[0; 1000],
+                )
+                .unwrap();
+        }
+        assert_eq!(state.removals_to_keep(1_000, 10_000), ["gone"]);
+        // Written again, it is recent, and carries the function's number
+        // on.
+        let again = Message {
+            sequence: 8,
+            ..message(Action::Remove, "gone", "", None)
+        };
+        state.apply(&again, b"").unwrap();
+        assert!(state.removals_to_keep(1_000, 10_000).is_empty());
+        assert_eq!(state.next_sequence("gone"), Some(9));
     }
 
     #[test]
