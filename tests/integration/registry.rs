@@ -8,7 +8,8 @@ use compute_host::{
     registry::{
         Retention,
         deploy::{self, Registry},
-        message::Message,
+        message::{Action, Message, Role},
+        signing::{DeployKey, Trust},
     },
     sandbox::digest,
 };
@@ -215,7 +216,7 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
     let mut reports = forced.reports().await.unwrap();
     let following = forced.nodes(Duration::from_millis(500)).await.unwrap();
     assert_eq!(following.len(), 3);
-    let state = forced.read().await.unwrap();
+    let state = forced.read(&Trust::Anyone).await.unwrap();
     let broken_digest = digest(&bytes);
     let message = deploy::publish("increase", &broken_digest, false, None);
     forced
@@ -348,7 +349,7 @@ async fn retention_never_drops_a_version_in_use() {
         .await
         .unwrap();
     let increase = std::fs::read(built_module("increase")).unwrap();
-    let state = deployer.read().await.unwrap();
+    let state = deployer.read(&Trust::Anyone).await.unwrap();
     let message = deploy::publish("increase", &digest(&increase), false, None);
     deployer
         .append(&state, vec![(message, increase.clone())], None)
@@ -363,7 +364,7 @@ async fn retention_never_drops_a_version_in_use() {
     for version in 0..versions {
         let bytes = with_custom_section(&double, &format!("version {version}"));
         last = digest(&bytes);
-        let state = deployer.read().await.unwrap();
+        let state = deployer.read(&Trust::Anyone).await.unwrap();
         let message = deploy::publish("busy", &last, false, None);
         deployer
             .append(&state, vec![(message, bytes)], None)
@@ -570,7 +571,8 @@ async fn no_replayed_or_copied_message_moves_a_node() {
     let stale = Registry::connect(&amqp_url(), &registry.stream, RETENTION)
         .await
         .unwrap();
-    let stale_state = stale.read().await.unwrap();
+    let key = DeployKey::read(&key).unwrap();
+    let stale_state = stale.read(&Trust::Keys(vec![key.public()])).await.unwrap();
     registry.deploy(&built_module("triple"), &signed).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"21");
     let square = std::fs::read(built_module("square")).unwrap();
@@ -579,7 +581,6 @@ async fn no_replayed_or_copied_message_moves_a_node() {
     assert_eq!(nodes.len(), 1);
     let mut reports = stale.reports().await.unwrap();
     let since = Instant::now();
-    let key = compute_host::registry::signing::DeployKey::read(&key).unwrap();
     stale
         .append(
             &stale_state,
@@ -604,6 +605,24 @@ async fn no_replayed_or_copied_message_moves_a_node() {
     let reason = rollout.reports[0].reason.clone().unwrap_or_default();
     assert!(reason.starts_with("replayed: sequence"), "{reason}");
     assert_eq!(caller.call("7").await.unwrap().body, b"21");
+
+    // A writer without a key numbers a message with the last number there
+    // is: deployers read the registry through the nodes' key, so they go
+    // on numbering from what the nodes applied.
+    let forged = Message {
+        action: Action::Publish,
+        registry: registry.stream.clone(),
+        sequence: u64::MAX,
+        function: "increase".into(),
+        digest: square_digest.clone(),
+        role: Some(Role::Current),
+        limits: None,
+        signature: None,
+    };
+    let square = std::fs::read(built_module("square")).unwrap();
+    append_raw(&registry.stream, &[(forged.properties("forged"), square)]).await;
+    registry.deploy(&built_module("double"), &signed).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"14");
 
     stale.close().await;
     caller.close().await;

@@ -7,7 +7,7 @@ use crate::{
         self, Retention,
         deploy::{self, Registry, Rollout},
         report::NodeStatus,
-        signing::{self, DeployKey},
+        signing::{self, DeployKey, Trust},
     },
     sandbox::{FunctionLimits, Limits, LimitsError, LimitsFile, Sandbox},
 };
@@ -97,6 +97,12 @@ pub struct RolloutArgs {
     /// The secret key to sign with (see `compute keygen`).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// A public key the nodes trust (repeatable): the registry is read as
+    /// they read it, so the next sequence numbers come from their
+    /// messages only, never from one a writer without a key put there.
+    /// Default: the public key of --sign-key; without it, every message.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_key: Vec<PathBuf>,
     /// How long to wait for every node's report, in seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = super::parse_seconds)]
     pub wait: Duration,
@@ -182,7 +188,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
                 &rollout.registry.registry,
             );
             let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
-            let state = registry.read().await?;
+            let state = registry.read(&trust(&rollout)?).await?;
             anyhow::ensure!(
                 state.functions.contains_key(&function),
                 "the registry holds no function {function}"
@@ -217,6 +223,18 @@ fn sign_key(args: &RolloutArgs) -> anyhow::Result<Option<DeployKey>> {
         .context("cannot read the signing key")
 }
 
+/// Whose messages count when the registry is read: the keys given, else
+/// the signing key's own, else anyone's.
+fn trust(args: &RolloutArgs) -> anyhow::Result<Trust> {
+    if !args.trusted_key.is_empty() {
+        return Trust::keys(&args.trusted_key).context("cannot read a trusted key");
+    }
+    Ok(match sign_key(args)? {
+        Some(key) => Trust::Keys(vec![key.public()]),
+        None => Trust::Anyone,
+    })
+}
+
 /// What a rollout appends, planned from what the registry holds: the
 /// version the nodes are to report on, and the messages.
 type Plan = (String, Vec<(registry::message::Message, Vec<u8>)>);
@@ -238,7 +256,7 @@ async fn roll_out(
     .await?;
     let mut reports = registry.reports().await?;
     let nodes = registry.nodes(args.registry.discover).await?;
-    let state = registry.read().await?;
+    let state = registry.read(&trust(args)?).await?;
     let (digest, messages) = plan(&state)?;
     let digest = digest.as_str();
     registry.append(&state, messages, key.as_ref()).await?;

@@ -8,7 +8,7 @@ use super::{
     follow::channel_for_exchanges,
     message::{Action, Message, Role},
     report::{NodeStatus, Report},
-    signing::DeployKey,
+    signing::{DeployKey, Trust},
     state::{MESSAGE_OVERHEAD, State},
 };
 use crate::amqp::{self, ConnectError};
@@ -100,8 +100,9 @@ impl Registry {
     }
 
     /// Reads the whole stream: writes a marker, then reads from the first
-    /// message to the marker.
-    pub async fn read(&self) -> Result<State, DeployError> {
+    /// message to the marker, applying only messages `trust` accepts, as
+    /// the nodes that trust the same keys do.
+    pub async fn read(&self, trust: &Trust) -> Result<State, DeployError> {
         let marker = uuid::Uuid::new_v4().to_string();
         self.publish(&Message::sync(), &[], &marker).await?;
         let channel = self.connection.create_channel().await?;
@@ -123,15 +124,14 @@ impl Registry {
                 if id == Some(marker.as_str()) {
                     break;
                 }
-                // Applied as a node applies it, except for the trust
-                // check: a deployer does not know which keys the nodes
-                // trust, so it may number above a message they ignore,
-                // which costs nothing.
+                // A message the nodes would not apply takes room in the
+                // stream, and nothing else: above all not a sequence number
+                // that a writer without a key could set to the last one.
                 match Message::read(&delivery.properties, &delivery.data) {
-                    Ok(message) => {
+                    Ok(message) if trust.check(&message).is_ok() => {
                         let _ = state.apply(&message, &delivery.data);
                     }
-                    Err(_) => state.skip(&delivery.data),
+                    _ => state.skip(&delivery.data),
                 }
             }
             Ok::<_, lapin::Error>(state)

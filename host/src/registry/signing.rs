@@ -89,6 +89,11 @@ impl DeployKey {
         Ok(DeployKey(SigningKey::from_bytes(&read_hex_key(path)?)))
     }
 
+    /// The public key that checks this key's signatures.
+    pub fn public(&self) -> VerifyingKey {
+        self.0.verifying_key()
+    }
+
     /// Signs `message` in place.
     pub fn sign(&self, message: &mut Message) {
         let signature = self.0.sign(message.signed_text().as_bytes());
