@@ -382,6 +382,16 @@ mod tests {
         assert!(state.functions.is_empty());
     }
 
+    /// Publishes `count` versions of 1,000 bytes of function `busy`,
+    /// which age everything before them in the stream.
+    fn publish_busy(state: &mut State, count: usize) {
+        for i in 0..count {
+            let digest = format!("b{i}");
+            let busy = message(Action::Publish, "busy", &digest, Some(Role::Current));
+            state.apply(&busy, &[0; 1000]).unwrap();
+        }
+    }
+
     #[test]
     fn a_removal_is_kept_before_it_ages_out() {
         let mut state = State::new("r");
@@ -391,15 +401,7 @@ mod tests {
         };
         state.apply(&gone, b"").unwrap();
         assert!(state.removals_to_keep(1_000, 10_000).is_empty());
-        for i in 0..10 {
-            let digest = format!("b{i}");
-            state
-                .apply(
-                    &message(Action::Publish, "busy", &digest, Some(Role::Current)),
-                    &[0; 1000],
-                )
-                .unwrap();
-        }
+        publish_busy(&mut state, 10);
         assert_eq!(state.removals_to_keep(1_000, 10_000), ["gone"]);
         // Written again, it is recent, and carries the function's number
         // on.
@@ -421,15 +423,7 @@ mod tests {
                 &[0; 1000],
             )
             .unwrap();
-        for i in 0..10 {
-            let digest = format!("b{i}");
-            state
-                .apply(
-                    &message(Action::Publish, "busy", &digest, Some(Role::Current)),
-                    &[0; 1000],
-                )
-                .unwrap();
-        }
+        publish_busy(&mut state, 10);
         // `old` is about 15 KB back; the busy function's current and
         // previous are recent.
         let keep = state.to_keep(1_000, 10_000);
