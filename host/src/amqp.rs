@@ -364,10 +364,7 @@ pub(crate) async fn existing_queue(
     channel: &Channel,
     queue: ShortString,
 ) -> Result<Option<lapin::Queue>, lapin::Error> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
+    let passive = QueueDeclareOptions::default().passive();
     match channel
         .queue_declare(queue, passive, FieldTable::default())
         .await

@@ -62,7 +62,11 @@ impl QueueType {
     /// How to declare `queue`: its options and arguments.
     pub(crate) fn declaration(&self, queue: &str) -> (QueueDeclareOptions, FieldTable) {
         match self {
-            QueueType::Classic => (durable(), FieldTable::default()),
+            // Durable and nothing more: every RabbitMQ accepts it, and no
+            // deprecated feature (`transient_nonexcl_queues`,
+            // `x-queue-mode`, `x-queue-master-locator`, `x-queue-version`)
+            // is asked for.
+            QueueType::Classic => (QueueDeclareOptions::durable(), FieldTable::default()),
             QueueType::Transient => (QueueDeclareOptions::default(), FieldTable::default()),
             QueueType::Quorum { delivery_limit, .. } => {
                 let (options, mut arguments) = quorum();
@@ -122,17 +126,7 @@ fn quorum() -> (QueueDeclareOptions, FieldTable) {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    (durable(), arguments)
-}
-
-/// A durable queue, and nothing more: every RabbitMQ accepts it, and no
-/// deprecated feature (`transient_nonexcl_queues`, `x-queue-mode`,
-/// `x-queue-master-locator`, `x-queue-version`) is asked for.
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
+    (QueueDeclareOptions::durable(), arguments)
 }
 
 /// How a node names the queue of each function it serves.

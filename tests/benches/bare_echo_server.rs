@@ -33,10 +33,7 @@ async fn main() -> anyhow::Result<()> {
             queue.as_str().into(),
             // Durable, as our node declares it: RabbitMQ 4.3 and later
             // refuse a queue that is neither durable nor exclusive.
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
+            QueueDeclareOptions::durable(),
             FieldTable::default(),
         )
         .await?;

@@ -38,10 +38,7 @@ pub async fn declare_queue(queue: &str) {
     channel
         .queue_declare(
             queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
+            QueueDeclareOptions::durable(),
             FieldTable::default(),
         )
         .await

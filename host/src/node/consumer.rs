@@ -246,8 +246,8 @@ impl Session {
         shared: &Shared,
     ) -> Result<Session, SetUpError> {
         let queue_type = &shared.queue_type;
+        let channel = declare(connection, function, queue_type).await?;
         if let Some(dead_letter) = queue_type.dead_letter_queue(function.queue()) {
-            let channel = connection.create_channel().await?;
             let (options, arguments) = QueueType::dead_letter_declaration();
             channel
                 .queue_declare(dead_letter.clone(), options, arguments)
@@ -256,9 +256,7 @@ impl Session {
                     let what = format!("its dead-letter queue {:?}", dead_letter.as_str());
                     SetUpError::refused(what, queue_type, source)
                 })?;
-            close(&channel).await;
         }
-        let channel = declare(connection, function, queue_type).await?;
         channel
             .basic_qos(shared.prefetch, BasicQosOptions::default())
             .await?;

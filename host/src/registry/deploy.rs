@@ -197,16 +197,7 @@ impl Registry {
         for (function, digest, role) in state.to_keep(incoming, keep_within) {
             let stored = &state.functions[&function].stored[&digest];
             let (bytes, limits) = (stored.bytes.to_vec(), stored.limits.clone());
-            let keep = Message {
-                action: Action::Keep,
-                registry: String::new(),
-                sequence: 0,
-                function,
-                digest,
-                role: Some(role),
-                limits,
-                signature: None,
-            };
+            let keep = Message::unnumbered(Action::Keep, &function, &digest, Some(role), limits);
             all.push((keep, bytes));
         }
         for function in state.removals_to_keep(incoming, keep_within) {
@@ -361,45 +352,19 @@ pub fn rollback_target(state: &State, function: &str) -> Result<String, DeployEr
 
 /// A message that makes `digest` of `function` current.
 pub fn promote(function: &str, digest: &str) -> Message {
-    Message {
-        action: Action::Promote,
-        registry: String::new(),
-        sequence: 0,
-        function: function.to_owned(),
-        digest: digest.to_owned(),
-        role: None,
-        limits: None,
-        signature: None,
-    }
+    Message::unnumbered(Action::Promote, function, digest, None, None)
 }
 
 /// A message carrying new bytes of `function`, with the text of their
 /// limits file if they have one.
 pub fn publish(function: &str, digest: &str, stage: bool, limits: Option<String>) -> Message {
-    Message {
-        action: Action::Publish,
-        registry: String::new(),
-        sequence: 0,
-        function: function.to_owned(),
-        digest: digest.to_owned(),
-        role: Some(if stage { Role::Staged } else { Role::Current }),
-        limits,
-        signature: None,
-    }
+    let role = if stage { Role::Staged } else { Role::Current };
+    Message::unnumbered(Action::Publish, function, digest, Some(role), limits)
 }
 
 /// A message that removes `function`.
 pub fn remove(function: &str) -> Message {
-    Message {
-        action: Action::Remove,
-        registry: String::new(),
-        sequence: 0,
-        function: function.to_owned(),
-        digest: String::new(),
-        role: None,
-        limits: None,
-        signature: None,
-    }
+    Message::unnumbered(Action::Remove, function, "", None, None)
 }
 
 async fn bounded<T>(

@@ -156,20 +156,33 @@ impl BadMessage {
 }
 
 impl Message {
+    /// A message of `action` on `digest` of `function`, not yet numbered
+    /// nor signed: a deployer gives it its registry and sequence number
+    /// when it appends it.
+    pub fn unnumbered(
+        action: Action,
+        function: &str,
+        digest: &str,
+        role: Option<Role>,
+        limits: Option<String>,
+    ) -> Self {
+        Message {
+            action,
+            registry: String::new(),
+            sequence: 0,
+            function: function.to_owned(),
+            digest: digest.to_owned(),
+            role,
+            limits,
+            signature: None,
+        }
+    }
+
     /// A marker a tool writes to know when it has read everything before
     /// it: it belongs to no registry and no function, and changes
     /// nothing.
     pub fn sync() -> Self {
-        Message {
-            action: Action::Sync,
-            registry: String::new(),
-            sequence: 0,
-            function: String::new(),
-            digest: String::new(),
-            role: None,
-            limits: None,
-            signature: None,
-        }
+        Message::unnumbered(Action::Sync, "", "", None, None)
     }
 
     /// Reads a message's headers, and checks that a body it carries has

@@ -255,18 +255,16 @@ impl State {
     /// stream would no longer know the function's last number, and a
     /// copy of an old signed `publish` of it would apply again.
     pub fn removals_to_keep(&self, incoming: u64, keep_within: u64) -> Vec<String> {
-        let aging: Vec<&String> = self
-            .removed
-            .iter()
-            .filter(|(_, position)| self.written - **position + incoming > keep_within)
-            .map(|(function, _)| function)
-            .collect();
+        let aging = |incoming: u64| {
+            self.removed
+                .iter()
+                .filter(move |(_, position)| self.written - **position + incoming > keep_within)
+                .map(|(function, _)| function)
+        };
         // Written before the new messages, each one ages the rest a little.
-        let incoming = incoming + aging.len() as u64 * MESSAGE_OVERHEAD;
-        self.removed
-            .iter()
-            .filter(|(_, position)| self.written - **position + incoming > keep_within)
-            .map(|(function, _)| function.clone())
+        let rewritten = aging(incoming).count() as u64;
+        aging(incoming + rewritten * MESSAGE_OVERHEAD)
+            .cloned()
             .collect()
     }
 
