@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 state="${COMPUTE_CLUSTER_DIR:-/tmp/compute-cluster}"
+in_root=/srv/compute-cluster
 nodes=(1 2 3)
-PATH="$PATH:/usr/sbin"
 
 # Which RabbitMQ: the installed one, or a version scripts/rabbitmq.sh
 # runs in its chroot (named at start, remembered until stop).
@@ -26,64 +26,29 @@ if [ "${1:-}" = start ]; then
 else
     version="$(cat "$state/version" 2>/dev/null || echo installed)"
 fi
-if [ "$version" = installed ]; then
-    base="$state"
-    inside="$state"
-    as_broker() { "$@"; }
-else
-    # The nodes' files, as this script writes them and as the broker in
-    # the chroot reads them.
-    base="$(dirname "$(scripts/rabbitmq.sh bin "$version")")/root/srv/compute-cluster"
-    inside=/srv/compute-cluster
-    as_broker() { scripts/rabbitmq.sh run "$version" "$@"; }
-fi
+# shellcheck source=scripts/lib/rabbitmq-node.sh
+. scripts/lib/rabbitmq-node.sh
 
 name() { echo "compute-cluster-$1@localhost"; }
 amqp_port() { echo $((5680 + $1)); }
-dist_port() { echo $((25680 + $1)); }
 url() { echo "amqp://guest:guest@127.0.0.1:$(amqp_port "$1")/%2f"; }
 ctl() {
     local node=$1
     shift
-    as_broker rabbitmqctl -q -n "$(name "$node")" "$@"
+    node_ctl "$(name "$node")" "$@"
 }
-running() { ctl "$1" status >/dev/null 2>&1; }
+running() { node_running "$(name "$1")"; }
 
-start_node() {
-    local n=$1 dir="$base/node$1" in="$inside/node$1"
-    mkdir -p "$dir/mnesia" "$dir/log"
+start() {
+    local n=$1 dir="$base/node$1"
+    mkdir -p "$dir"
     # Its own listener: the installed config file pins 5672.
-    cat >"$dir/rabbitmq.conf" <<CONF
-listeners.tcp.default = 127.0.0.1:$(amqp_port "$n")
-CONF
-    if [ "$version" != installed ]; then
-        # As upstream ships it (scripts/rabbitmq.sh says why).
-        cat >>"$dir/rabbitmq.conf" <<CONF
-loopback_users = none
-deprecated_features.permit.transient_nonexcl_queues = false
-CONF
-    fi
-    # Its own environment file, in place of the installed one (which
-    # names the node rabbit@localhost), keeping its loopback-only network.
-    cat >"$dir/rabbitmq-env.conf" <<CONF
-NODENAME=$(name "$n")
-ERL_EPMD_ADDRESS=127.0.0.1
-export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
-CONF
+    {
+        echo "listeners.tcp.default = 127.0.0.1:$(amqp_port "$n")"
+        version_conf
+    } >"$dir/rabbitmq.conf"
     echo '[].' >"$dir/enabled_plugins"
-    # The server drops to the rabbitmq user when started as root.
-    if [ "$(id -u)" = 0 ] && as_broker id rabbitmq >/dev/null 2>&1; then
-        as_broker chown -R rabbitmq:rabbitmq "$in"
-    fi
-    RABBITMQ_CONF_ENV_FILE="$in/rabbitmq-env.conf" \
-        RABBITMQ_NODENAME="$(name "$n")" \
-        RABBITMQ_CONFIG_FILE="$in/rabbitmq.conf" \
-        RABBITMQ_DIST_PORT="$(dist_port "$n")" \
-        RABBITMQ_MNESIA_BASE="$in/mnesia" \
-        RABBITMQ_LOG_BASE="$in/log" \
-        RABBITMQ_PID_FILE="$in/rabbitmq.pid" \
-        RABBITMQ_ENABLED_PLUGINS_FILE="$in/enabled_plugins" \
-        as_broker rabbitmq-server -detached
+    start_node "$(name "$n")" "node$n" $((25680 + n))
 }
 
 case "${1:-}" in
@@ -92,27 +57,12 @@ start)
         echo "the cluster runs already; scripts/cluster.sh stop ends it" >&2
         exit 0
     fi
-    if [ "$version" = installed ]; then
-        scripts/ensure-broker.sh
-    else
-        as_broker true # made and mounted
-    fi
-    rm -rf "$state" "$base"
-    mkdir -p "$state"
-    echo "$version" >"$state/version"
+    fresh_start
     for n in "${nodes[@]}"; do
-        start_node "$n"
+        start "$n"
     done
-    # A node is reachable some seconds after -detached returns, and ready
-    # some more after that.
     for n in "${nodes[@]}"; do
-        for _ in $(seq 1 120); do
-            if running "$n"; then
-                break
-            fi
-            sleep 1
-        done
-        ctl "$n" await_startup
+        await_node "$(name "$n")"
     done
     for n in "${nodes[@]:1}"; do
         ctl "$n" stop_app

@@ -27,7 +27,8 @@ case "${AMQP_URL:-amqp://127.0.0.1}" in
 esac
 # The broker tests that stop brokers, on their own: the local broker's
 # restart and alarm, then failover on a local three-node cluster of the
-# same RabbitMQ, started here and stopped however the tests end.
+# same RabbitMQ, then TLS and users on a TLS broker of the same
+# RabbitMQ; each broker started here and stopped however the tests end.
 # `--workspace`, as above, so that features resolve alike and nothing is
 # built again.
 # $1: what else to run on exit (stopping the broker under test), $2: the
@@ -39,6 +40,12 @@ stopping_tests() {
     scripts/cluster.sh start ${2:+"$2"}
     cargo test --workspace --locked --test cluster -- --ignored --test-threads 1
     scripts/cluster.sh stop
+    # TLS and restricted users, on a broker of their own with a TLS
+    # listener and certificates made now.
+    trap "scripts/tls-broker.sh stop; $also_on_exit" EXIT
+    scripts/tls-broker.sh start ${2:+"$2"} >/dev/null
+    cargo test --workspace --locked --test access -- --ignored --test-threads 1
+    scripts/tls-broker.sh stop
     trap "$also_on_exit" EXIT
 }
 if [ "$broker_is_local" = no ]; then

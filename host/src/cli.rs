@@ -2,6 +2,7 @@
 //! binaries, kept in the library so tests can drive them without a
 //! process.
 
+pub mod broker;
 pub mod call;
 pub mod center;
 pub mod compute;

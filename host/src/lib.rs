@@ -44,8 +44,9 @@
 //! - `metrics` (private): the node's Prometheus metrics and the small
 //!   HTTP endpoint that serves them and `/health` (`--metrics-addr`).
 //! - [`amqp`]: connecting to RabbitMQ (one broker, or any node of a
-//!   cluster) with an error a person can act on, waiting for a broker
-//!   that does not answer yet, and keeping passwords out of messages.
+//!   cluster; over TLS for `amqps://`, in `amqp::tls`) with an error a
+//!   person can act on, waiting for a broker that does not answer yet,
+//!   and keeping passwords out of messages.
 //! - `backoff` (private): the waits between attempts to reach the broker
 //!   again, one policy for node and center.
 //! - [`cli`]: the arguments and the `run` functions behind the thin

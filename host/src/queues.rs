@@ -41,8 +41,7 @@ pub enum QueueType {
     /// requests are not persistent, so a broker restart keeps the queue
     /// and drops what waited in it. A queue that exists already, of any
     /// type or durability (a Python peer's, an operator's), is used as
-    /// it is: it is declared passively first, which needs no `configure`
-    /// permission.
+    /// it is: it is declared passively first.
     #[default]
     Classic,
     /// As the Python examples declare them: not durable, gone with their

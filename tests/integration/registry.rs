@@ -90,6 +90,15 @@ impl TestRegistry {
         format!("{}.increase", self.prefix)
     }
 
+    /// A deployer's connection to this registry, made with `retention`
+    /// if the stream is new.
+    async fn deployer(&self, retention: Retention) -> Registry {
+        let tls = Default::default();
+        Registry::connect(&amqp_url(), &tls, &self.stream, retention)
+            .await
+            .unwrap()
+    }
+
     async fn remove(self) {
         delete_queue(&self.queue()).await;
         delete_queue(&self.stream).await;
@@ -210,9 +219,7 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
         text(&output)
     );
     // ...and, forced into the stream, every node rejects it.
-    let forced = Registry::connect(&amqp_url(), &registry.stream, RETENTION)
-        .await
-        .unwrap();
+    let forced = registry.deployer(RETENTION).await;
     let mut reports = forced.reports().await.unwrap();
     let following = forced.nodes(Duration::from_millis(500)).await.unwrap();
     assert_eq!(following.len(), 3);
@@ -345,9 +352,7 @@ async fn only_versions_signed_by_a_trusted_key_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_never_drops_a_version_in_use() {
     let registry = TestRegistry::new("retention");
-    let deployer = Registry::connect(&amqp_url(), &registry.stream, SMALL_RETENTION)
-        .await
-        .unwrap();
+    let deployer = registry.deployer(SMALL_RETENTION).await;
     let increase = std::fs::read(built_module("increase")).unwrap();
     let state = deployer.read(&Trust::Anyone).await.unwrap();
     let message = deploy::publish("increase", &digest(&increase), false, None);
@@ -568,9 +573,7 @@ async fn no_replayed_or_copied_message_moves_a_node() {
 
     // A deployer that read the registry before another one deployed
     // takes the number the other one took.
-    let stale = Registry::connect(&amqp_url(), &registry.stream, RETENTION)
-        .await
-        .unwrap();
+    let stale = registry.deployer(RETENTION).await;
     let key = DeployKey::read(&key).unwrap();
     let stale_state = stale.read(&Trust::Keys(vec![key.public()])).await.unwrap();
     registry.deploy(&built_module("triple"), &signed).await;

@@ -112,6 +112,7 @@ pub struct Center {
 
 struct Shared {
     url: String,
+    tls: amqp::TlsOptions,
     reply_mode: ReplyMode,
     queue: ShortString,
     timeout: Duration,
@@ -143,12 +144,19 @@ impl Center {
     pub async fn connect_with(url: &str, options: CenterOptions) -> Result<Self, StartError> {
         let queue = amqp::queue_name(&options.queue)?;
         let session = amqp::patiently(options.connect_timeout, backoff::CENTER_MAX_WAIT, || {
-            Session::open(url, options.reply_mode, options.confirms, false)
+            Session::open(
+                url,
+                &options.tls,
+                options.reply_mode,
+                options.confirms,
+                false,
+            )
         })
         .await?;
         Ok(Center {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
+                tls: options.tls,
                 reply_mode: options.reply_mode,
                 queue,
                 timeout: options.timeout,
@@ -308,7 +316,14 @@ impl Center {
             if current.is_alive() {
                 return Some(current);
             }
-            match Session::open(&shared.url, shared.reply_mode, shared.confirms, true).await {
+            let reopened = Session::open(
+                &shared.url,
+                &shared.tls,
+                shared.reply_mode,
+                shared.confirms,
+                true,
+            );
+            match reopened.await {
                 Ok(session) => {
                     info!(reply_queue = %session.reply_queue, "reconnected to RabbitMQ");
                     let session = Arc::new(session);

@@ -45,6 +45,8 @@ pub struct CenterOptions {
     /// sent again either way. Off by default: confirms cost the broker and
     /// the center work on every call.
     pub confirms: bool,
+    /// The TLS files for `amqps://` URLs that name none in their query.
+    pub tls: crate::amqp::TlsOptions,
 }
 
 impl Default for CenterOptions {
@@ -59,6 +61,7 @@ impl Default for CenterOptions {
             connect_timeout: None,
             persistent: false,
             confirms: false,
+            tls: crate::amqp::TlsOptions::default(),
         }
     }
 }

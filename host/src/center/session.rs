@@ -45,25 +45,36 @@ pub(super) struct Session {
     pub(super) reconnected: bool,
 }
 
+/// What to do when the broker refuses the center's reply queue.
+const DECLARE_REPLY_QUEUE: &str = "the user needs the `configure` permission on its reply queue (`amq.gen-.*`) to declare it: see `rabbitmqctl list_user_permissions USER`";
+/// What to do when the broker refuses to let the center consume its
+/// replies.
+const CONSUME_REPLIES: &str = "the user needs the `read` permission on its reply queue (`amq.gen-.*`) to consume it: see `rabbitmqctl list_user_permissions USER`";
+
 impl Session {
     /// Connects and starts consuming replies: from a new private reply
     /// queue, or by direct reply-to. Bounded: while a broker starts up it
     /// may accept the connection and not answer on it.
     pub(super) async fn open(
         url: &str,
+        tls: &amqp::TlsOptions,
         reply_mode: ReplyMode,
         confirms: bool,
         reconnected: bool,
     ) -> Result<Session, amqp::ConnectError> {
-        let connection = amqp::connect(url).await?;
+        let connection = amqp::connect_with(url, tls).await?;
+        // Each step, with what to do if the broker refuses it: RabbitMQ
+        // 3.x does not always name the permission it found missing.
+        let plainly = |source| (source, "check that the user may declare and consume queues");
         let setup = tokio::time::timeout(amqp::ANSWER_TIMEOUT, async {
-            let channel = connection.create_channel().await?;
+            let channel = connection.create_channel().await.map_err(plainly)?;
             // Without confirms, the broker still returns a request it
             // cannot route (no such queue); the router collects it.
             if confirms {
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
-                    .await?;
+                    .await
+                    .map_err(plainly)?;
             }
             let reply_queue = match reply_mode {
                 ReplyMode::Queue => channel
@@ -76,18 +87,23 @@ impl Session {
                         },
                         FieldTable::default(),
                     )
-                    .await?
+                    .await
+                    .map_err(|source| (source, DECLARE_REPLY_QUEUE))?
                     .name()
                     .clone(),
                 // Consumed (no-ack) on the channel that publishes, before
                 // the first publish, as RabbitMQ requires.
                 ReplyMode::Direct => DIRECT_REPLY_TO.into(),
             };
-            let replies = amqp::consume_no_ack(&channel, reply_queue.clone()).await?;
-            Ok::<_, lapin::Error>((channel, reply_queue, replies))
+            let replies = amqp::consume_no_ack(&channel, reply_queue.clone())
+                .await
+                .map_err(|source| (source, CONSUME_REPLIES))?;
+            Ok((channel, reply_queue, replies))
         });
         let (channel, reply_queue, replies) = match setup.await {
-            Ok(set_up) => set_up.map_err(|source| amqp::ConnectError::setup(url, source))?,
+            Ok(set_up) => {
+                set_up.map_err(|(source, hint)| amqp::ConnectError::setup(url, source, hint))?
+            }
             Err(_) => return Err(amqp::ConnectError::no_answer(url)),
         };
 

@@ -4,7 +4,10 @@
 use crate::{
     amqp,
     center::{self, CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
-    cli::stats::{Progress, Stats},
+    cli::{
+        broker::BrokerArgs,
+        stats::{Progress, Stats},
+    },
     queues::QueueKind,
 };
 use anyhow::Context as _;
@@ -47,12 +50,8 @@ pub struct CenterArgs {
     #[arg(long, value_name = "PREFIX", default_value = "compute")]
     pub queue_prefix: String,
 
-    /// The broker to connect to. Repeat it (or separate URLs with commas)
-    /// for the nodes of a cluster: the first that answers, in random
-    /// order, and any of them after a lost connection. `amqps://` needs a
-    /// build with TLS (`--features compute-host/tls`).
-    #[arg(long, value_name = "URL", env = "AMQP_URL", value_delimiter = ',', default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: Vec<amqp::Redacted>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// How long each call may take, in seconds: publishing, waiting for
     /// the reply, and any reconnecting and sending again.
@@ -247,10 +246,11 @@ pub async fn run(
         connect_timeout: args.connect_timeout,
         persistent: args.queue_type == QueueKind::Quorum,
         confirms: args.confirm,
+        tls: args.broker.tls(),
     };
     let queue = options.queue.clone();
     let timeout = options.timeout;
-    let center = Center::connect_with(&amqp::Redacted::list(&args.amqp_url), options).await?;
+    let center = Center::connect_with(&args.broker.urls(), options).await?;
     // Advice only, so a broker slow to answer does not hold up the run.
     let consumers = tokio::time::timeout(amqp::ANSWER_TIMEOUT, center.consumer_count()).await;
     match consumers.unwrap_or(Ok(Some(1))) {

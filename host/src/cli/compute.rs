@@ -1,7 +1,7 @@
 //! `compute`: serve compute functions, from a module file, a directory or
 //! the registry; and the registry's commands (`compute deploy`, ...).
 
-use super::registry::RegistryCommand;
+use super::{broker::BrokerArgs, registry::RegistryCommand};
 use crate::{
     ack_mode::AckMode,
     amqp,
@@ -67,6 +67,19 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "FILE", requires = "registry")]
     pub trusted_key: Vec<PathBuf>,
 
+    /// The broker and vhost the registry is on, when not the node's own
+    /// (`--amqp-url`): a vhost of its own keeps callers and nodes from
+    /// writing to the stream, which they could through the default
+    /// exchange in a shared vhost. Also from `COMPUTE_REGISTRY_URL`.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "COMPUTE_REGISTRY_URL",
+        requires = "registry",
+        hide_env_values = true
+    )]
+    pub registry_url: Option<amqp::Redacted>,
+
     /// Serve unsigned registry versions: anyone who can publish to the
     /// registry then runs code on this node.
     #[arg(long, requires = "registry", conflicts_with = "trusted_key")]
@@ -103,12 +116,8 @@ pub struct ComputeArgs {
     #[arg(long, value_name = "PREFIX", default_value = queues::DEFAULT_PREFIX)]
     pub queue_prefix: String,
 
-    /// The broker to connect to. Repeat it (or separate URLs with commas)
-    /// for the nodes of a cluster: the first that answers, in random
-    /// order, and any of them after a lost connection. `amqps://` needs a
-    /// build with TLS (`--features compute-host/tls`).
-    #[arg(long, value_name = "URL", env = "AMQP_URL", value_delimiter = ',', default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: Vec<amqp::Redacted>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     /// At start, how long to keep trying a broker that does not answer, in
     /// seconds, waiting longer after each try; without it the node tries
@@ -232,6 +241,7 @@ impl ComputeArgs {
                 stream: stream.clone(),
                 queue_prefix: self.queue_prefix.clone(),
                 trust: self.trust()?,
+                url: self.registry_url.as_ref().map(|url| url.0.clone()),
             },
             (None, Some(dir)) => Source::Dir {
                 path: dir.clone(),
@@ -244,7 +254,8 @@ impl ComputeArgs {
         };
         Ok(NodeConfig {
             source,
-            amqp_url: amqp::Redacted::list(&self.amqp_url),
+            amqp_url: self.broker.urls(),
+            tls: self.broker.tls(),
             prefetch: self.prefetch,
             limits: self.limits.limits(),
             metrics_addr: self.metrics_addr,

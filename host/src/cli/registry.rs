@@ -1,8 +1,8 @@
 //! `compute deploy | promote | rollback | remove | status | keygen`: the
 //! registry's commands.
 
+use super::broker::BrokerArgs;
 use crate::{
-    amqp,
     registry::{
         self, Retention,
         deploy::{self, Registry, Rollout},
@@ -73,10 +73,8 @@ pub struct RegistryArgs {
     /// The registry stream.
     #[arg(long, value_name = "NAME", default_value = registry::DEFAULT_STREAM)]
     pub registry: String,
-    /// The broker; repeated (or URLs separated by commas), the nodes of a
-    /// cluster.
-    #[arg(long, value_name = "URL", env = "AMQP_URL", value_delimiter = ',', default_value = amqp::DEFAULT_URL, hide_env_values = true)]
-    pub amqp_url: Vec<amqp::Redacted>,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// The stream's retention, in bytes, when this command creates it.
     #[arg(long, value_name = "BYTES", default_value_t = Retention::default().max_bytes)]
     pub registry_max_bytes: u64,
@@ -183,11 +181,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         RegistryCommand::Remove { function, rollout } => {
-            let (url, stream) = (
-                &amqp::Redacted::list(&rollout.registry.amqp_url),
-                &rollout.registry.registry,
-            );
-            let registry = Registry::connect(url, stream, retention(&rollout.registry)).await?;
+            let registry = rollout.registry.connect().await?;
             let state = registry.read(&trust(&rollout)?).await?;
             anyhow::ensure!(
                 state.functions.contains_key(&function),
@@ -208,10 +202,16 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn retention(args: &RegistryArgs) -> Retention {
-    Retention {
-        max_bytes: args.registry_max_bytes,
-        segment_bytes: args.registry_segment_bytes,
+impl RegistryArgs {
+    /// Connects to the registry, creating its stream with the retention
+    /// given if there is none.
+    async fn connect(&self) -> Result<Registry, deploy::DeployError> {
+        let retention = Retention {
+            max_bytes: self.registry_max_bytes,
+            segment_bytes: self.registry_segment_bytes,
+        };
+        let (urls, tls) = (self.broker.urls(), self.broker.tls());
+        Registry::connect(&urls, &tls, &self.registry, retention).await
     }
 }
 
@@ -248,12 +248,7 @@ async fn roll_out(
     plan: impl FnOnce(&registry::state::State) -> Result<Plan, deploy::DeployError>,
 ) -> anyhow::Result<ExitCode> {
     let key = sign_key(args)?;
-    let registry = Registry::connect(
-        &amqp::Redacted::list(&args.registry.amqp_url),
-        &args.registry.registry,
-        retention(&args.registry),
-    )
-    .await?;
+    let registry = args.registry.connect().await?;
     let mut reports = registry.reports().await?;
     let nodes = registry.nodes(args.registry.discover).await?;
     let state = registry.read(&trust(args)?).await?;
@@ -323,12 +318,7 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
 }
 
 async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = Registry::connect(
-        &amqp::Redacted::list(&args.amqp_url),
-        &args.registry,
-        retention(args),
-    )
-    .await?;
+    let registry = args.connect().await?;
     let nodes = registry.nodes(args.discover).await?;
     registry.close().await;
     if json {

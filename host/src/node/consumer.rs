@@ -28,7 +28,7 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
-use std::{sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 use tokio::{sync::oneshot, time::Instant};
 use tokio_util::{
     sync::CancellationToken,
@@ -254,7 +254,7 @@ impl Session {
                 .await
                 .map_err(|source| {
                     let what = format!("its dead-letter queue {:?}", dead_letter.as_str());
-                    SetUpError::refused(what, queue_type, source)
+                    SetUpError::refused(what, Step::Declare, queue_type, source)
                 })?;
         }
         channel
@@ -272,7 +272,10 @@ impl Session {
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .map_err(|source| {
+                SetUpError::refused("it".into(), Step::Consume, queue_type, source)
+            })?;
         Ok(Session {
             channel,
             consumer,
@@ -382,7 +385,9 @@ async fn declare(
     let channel = if queue_type.takes_existing() {
         let existing = amqp::existing_queue(&channel, queue.clone())
             .await
-            .map_err(|source| SetUpError::refused("it".into(), queue_type, source))?;
+            .map_err(|source| {
+                SetUpError::refused("it".into(), Step::Declare, queue_type, source)
+            })?;
         if existing.is_some() {
             return Ok(channel);
         }
@@ -396,19 +401,21 @@ async fn declare(
     channel
         .queue_declare(queue.clone(), options, arguments)
         .await
-        .map_err(|source| SetUpError::refused("it".into(), queue_type, source))?;
+        .map_err(|source| SetUpError::refused("it".into(), Step::Declare, queue_type, source))?;
     Ok(channel)
 }
 
 /// Why a function's queue could not be consumed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SetUpError {
-    /// The broker refused to declare a queue: trying again changes
-    /// nothing until someone changes the broker or the node's settings.
-    #[error("RabbitMQ refused to declare {what}: {refusal}{}", declare_hint(refusal.code, .queue_type))]
+    /// The broker refused to declare or consume a queue: trying again
+    /// changes nothing until someone changes the broker or the node's
+    /// settings.
+    #[error("RabbitMQ refused to {step} {what}: {refusal}{}", refusal_hint(refusal.code, *.step, .queue_type))]
     Refused {
         /// `it`, the function's queue, or its dead-letter queue by name.
         what: String,
+        step: Step,
         queue_type: QueueType,
         refusal: Refusal,
     },
@@ -424,12 +431,18 @@ pub(super) enum SetUpError {
 }
 
 impl SetUpError {
-    /// What declaring `what` (a queue) as `queue_type` failed with: a
-    /// refusal when the broker answered with a reply code.
-    fn refused(what: String, queue_type: &QueueType, source: lapin::Error) -> SetUpError {
+    /// What `step` on `what` (a queue declared as `queue_type`) failed
+    /// with: a refusal when the broker answered with a reply code.
+    fn refused(
+        what: String,
+        step: Step,
+        queue_type: &QueueType,
+        source: lapin::Error,
+    ) -> SetUpError {
         match Refusal::of(&source) {
             Some(refusal) if refusal.is_lasting() => SetUpError::Refused {
                 what,
+                step,
                 queue_type: queue_type.clone(),
                 refusal,
             },
@@ -444,22 +457,43 @@ impl SetUpError {
     }
 }
 
-/// What to do about a refused queue declaration, from the broker's reply
-/// code and what the node asked for.
-fn declare_hint(code: u16, queue_type: &QueueType) -> &'static str {
-    match (code, queue_type) {
+/// What the node was doing with a queue when the broker refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Declare,
+    Consume,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Declare => "declare",
+            Step::Consume => "consume",
+        })
+    }
+}
+
+/// What to do about a refused queue, from the broker's reply code, the
+/// step refused and the queue type the node asked for. RabbitMQ's text
+/// does not always name the permission missing (3.x says "access to
+/// queue ... refused"); the step does.
+fn refusal_hint(code: u16, step: Step, queue_type: &QueueType) -> &'static str {
+    match (code, step, queue_type) {
+        (amqp::ACCESS_REFUSED, Step::Consume, _) => {
+            " (the broker user lacks the `read` permission on this queue, which consuming needs: give it with `rabbitmqctl set_permissions`; see `rabbitmqctl list_user_permissions USER`)"
+        }
         // RabbitMQ 4.3 and later close the connection for a deprecated
         // feature they deny; a transient queue is the one such feature a
         // node can ask for.
-        (amqp::INTERNAL_ERROR, QueueType::Transient) => {
+        (amqp::INTERNAL_ERROR, _, QueueType::Transient) => {
             " (RabbitMQ 4.3 and later refuse a queue that is neither durable nor exclusive: use --queue-type classic, which is durable, or have the broker permit it with `deprecated_features.permit.transient_nonexcl_queues = true` in rabbitmq.conf)"
         }
         // The queue exists with other arguments.
-        (amqp::PRECONDITION_FAILED, _) => {
+        (amqp::PRECONDITION_FAILED, _, _) => {
             " (the queue exists with other settings, such as another type or durability (see --queue-type): delete it with `rabbitmqctl delete_queue NAME`, or use another queue name)"
         }
-        (amqp::ACCESS_REFUSED, _) => {
-            " (the broker user may not declare this queue: give it `configure` permission on the queue's name, or have the queue declared beforehand; see `rabbitmqctl list_permissions`)"
+        (amqp::ACCESS_REFUSED, Step::Declare, _) => {
+            " (the broker user lacks the `configure` permission on this queue, which declaring needs: give it with `rabbitmqctl set_permissions`, or have the queue declared beforehand; see `rabbitmqctl list_user_permissions USER`)"
         }
         _ => "",
     }

@@ -9,6 +9,7 @@ use crate::{
     amqp::{self, Refusal},
     backoff::{self, Backoff},
     metrics::{self, NodeMetrics},
+    node::NodeConfig,
 };
 use futures_util::StreamExt as _;
 use lapin::{Connection, Event};
@@ -34,28 +35,55 @@ const CLOSE_REASON_WAIT: Duration = Duration::from_millis(500);
 /// The current connection, shared by the node's consumers.
 pub(crate) struct Link {
     url: String,
+    tls: amqp::TlsOptions,
     current: watch::Sender<Option<Arc<Connection>>>,
     lost: Notify,
 }
 
+/// What a link shows of its connection: the node's gauges for its own
+/// broker, or gauges nobody reads for the registry's broker.
+#[derive(Clone, Default)]
+pub(super) struct LinkGauges {
+    /// 1 while connected.
+    connected: metrics::Gauge,
+    /// 1 while the broker blocks publishing.
+    blocked: metrics::Gauge,
+}
+
+impl LinkGauges {
+    /// The node's gauges.
+    pub(super) fn of(metrics: &NodeMetrics) -> Self {
+        LinkGauges {
+            connected: metrics.broker_connected.clone(),
+            blocked: metrics.broker_blocked.clone(),
+        }
+    }
+}
+
 impl Link {
-    /// Connects to `url`, trying again with backoff while nothing answers,
-    /// for up to `limit` (`None`: until it does), and keeps a connection
-    /// open from then on, until the handle is dropped.
+    /// Connects to `url` (the node's broker, or its registry's) with the
+    /// node's TLS files, trying again with backoff while nothing answers,
+    /// for up to its connect timeout (`None`: until it does), and keeps a
+    /// connection open from then on, until the handle is dropped.
     pub(super) async fn connect(
         url: &str,
-        limit: Option<Duration>,
-        metrics: Arc<NodeMetrics>,
+        config: &NodeConfig,
+        gauges: LinkGauges,
     ) -> Result<(Arc<Link>, AbortOnDropHandle<()>), amqp::ConnectError> {
-        let connection =
-            amqp::patiently(limit, backoff::NODE_MAX_WAIT, || amqp::connect(url)).await?;
-        metrics.broker_connected.set(1);
+        let tls = &config.tls;
+        let limit = config.connect_timeout;
+        let connection = amqp::patiently(limit, backoff::NODE_MAX_WAIT, || {
+            amqp::connect_with(url, tls)
+        })
+        .await?;
+        gauges.connected.set(1);
         let link = Arc::new(Link {
             url: url.to_owned(),
+            tls: tls.clone(),
             current: watch::Sender::new(Some(Arc::new(connection))),
             lost: Notify::new(),
         });
-        let keeper = AbortOnDropHandle::new(tokio::spawn(link.clone().keep(metrics)));
+        let keeper = AbortOnDropHandle::new(tokio::spawn(link.clone().keep(gauges)));
         Ok((link, keeper))
     }
 
@@ -92,15 +120,15 @@ impl Link {
     }
 
     /// Watches the connection and opens a new one whenever it is lost.
-    async fn keep(self: Arc<Self>, metrics: Arc<NodeMetrics>) {
+    async fn keep(self: Arc<Self>, gauges: LinkGauges) {
         let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
         loop {
             let Some(connection) = self.current.borrow().clone() else {
                 return;
             };
             let opened = Instant::now();
-            let lost = self.until_lost(&connection, &metrics.broker_blocked).await;
-            metrics.broker_connected.set(0);
+            let lost = self.until_lost(&connection, &gauges.blocked).await;
+            gauges.connected.set(0);
             // A connection the broker closed in answer to a queue it
             // refused is the consumer's to report, in its own words.
             let refused = lost.refusal.as_ref().is_some_and(Refusal::is_lasting);
@@ -117,7 +145,7 @@ impl Link {
                 backoff.reset();
             }
             let connection = self.reconnect(&mut backoff, refused).await;
-            metrics.broker_connected.set(1);
+            gauges.connected.set(1);
             self.current.send_replace(Some(Arc::new(connection)));
         }
     }
@@ -182,7 +210,7 @@ impl Link {
         loop {
             attempt += 1;
             tokio::time::sleep(backoff.next_wait()).await;
-            match amqp::connect(&self.url).await {
+            match amqp::connect_with(&self.url, &self.tls).await {
                 Ok(connection) => {
                     // Each consumer says "serving again" once its queue is
                     // consumed on this connection.

@@ -39,7 +39,7 @@ use crate::{
     throttle::Throttle,
 };
 use consumer::{Running, Shared};
-use link::Link;
+use link::{Link, LinkGauges};
 use std::{
     collections::BTreeMap, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
     sync::atomic::Ordering, time::Duration,
@@ -88,6 +88,10 @@ pub enum Source {
         queue_prefix: String,
         /// Whose signatures the node accepts.
         trust: Trust,
+        /// The broker (and vhost) the stream is on, when not the node's
+        /// own: a registry vhost where the node's user may read the
+        /// stream and not write to it. `None`: the node's broker.
+        url: Option<String>,
     },
 }
 
@@ -100,6 +104,8 @@ pub struct NodeConfig {
     /// commas, tried in random order at start and after a lost
     /// connection (see [`amqp::connect`]).
     pub amqp_url: String,
+    /// The TLS files for `amqps://` URLs that name none in their query.
+    pub tls: amqp::TlsOptions,
     /// Unacked requests the broker may send at once for each function;
     /// also the number of requests the node computes at once, across its
     /// functions.
@@ -155,6 +161,7 @@ impl NodeConfig {
         NodeConfig {
             source,
             amqp_url: amqp::DEFAULT_URL.into(),
+            tls: amqp::TlsOptions::default(),
             prefetch: DEFAULT_PREFETCH,
             limits: Limits::default(),
             metrics_addr: None,
@@ -178,6 +185,7 @@ impl fmt::Debug for NodeConfig {
         f.debug_struct("NodeConfig")
             .field("source", &self.source)
             .field("amqp_url", &Redacted(self.amqp_url.clone()))
+            .field("tls", &self.tls)
             .field("prefetch", &self.prefetch)
             .field("limits", &self.limits)
             .field("metrics_addr", &self.metrics_addr)
@@ -331,15 +339,24 @@ impl ComputeNode {
                 stream,
                 queue_prefix,
                 trust,
+                url,
             } => {
                 let connected =
-                    Link::connect(&config.amqp_url, config.connect_timeout, metrics.clone())
-                        .await?;
+                    Link::connect(&config.amqp_url, config, LinkGauges::of(&metrics)).await?;
+                // The registry's own connection, if elsewhere, lives as
+                // long as the follower.
+                let registry_link = match url {
+                    Some(url) => Some(Link::connect(url, config, LinkGauges::default()).await?),
+                    None => None,
+                };
                 let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
                 let follower = Follower {
                     stream: stream.clone(),
                     trust: trust.clone(),
-                    link: connected.0.clone(),
+                    link: registry_link
+                        .as_ref()
+                        .map_or(&connected.0, |link| &link.0)
+                        .clone(),
                     updates,
                     served: table.served(),
                     identity: Identity::new(),
@@ -349,7 +366,10 @@ impl ComputeNode {
                 link = Some(connected);
                 let table = spawn_table(table, updated);
                 let (caught_up, catching_up) = oneshot::channel();
-                let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
+                let source = AbortOnDropHandle::new(tokio::spawn(async move {
+                    let _registry_link = registry_link;
+                    follower.run(caught_up).await
+                }));
                 if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
                     .await
                     .is_err()
@@ -362,9 +382,7 @@ impl ComputeNode {
         let served = table.0.clone();
         let (link, link_keeper) = match link {
             Some(link) => link,
-            None => {
-                Link::connect(&config.amqp_url, config.connect_timeout, metrics.clone()).await?
-            }
+            None => Link::connect(&config.amqp_url, config, LinkGauges::of(&metrics)).await?,
         };
         let shared = Arc::new(Shared {
             link: link.clone(),

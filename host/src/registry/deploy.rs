@@ -7,7 +7,7 @@ use super::{
     Retention,
     follow::channel_for_exchanges,
     message::{Action, Message, Role},
-    report::{NodeStatus, Report},
+    report::{NodeStatus, REPORT_TYPE, Report, STATUS_TYPE},
     signing::{DeployKey, Trust},
     state::{MESSAGE_OVERHEAD, State},
 };
@@ -66,10 +66,11 @@ impl Registry {
     /// exchanges beside it.
     pub async fn connect(
         url: &str,
+        tls: &amqp::TlsOptions,
         stream: &str,
         retention: Retention,
     ) -> Result<Self, DeployError> {
-        let connection = amqp::connect(url).await.map_err(Box::new)?;
+        let connection = amqp::connect_with(url, tls).await.map_err(Box::new)?;
         let set_up = async {
             let channel = connection.create_channel().await?;
             channel
@@ -151,20 +152,30 @@ impl Registry {
     /// the answers that come within `wait`.
     pub async fn nodes(&self, wait: Duration) -> Result<Vec<NodeStatus>, DeployError> {
         let channel = self.connection.create_channel().await?;
-        let mut answers = amqp::consume_no_ack(&channel, amqp::DIRECT_REPLY_TO.into()).await?;
+        let mut answers = super::listen(&channel, &super::events_exchange(&self.stream)).await?;
+        let request = uuid::Uuid::new_v4().to_string();
         channel
             .basic_publish(
                 super::status_exchange(&self.stream).into(),
                 "".into(),
                 BasicPublishOptions::default(),
                 b"status",
-                BasicProperties::default().with_reply_to(amqp::DIRECT_REPLY_TO.into()),
+                BasicProperties::default().with_correlation_id(request.as_str().into()),
             )
             .await?;
         let mut nodes = Vec::new();
         let deadline = Instant::now() + wait;
         while let Ok(Some(Ok(answer))) = tokio::time::timeout_at(deadline, answers.next()).await {
-            if let Ok(status) = serde_json::from_slice::<NodeStatus>(&answer.data) {
+            let properties = &answer.properties;
+            let answers_this = properties
+                .kind()
+                .as_ref()
+                .is_some_and(|kind| kind.as_str() == STATUS_TYPE)
+                && properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == request);
+            if answers_this && let Ok(status) = serde_json::from_slice::<NodeStatus>(&answer.data) {
                 nodes.push(status);
             }
         }
@@ -299,6 +310,15 @@ pub async fn collect(
         let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, reports.next()).await else {
             break;
         };
+        // Status answers to other deployers come this way too.
+        let is_report = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .is_some_and(|kind| kind.as_str() == REPORT_TYPE);
+        if !is_report {
+            continue;
+        }
         let Ok(report) = serde_json::from_slice::<Report>(&delivery.data) else {
             continue;
         };

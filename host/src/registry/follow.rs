@@ -17,7 +17,7 @@
 
 use super::{
     message::{Action, Message, Role},
-    report::{FunctionStatus, Identity, NodeStatus, Report},
+    report::{FunctionStatus, Identity, NodeStatus, REPORT_TYPE, Report, STATUS_TYPE},
     signing::Trust,
     state::State,
 };
@@ -352,16 +352,20 @@ impl Follower {
             "".into(),
             BasicPublishOptions::default(),
             &body,
-            BasicProperties::default().with_content_type("application/json".into()),
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_type(REPORT_TYPE.into()),
         );
         if let Err(err) = tokio::time::timeout(amqp::ANSWER_TIMEOUT, publish).await {
             debug!(cause = %err, "could not report to the registry's events exchange");
         }
     }
 
-    /// Answers a status request with what this node serves.
+    /// Answers a status request with what this node serves, on the
+    /// events exchange (see [`STATUS_TYPE`] for why not to its
+    /// `reply_to`).
     async fn answer_status(&self, channel: &Channel, request: &BasicProperties) {
-        let Some(reply_to) = request.reply_to().clone() else {
+        let Some(request) = request.correlation_id().clone() else {
             return;
         };
         let functions = lock(&self.served)
@@ -381,15 +385,14 @@ impl Follower {
             uptime_s: self.identity.started.elapsed().as_secs(),
             functions,
         };
-        let mut properties =
-            BasicProperties::default().with_content_type("application/json".into());
-        if let Some(id) = request.correlation_id() {
-            properties = properties.with_correlation_id(id.clone());
-        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_type(STATUS_TYPE.into())
+            .with_correlation_id(request);
         let body = serde_json::to_vec(&status).unwrap_or_default();
         let publish = channel.basic_publish(
+            super::events_exchange(&self.stream).into(),
             "".into(),
-            reply_to,
             BasicPublishOptions::default(),
             &body,
             properties,

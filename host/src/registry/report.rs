@@ -3,6 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The message type (AMQP `type`) of a [`Report`] on the events
+/// exchange.
+pub const REPORT_TYPE: &str = "compute.report";
+
+/// The message type of a [`NodeStatus`] on the events exchange. A node
+/// answers a status request there, with the request's correlation id,
+/// rather than to its `reply_to`: publishing to a reply-to address goes
+/// through the default exchange, and a user who may write to that may
+/// write to every queue of the vhost, the stream included.
+pub const STATUS_TYPE: &str = "compute.status";
+
 /// What a node made of one version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {

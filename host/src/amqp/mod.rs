@@ -1,14 +1,22 @@
 //! Connecting to RabbitMQ with an error a person can act on, and keeping
 //! the password in an AMQP URL out of every message.
+//!
+//! `amqps://` URLs connect over TLS ([`tls`]), verifying the broker's
+//! certificate and host name unless told otherwise.
+
+pub mod tls;
 
 use crate::backoff::Backoff;
+use lapin::tcp::AMQPUriTcpExt as _;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ErrorKind,
     message::BasicReturnMessage,
     options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
-use std::{fmt, future::Future, time::Duration};
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+pub use tls::TlsOptions;
 use tracing::{info, warn};
 
 /// The default broker: a local RabbitMQ with the default vhost.
@@ -44,15 +52,22 @@ pub struct ConnectError {
 /// that clients spread over them, until one answers. Waits at most
 /// [`ANSWER_TIMEOUT`] for each.
 ///
-/// An `amqps://` URL is refused when this build has no TLS, rather than
-/// silently connecting in plain text.
+/// `amqps://` URLs connect over TLS with the system's CAs and no client
+/// certificate, unless their query says otherwise; [`connect_with`] gives
+/// files for all of them.
 pub async fn connect(urls: &str) -> Result<Connection, ConnectError> {
+    connect_with(urls, &TlsOptions::default()).await
+}
+
+/// [`connect`], with the TLS files that `amqps://` URLs use where their
+/// query names none.
+pub async fn connect_with(urls: &str, tls: &TlsOptions) -> Result<Connection, ConnectError> {
     let mut urls = broker_urls(urls);
     shuffle(&mut urls);
     let several = urls.len() > 1;
     let mut failures = Vec::new();
     for url in urls {
-        match connect_one(url).await {
+        match connect_one(url, tls).await {
             Ok(connection) => {
                 if several {
                     info!(broker = %Redacted(url.to_owned()), "connected to RabbitMQ");
@@ -90,17 +105,27 @@ fn shuffle(urls: &mut [&str]) {
 }
 
 /// Opens a connection to one broker.
-async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
-    if !cfg!(feature = "tls") && url.trim_start().to_ascii_lowercase().starts_with("amqps:") {
-        return Err(ConnectError::new(
-            url,
-            "this build has no TLS, so it will not connect to an amqps:// URL in plain text".into(),
-            "build with `--features compute-host/tls`, or use amqp:// on a trusted network",
-            None,
-            false,
-        ));
-    }
-    let connect = Connection::connect(url, ConnectionProperties::default());
+async fn connect_one(url: &str, tls: &TlsOptions) -> Result<Connection, ConnectError> {
+    let uri = url.parse::<AMQPUri>().map_err(|cause| {
+        let hint = "an AMQP URL looks like amqp://user:password@host:5672/vhost";
+        ConnectError::new(url, format!("not an AMQP URL: {cause}"), hint, None, false)
+    })?;
+    let external = uri.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
+    let unusable =
+        |err: tls::SettingsError| ConnectError::new(url, err.to_string(), err.hint(), None, false);
+    let settings = tls::Settings::of(url, tls).map_err(unusable)?;
+    let connector = match &settings {
+        Some(settings) => Some(settings.connector().map_err(unusable)?),
+        None => None,
+    };
+    let connect = async {
+        match (&settings, connector) {
+            (Some(settings), Some(connector)) => {
+                connect_tls(uri, connector, &settings.server_name).await
+            }
+            _ => Connection::connect_uri(uri, ConnectionProperties::default()).await,
+        }
+    };
     let Ok(connected) = tokio::time::timeout(ANSWER_TIMEOUT, connect).await else {
         return Err(ConnectError::new(
             url,
@@ -114,6 +139,14 @@ async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
         Ok(connection) => return Ok(connection),
         Err(source) => source,
     };
+    if let Some(failure) = settings
+        .as_ref()
+        .and_then(|settings| tls_failure(settings, &source))
+    {
+        let (cause, hint, transient) =
+            (failure.to_string(), failure.hint(), failure.is_transient());
+        return Err(ConnectError::new(url, cause, hint, Some(source), transient));
+    }
     let (cause, hint, transient) = match source.kind() {
         // The client reports a host name that does not resolve as an
         // "uncategorized error": resolving it again says what is wrong.
@@ -127,6 +160,23 @@ async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
             "is the broker running? (`rabbitmq-server -detached` starts a local one)",
             true,
         ),
+        // Bytes that are not AMQP: a TLS listener's alert, say.
+        ErrorKind::ParsingError(_) => (
+            "what answers there does not speak AMQP 0-9-1".to_owned(),
+            "is this a TLS port? use amqps:// for it (RabbitMQ's is 5671 by default)",
+            false,
+        ),
+        // A user with no permissions in the vhost.
+        ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_ALLOWED => (
+            broker_words(&source),
+            "the user has no permissions in this vhost: `rabbitmqctl set_permissions -p VHOST USER CONFIGURE WRITE READ` gives them",
+            false,
+        ),
+        _ if external => (
+            source.to_string(),
+            "with auth_mechanism=external the broker logs in the user named by the client certificate's common name: does that user exist? (RabbitMQ: the rabbitmq_auth_mechanism_ssl plugin, ssl_cert_login_from = common_name)",
+            false,
+        ),
         _ => (
             source.to_string(),
             "check the URL, the user name and the password",
@@ -134,6 +184,40 @@ async fn connect_one(url: &str) -> Result<Connection, ConnectError> {
         ),
     };
     Err(ConnectError::new(url, cause, hint, Some(source), transient))
+}
+
+/// Opens a TLS connection: TCP as lapin opens it, then the handshake
+/// with our own rustls client, for `server_name` (lapin's own client
+/// would add the system's CAs to a given one, and can neither skip
+/// verification nor send another server name).
+async fn connect_tls(
+    uri: AMQPUri,
+    connector: lapin::tcp::RustlsConnector,
+    server_name: &str,
+) -> lapin::Result<Connection> {
+    let connector = Arc::new(connector);
+    let server_name: Arc<str> = server_name.into();
+    let runtime = lapin::runtime::default_runtime()?;
+    let handshake = async move |mut uri: AMQPUri, runtime| {
+        uri.scheme = AMQPScheme::AMQP;
+        let plain = uri.connect_async(&runtime).await?;
+        Ok(plain.into_rustls(&connector, &server_name).await?)
+    };
+    Connection::connector(uri, runtime, handshake, ConnectionProperties::default()).await
+}
+
+/// The TLS failure behind `error`, if TLS failed.
+fn tls_failure(settings: &tls::Settings, error: &lapin::Error) -> Option<tls::Failure> {
+    match error.kind() {
+        ErrorKind::IOError(io) => settings.failure_of(io),
+        _ => None,
+    }
+}
+
+/// What the broker said, when it refused (without the client's own
+/// words around it), or else the client's error.
+fn broker_words(error: &lapin::Error) -> String {
+    Refusal::of(error).map_or_else(|| error.to_string(), |refusal| refusal.text)
 }
 
 /// Why the host of `url` does not resolve, if it does not. A URL that
@@ -216,18 +300,12 @@ impl ConnectError {
     }
 
     /// The connection opened but setting up a channel or queue on it
-    /// failed (for example a missing vhost permission).
-    pub(crate) fn setup(url: &str, source: lapin::Error) -> Self {
+    /// failed (for example a missing permission), with what to do.
+    pub(crate) fn setup(url: &str, source: lapin::Error, hint: &'static str) -> Self {
         // A connection lost while setting up may come back; a refusal
         // will not.
         let transient = matches!(source.kind(), ErrorKind::IOError(_));
-        ConnectError::new(
-            url,
-            source.to_string(),
-            "check that the user may declare and consume queues",
-            Some(source),
-            transient,
-        )
+        ConnectError::new(url, broker_words(&source), hint, Some(source), transient)
     }
 }
 
@@ -602,18 +680,6 @@ mod tests {
     fn debug_output_hides_the_password_too() {
         let url = super::Redacted("amqp://guest:secret@host/".into());
         assert_eq!(format!("{url:?}"), r#""amqp://guest:***@host/""#);
-    }
-
-    /// Refused before any connection is tried, so no broker is needed.
-    #[cfg(not(feature = "tls"))]
-    #[tokio::test]
-    async fn amqps_without_tls_is_refused_not_sent_in_plain_text() {
-        let err = super::connect("amqps://guest:secret@127.0.0.1:5672/%2f")
-            .await
-            .expect_err("refused");
-        let message = err.to_string();
-        assert!(message.contains("no TLS"), "{message}");
-        assert!(!message.contains("secret"), "{message}");
     }
 
     #[test]
