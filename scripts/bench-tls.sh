@@ -23,35 +23,45 @@ trap 'rm -f "$log"; if [ $started_here = yes ]; then scripts/tls-broker.sh stop;
 
 # One round: a node and a center on $1 (tls or plain); prints calls/s.
 round() {
-    local mode=$1 queue="bench.tls.$1.$$.$RANDOM" broker tls=()
+    local mode=$1 queue="bench.tls.$1.$$.$RANDOM" broker
+    local ca=()
     if [ "$mode" = tls ]; then
         broker=$tls_url
-        tls=(--tls-ca "$certs/ca.pem")
+        ca=(--tls-ca "$certs/ca.pem")
     else
         broker=$plain_url
     fi
-    "$target/compute" --queue "$queue" --amqp-url "$broker" "${tls[@]}" 2>"$log" &
-    local node=$!
-    for _ in $(seq 1 100); do
-        if grep -q "waiting for requests" "$log"; then break; fi
-        if ! kill -0 "$node" 2>/dev/null; then cat "$log" >&2; exit 1; fi
+    "$target/compute" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} 2>"$log" &
+    local node=$! ready=no
+    for _ in $(seq 1 300); do
+        if grep -q "waiting for requests" "$log"; then
+            ready=yes
+            break
+        fi
+        if ! kill -0 "$node" 2>/dev/null; then break; fi
         sleep 0.1
     done
-    seq 1 "$calls" | "$target/center" --queue "$queue" --amqp-url "$broker" "${tls[@]}" \
+    if [ "$ready" = no ]; then
+        echo "the node did not start:" >&2
+        cat "$log" >&2
+        kill "$node" 2>/dev/null || true
+        exit 1
+    fi
+    seq 1 "$calls" | "$target/center" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} \
         --concurrency 128 --stats 2>&1 >/dev/null | grep -o '^[0-9]* calls/s' | cut -d' ' -f1
     kill "$node"
     wait "$node" || true
     scripts/tls-broker.sh ctl delete_queue "$queue" >/dev/null
 }
 
-plain=()
-tls=()
+plain_rounds=()
+tls_rounds=()
 for _ in $(seq 1 "$rounds"); do
-    plain+=("$(round plain)")
-    tls+=("$(round tls)")
+    plain_rounds+=("$(round plain)")
+    tls_rounds+=("$(round tls)")
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
-echo "K=128, $calls calls a round, by turns: plain ${plain[*]} calls/s; TLS ${tls[*]} calls/s"
-p=$(median "${plain[@]}")
-t=$(median "${tls[@]}")
+echo "K=128, $calls calls a round, by turns: plain ${plain_rounds[*]} calls/s; TLS ${tls_rounds[*]} calls/s"
+p=$(median "${plain_rounds[@]}")
+t=$(median "${tls_rounds[@]}")
 echo "median: plain $p calls/s, TLS $t calls/s: TLS/plain $(echo "scale=3; $t / $p" | bc)"

@@ -49,11 +49,11 @@ stopping_tests() {
     trap "$also_on_exit" EXIT
 }
 if [ "$broker_is_local" = no ]; then
-    echo "skipping the broker-restart and cluster tests: the tests' broker (AMQP_URL) is not the local one they would stop" >&2
+    echo "skipping the broker-restart, cluster and access tests: the tests' broker (AMQP_URL) is not the local one they would stop" >&2
 elif command -v rabbitmqctl >/dev/null; then
     stopping_tests
 else
-    echo "skipping the broker-restart and cluster tests: rabbitmqctl is not on PATH (the broker is not local)" >&2
+    echo "skipping the broker-restart, cluster and access tests: rabbitmqctl is not on PATH (the broker is not local)" >&2
 fi
 # Everything against a broker again, on RabbitMQ 4.3 as upstream ships it
 # (scripts/rabbitmq.sh: Debian's package in a chroot, the deprecated

@@ -105,7 +105,8 @@ async fn each_certificate_failure_says_which_in_one_line() {
         broker.path("other-client.key"),
     );
     let by_address = broker.url.replace("localhost", "127.0.0.1");
-    let cases: [(&str, Vec<&str>, &str); 4] = [
+    let plain_port = broker.plain_url.replace("amqp://", "amqps://");
+    let cases: [(&str, Vec<&str>, &str); 5] = [
         (
             "the system's CAs",
             vec!["--amqp-url", &broker.url],
@@ -133,7 +134,14 @@ async fn each_certificate_failure_says_which_in_one_line() {
                 "--tls-key",
                 &other_key,
             ],
+            // The broker's alert, or, when the client only sees the
+            // connection reset after it, the likely cause.
             "client's certificate",
+        ),
+        (
+            "amqps:// to the plain port",
+            vec!["--amqp-url", &plain_port, "--tls-ca", &ca],
+            "the broker does not answer in TLS",
         ),
     ];
     for (case, args, expected) in cases {

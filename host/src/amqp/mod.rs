@@ -27,6 +27,10 @@ pub const DEFAULT_URL: &str = "amqp://127.0.0.1:5672/%2f";
 /// accept and never answer; without a bound a reconnect would hang.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What an AMQP URL looks like, for a person who gave something else.
+pub(crate) const URL_FORM: &str =
+    "an AMQP URL looks like amqp://user:password@host:5672/vhost (amqps://...:5671 for TLS)";
+
 /// The pseudo-queue of RabbitMQ's direct reply-to, and the prefix of the
 /// `reply_to` it gives each request.
 pub(crate) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -45,6 +49,8 @@ pub struct ConnectError {
     /// Whether trying again later may succeed: nothing answered (yet), as
     /// opposed to a broker that answered no (a refused login).
     transient: bool,
+    /// Why TLS failed, when it did.
+    tls: Option<tls::Failure>,
 }
 
 /// Opens a connection to the broker at `urls`: one AMQP URL, or several
@@ -107,8 +113,13 @@ fn shuffle(urls: &mut [&str]) {
 /// Opens a connection to one broker.
 async fn connect_one(url: &str, tls: &TlsOptions) -> Result<Connection, ConnectError> {
     let uri = url.parse::<AMQPUri>().map_err(|cause| {
-        let hint = "an AMQP URL looks like amqp://user:password@host:5672/vhost";
-        ConnectError::new(url, format!("not an AMQP URL: {cause}"), hint, None, false)
+        ConnectError::new(
+            url,
+            format!("not an AMQP URL: {cause}"),
+            URL_FORM,
+            None,
+            false,
+        )
     })?;
     let external = uri.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
     let unusable =
@@ -143,9 +154,15 @@ async fn connect_one(url: &str, tls: &TlsOptions) -> Result<Connection, ConnectE
         .as_ref()
         .and_then(|settings| tls_failure(settings, &source))
     {
-        let (cause, hint, transient) =
-            (failure.to_string(), failure.hint(), failure.is_transient());
-        return Err(ConnectError::new(url, cause, hint, Some(source), transient));
+        let mut error = ConnectError::new(
+            url,
+            failure.to_string(),
+            failure.hint(),
+            Some(source),
+            false,
+        );
+        error.tls = Some(failure);
+        return Err(error);
     }
     let (cause, hint, transient) = match source.kind() {
         // The client reports a host name that does not resolve as an
@@ -163,7 +180,7 @@ async fn connect_one(url: &str, tls: &TlsOptions) -> Result<Connection, ConnectE
         // Bytes that are not AMQP: a TLS listener's alert, say.
         ErrorKind::ParsingError(_) => (
             "what answers there does not speak AMQP 0-9-1".to_owned(),
-            "is this a TLS port? use amqps:// for it (RabbitMQ's is 5671 by default)",
+            tls::WRONG_PORT,
             false,
         ),
         // A user with no permissions in the vhost.
@@ -209,7 +226,7 @@ async fn connect_tls(
 /// The TLS failure behind `error`, if TLS failed.
 fn tls_failure(settings: &tls::Settings, error: &lapin::Error) -> Option<tls::Failure> {
     match error.kind() {
-        ErrorKind::IOError(io) => settings.failure_of(io),
+        ErrorKind::IOError(io) => tls::Failure::of(settings, io),
         _ => None,
     }
 }
@@ -246,6 +263,7 @@ impl ConnectError {
             hint,
             client_error,
             transient,
+            tls: None,
         }
     }
 
@@ -270,6 +288,7 @@ impl ConnectError {
             hint: failures.first().map_or("", |failure| failure.hint),
             client_error: None,
             transient: failures.iter().any(ConnectError::is_transient),
+            tls: None,
         }
     }
 
@@ -279,6 +298,11 @@ impl ConnectError {
     /// vhost) or a URL this build cannot serve will say the same again.
     pub fn is_transient(&self) -> bool {
         self.transient
+    }
+
+    /// Why TLS failed, when connecting failed in TLS.
+    pub fn tls_failure(&self) -> Option<&tls::Failure> {
+        self.tls.as_ref()
     }
 
     /// The underlying client error, when the client library failed (and
@@ -436,7 +460,8 @@ pub(crate) const INTERNAL_ERROR: u16 = 541;
 
 /// Declares `queue` passively on `channel`: its message and consumer
 /// counts if it exists, whatever its settings, or `None` if it does not.
-/// Needs no permission on the queue. The broker closes the channel when
+/// RabbitMQ 3.x asks no permission for it; 4.x asks for one on the queue
+/// (some releases, `configure`). The broker closes the channel when
 /// the queue does not exist, so give it a channel of its own.
 pub(crate) async fn existing_queue(
     channel: &Channel,

@@ -65,7 +65,7 @@ impl Session {
         let connection = amqp::connect_with(url, tls).await?;
         // Each step, with what to do if the broker refuses it: RabbitMQ
         // 3.x does not always name the permission it found missing.
-        let plainly = |source| (source, "check that the user may declare and consume queues");
+        let plainly = |source| (source, "check the user's permissions in this vhost");
         let setup = tokio::time::timeout(amqp::ANSWER_TIMEOUT, async {
             let channel = connection.create_channel().await.map_err(plainly)?;
             // Without confirms, the broker still returns a request it
@@ -97,7 +97,10 @@ impl Session {
             };
             let replies = amqp::consume_no_ack(&channel, reply_queue.clone())
                 .await
-                .map_err(|source| (source, CONSUME_REPLIES))?;
+                .map_err(|source| match reply_mode {
+                    ReplyMode::Queue => (source, CONSUME_REPLIES),
+                    ReplyMode::Direct => plainly(source),
+                })?;
             Ok((channel, reply_queue, replies))
         });
         let (channel, reply_queue, replies) = match setup.await {

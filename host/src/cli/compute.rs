@@ -70,7 +70,8 @@ pub struct ComputeArgs {
     /// The broker and vhost the registry is on, when not the node's own
     /// (`--amqp-url`): a vhost of its own keeps callers and nodes from
     /// writing to the stream, which they could through the default
-    /// exchange in a shared vhost. Also from `COMPUTE_REGISTRY_URL`.
+    /// exchange in a shared vhost. The `--tls-*` files apply to it too.
+    /// Also from `COMPUTE_REGISTRY_URL`.
     #[arg(
         long,
         value_name = "URL",

@@ -385,9 +385,7 @@ async fn declare(
     let channel = if queue_type.takes_existing() {
         let existing = amqp::existing_queue(&channel, queue.clone())
             .await
-            .map_err(|source| {
-                SetUpError::refused("it".into(), Step::Declare, queue_type, source)
-            })?;
+            .map_err(|source| SetUpError::refused("it".into(), Step::Look, queue_type, source))?;
         if existing.is_some() {
             return Ok(channel);
         }
@@ -460,6 +458,8 @@ impl SetUpError {
 /// What the node was doing with a queue when the broker refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Step {
+    /// A passive declare: is the queue there?
+    Look,
     Declare,
     Consume,
 }
@@ -467,6 +467,7 @@ pub(super) enum Step {
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Step::Look => "look at",
             Step::Declare => "declare",
             Step::Consume => "consume",
         })
@@ -479,6 +480,9 @@ impl fmt::Display for Step {
 /// queue ... refused"); the step does.
 fn refusal_hint(code: u16, step: Step, queue_type: &QueueType) -> &'static str {
     match (code, step, queue_type) {
+        (amqp::ACCESS_REFUSED, Step::Look, _) => {
+            " (the broker user has no permission on this queue: RabbitMQ 4 lets a user look at a queue only with one, and some 4.x releases ask for `configure`; a node needs `configure` and `read` on its queues: give them with `rabbitmqctl set_permissions`; see `rabbitmqctl list_user_permissions USER`)"
+        }
         (amqp::ACCESS_REFUSED, Step::Consume, _) => {
             " (the broker user lacks the `read` permission on this queue, which consuming needs: give it with `rabbitmqctl set_permissions`; see `rabbitmqctl list_user_permissions USER`)"
         }

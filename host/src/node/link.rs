@@ -36,26 +36,59 @@ const CLOSE_REASON_WAIT: Duration = Duration::from_millis(500);
 pub(crate) struct Link {
     url: String,
     tls: amqp::TlsOptions,
+    purpose: LinkFor,
     current: watch::Sender<Option<Arc<Connection>>>,
     lost: Notify,
 }
 
-/// What a link shows of its connection: the node's gauges for its own
-/// broker, or gauges nobody reads for the registry's broker.
-#[derive(Clone, Default)]
-pub(super) struct LinkGauges {
-    /// 1 while connected.
-    connected: metrics::Gauge,
-    /// 1 while the broker blocks publishing.
-    blocked: metrics::Gauge,
+/// What a link's connection is for, which decides what it shows and
+/// what it says when it is lost or blocked.
+pub(super) enum LinkFor {
+    /// The node's requests and replies; its gauges are the node's, which
+    /// `/health` and the metrics read.
+    Requests {
+        /// 1 while connected.
+        connected: metrics::Gauge,
+        /// 1 while the broker blocks publishing.
+        blocked: metrics::Gauge,
+    },
+    /// The registry, on a broker or vhost of its own (`--registry-url`).
+    Registry,
 }
 
-impl LinkGauges {
-    /// The node's gauges.
-    pub(super) fn of(metrics: &NodeMetrics) -> Self {
-        LinkGauges {
+impl LinkFor {
+    /// The node's requests, shown in `metrics`.
+    pub(super) fn requests(metrics: &NodeMetrics) -> Self {
+        LinkFor::Requests {
             connected: metrics.broker_connected.clone(),
             blocked: metrics.broker_blocked.clone(),
+        }
+    }
+
+    /// 1 while connected, 0 while not; nothing for the registry's link.
+    fn set_connected(&self, connected: bool) {
+        if let LinkFor::Requests {
+            connected: gauge, ..
+        } = self
+        {
+            gauge.set(i64::from(connected));
+        }
+    }
+
+    /// Where a block of publishing shows: the node's gauge, or one that
+    /// nobody reads.
+    fn blocked(&self) -> metrics::Gauge {
+        match self {
+            LinkFor::Requests { blocked, .. } => blocked.clone(),
+            LinkFor::Registry => metrics::Gauge::default(),
+        }
+    }
+
+    /// What waits while the broker blocks publishing.
+    fn publishes(&self) -> &'static str {
+        match self {
+            LinkFor::Requests { .. } => "replies",
+            LinkFor::Registry => "reports to the registry",
         }
     }
 }
@@ -68,7 +101,7 @@ impl Link {
     pub(super) async fn connect(
         url: &str,
         config: &NodeConfig,
-        gauges: LinkGauges,
+        purpose: LinkFor,
     ) -> Result<(Arc<Link>, AbortOnDropHandle<()>), amqp::ConnectError> {
         let tls = &config.tls;
         let limit = config.connect_timeout;
@@ -76,14 +109,15 @@ impl Link {
             amqp::connect_with(url, tls)
         })
         .await?;
-        gauges.connected.set(1);
+        purpose.set_connected(true);
         let link = Arc::new(Link {
             url: url.to_owned(),
             tls: tls.clone(),
+            purpose,
             current: watch::Sender::new(Some(Arc::new(connection))),
             lost: Notify::new(),
         });
-        let keeper = AbortOnDropHandle::new(tokio::spawn(link.clone().keep(gauges)));
+        let keeper = AbortOnDropHandle::new(tokio::spawn(link.clone().keep()));
         Ok((link, keeper))
     }
 
@@ -120,20 +154,22 @@ impl Link {
     }
 
     /// Watches the connection and opens a new one whenever it is lost.
-    async fn keep(self: Arc<Self>, gauges: LinkGauges) {
+    async fn keep(self: Arc<Self>) {
         let mut backoff = Backoff::up_to(backoff::NODE_MAX_WAIT);
         loop {
             let Some(connection) = self.current.borrow().clone() else {
                 return;
             };
             let opened = Instant::now();
-            let lost = self.until_lost(&connection, &gauges.blocked).await;
-            gauges.connected.set(0);
+            let lost = self.until_lost(&connection).await;
+            self.purpose.set_connected(false);
             // A connection the broker closed in answer to a queue it
             // refused is the consumer's to report, in its own words.
             let refused = lost.refusal.as_ref().is_some_and(Refusal::is_lasting);
             if refused {
                 debug!(cause = %lost.cause, "RabbitMQ closed the connection on a refusal; reconnecting");
+            } else if let LinkFor::Registry = self.purpose {
+                warn!(cause = %lost.cause, "lost the connection to the registry's broker; reconnecting");
             } else {
                 warn!(
                     cause = %lost.cause,
@@ -145,7 +181,7 @@ impl Link {
                 backoff.reset();
             }
             let connection = self.reconnect(&mut backoff, refused).await;
-            gauges.connected.set(1);
+            self.purpose.set_connected(true);
             self.current.send_replace(Some(Arc::new(connection)));
         }
     }
@@ -157,8 +193,10 @@ impl Link {
     ///
     /// The one listener of the connection's events: listeners share them
     /// out rather than each seeing all.
-    async fn until_lost(&self, connection: &Connection, blocked: &metrics::Gauge) -> Lost {
+    async fn until_lost(&self, connection: &Connection) -> Lost {
+        let blocked = self.purpose.blocked();
         let _cleared_when_gone = metrics::ClearOnDrop(blocked.clone());
+        let waiting = self.purpose.publishes();
         let mut events = connection.events_listener();
         let mut check = tokio::time::interval(CHECK_EVERY);
         loop {
@@ -166,11 +204,11 @@ impl Link {
                 event = events.next() => match event {
                     Some(Event::ConnectionBlocked(reason)) => {
                         blocked.set(1);
-                        warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm); replies wait until it lifts");
+                        warn!(%reason, "RabbitMQ blocked publishing on this connection (a resource alarm); {waiting} wait until it lifts");
                     }
                     Some(Event::ConnectionUnblocked) => {
                         blocked.set(0);
-                        info!("RabbitMQ lifted its block; replies flow again");
+                        info!("RabbitMQ lifted its block; {waiting} flow again");
                     }
                     Some(Event::Error(err)) if !connection.status().connected() => {
                         return Lost::from(&err);

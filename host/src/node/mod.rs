@@ -39,7 +39,7 @@ use crate::{
     throttle::Throttle,
 };
 use consumer::{Running, Shared};
-use link::{Link, LinkGauges};
+use link::{Link, LinkFor};
 use std::{
     collections::BTreeMap, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
     sync::atomic::Ordering, time::Duration,
@@ -254,6 +254,8 @@ pub struct ComputeNode {
     metrics_addr: Option<SocketAddr>,
     _metrics_server: Option<AbortOnDropHandle<()>>,
     _link_keeper: AbortOnDropHandle<()>,
+    /// The registry's own connection (`--registry-url`), and its keeper.
+    registry_link: Option<(Arc<Link>, AbortOnDropHandle<()>)>,
     _table: AbortOnDropHandle<()>,
     _source: AbortOnDropHandle<()>,
 }
@@ -296,6 +298,7 @@ impl ComputeNode {
         let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
 
         let mut link = None;
+        let mut registry_link = None;
         let (table, source) = match &config.source {
             Source::Module { path, queue } => {
                 // Checked before compiling: a name that can never work is
@@ -342,13 +345,10 @@ impl ComputeNode {
                 url,
             } => {
                 let connected =
-                    Link::connect(&config.amqp_url, config, LinkGauges::of(&metrics)).await?;
-                // The registry's own connection, if elsewhere, lives as
-                // long as the follower.
-                let registry_link = match url {
-                    Some(url) => Some(Link::connect(url, config, LinkGauges::default()).await?),
-                    None => None,
-                };
+                    Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?;
+                if let Some(url) = url {
+                    registry_link = Some(Link::connect(url, config, LinkFor::Registry).await?);
+                }
                 let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
                 let follower = Follower {
                     stream: stream.clone(),
@@ -366,10 +366,7 @@ impl ComputeNode {
                 link = Some(connected);
                 let table = spawn_table(table, updated);
                 let (caught_up, catching_up) = oneshot::channel();
-                let source = AbortOnDropHandle::new(tokio::spawn(async move {
-                    let _registry_link = registry_link;
-                    follower.run(caught_up).await
-                }));
+                let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
                 if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
                     .await
                     .is_err()
@@ -382,7 +379,7 @@ impl ComputeNode {
         let served = table.0.clone();
         let (link, link_keeper) = match link {
             Some(link) => link,
-            None => Link::connect(&config.amqp_url, config, LinkGauges::of(&metrics)).await?,
+            None => Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?,
         };
         let shared = Arc::new(Shared {
             link: link.clone(),
@@ -404,6 +401,7 @@ impl ComputeNode {
             metrics_addr,
             _metrics_server: metrics_server,
             _link_keeper: link_keeper,
+            registry_link,
             _table: table.1,
             _source: source,
             metrics,
@@ -550,6 +548,11 @@ impl ComputeNode {
         // channel.
         drop(self._link_keeper);
         self.link.close().await;
+        if let Some((link, keeper)) = self.registry_link {
+            drop(self._source);
+            drop(keeper);
+            link.close().await;
+        }
         info!("stopped");
     }
 }

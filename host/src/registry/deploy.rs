@@ -7,7 +7,7 @@ use super::{
     Retention,
     follow::channel_for_exchanges,
     message::{Action, Message, Role},
-    report::{NodeStatus, REPORT_TYPE, Report, STATUS_TYPE},
+    report::{NodeStatus, Report, STATUS_TYPE},
     signing::{DeployKey, Trust},
     state::{MESSAGE_OVERHEAD, State},
 };
@@ -145,24 +145,30 @@ impl Registry {
     /// Starts collecting the nodes' reports; call before appending.
     pub async fn reports(&self) -> Result<Consumer, DeployError> {
         let exchange = super::events_exchange(&self.stream);
-        Ok(super::listen(&self.events, &exchange).await?)
+        let listen = super::listen(&self.events, &exchange);
+        Ok(bounded(amqp::ANSWER_TIMEOUT, "listening for reports", listen).await??)
     }
 
     /// Asks every node following the registry for its status, and takes
     /// the answers that come within `wait`.
     pub async fn nodes(&self, wait: Duration) -> Result<Vec<NodeStatus>, DeployError> {
-        let channel = self.connection.create_channel().await?;
-        let mut answers = super::listen(&channel, &super::events_exchange(&self.stream)).await?;
         let request = uuid::Uuid::new_v4().to_string();
-        channel
-            .basic_publish(
-                super::status_exchange(&self.stream).into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                b"status",
-                BasicProperties::default().with_correlation_id(request.as_str().into()),
-            )
-            .await?;
+        let ask = async {
+            let channel = self.connection.create_channel().await?;
+            let answers = super::listen(&channel, &super::events_exchange(&self.stream)).await?;
+            channel
+                .basic_publish(
+                    super::status_exchange(&self.stream).into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    b"status",
+                    BasicProperties::default().with_correlation_id(request.as_str().into()),
+                )
+                .await?;
+            Ok::<_, lapin::Error>((channel, answers))
+        };
+        let (channel, mut answers) =
+            bounded(amqp::ANSWER_TIMEOUT, "asking the nodes", ask).await??;
         let mut nodes = Vec::new();
         let deadline = Instant::now() + wait;
         while let Ok(Some(Ok(answer))) = tokio::time::timeout_at(deadline, answers.next()).await {
@@ -179,7 +185,7 @@ impl Registry {
                 nodes.push(status);
             }
         }
-        let _ = channel.close(200, "OK".into()).await;
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, channel.close(200, "OK".into())).await;
         nodes.sort_by(|a, b| (&a.host, &a.node).cmp(&(&b.host, &b.node)));
         Ok(nodes)
     }
@@ -310,13 +316,14 @@ pub async fn collect(
         let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, reports.next()).await else {
             break;
         };
-        // Status answers to other deployers come this way too.
-        let is_report = delivery
+        // Status answers to deployers come this way too. A report from
+        // a node of an earlier version has no type.
+        let is_status = delivery
             .properties
             .kind()
             .as_ref()
-            .is_some_and(|kind| kind.as_str() == REPORT_TYPE);
-        if !is_report {
+            .is_some_and(|kind| kind.as_str() == STATUS_TYPE);
+        if is_status {
             continue;
         }
         let Ok(report) = serde_json::from_slice::<Report>(&delivery.data) else {

@@ -83,12 +83,13 @@ impl Retention {
     }
 }
 
-/// The fanout exchange nodes report on: `<stream>.events`.
+/// The fanout exchange nodes report on, and answer status requests on:
+/// `<stream>.events`.
 pub fn events_exchange(stream: &str) -> String {
     format!("{stream}.events")
 }
 
-/// The fanout exchange nodes answer status requests on:
+/// The fanout exchange deployers ask nodes for their status on:
 /// `<stream>.status`.
 pub fn status_exchange(stream: &str) -> String {
     format!("{stream}.status")

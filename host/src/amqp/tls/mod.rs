@@ -8,8 +8,10 @@
 //! - `Settings`: one URL's TLS settings: its query parameters, as
 //!   RabbitMQ's URI spec names them (`cacertfile`, `certfile`, `keyfile`,
 //!   `verify`, `server_name_indication`), over the options.
-//! - `Settings::connector`: the rustls client those settings make.
-//! - [`Failure`]: why a handshake failed, and what to do about it.
+//! - `Settings::connector`: the rustls client those settings make, and
+//!   the verifier that accepts any certificate for `verify=verify_none`.
+//! - `failure`: [`Failure`], why a handshake failed, and what to do
+//!   about it.
 //!
 //! # Why rustls with ring
 //!
@@ -33,16 +35,18 @@
 //! another server name. ring builds in less time and makes a smaller
 //! binary than aws-lc-rs, lapin's default provider.
 
+mod failure;
+
+pub use failure::Failure;
+pub(crate) use failure::WRONG_PORT;
 use lapin::tcp::RustlsConnector;
 use rustls::{
-    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     crypto::{CryptoProvider, ring},
     pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject},
 };
 use std::{
-    io,
     path::{Path, PathBuf},
     sync::{Arc, Once, OnceLock},
 };
@@ -71,12 +75,25 @@ impl TlsOptions {
 }
 
 /// The query parameters of RabbitMQ's URI spec that set up TLS.
-const URL_PARAMETERS: [&str; 5] = [
+const URL_PARAMETERS: [&str; 8] = [
     "cacertfile",
     "certfile",
     "keyfile",
     "verify",
     "server_name_indication",
+    "password",
+    "depth",
+    "fail_if_no_peer_cert",
+];
+
+/// Those of them this client does not take: an error, not ignored.
+const UNSUPPORTED_PARAMETERS: [(&str, &str); 3] = [
+    (
+        "password",
+        "encrypted keys are not supported: decrypt it (openssl pkey -in KEY -out PLAIN)",
+    ),
+    ("depth", "this client does not limit the chain's depth"),
+    ("fail_if_no_peer_cert", "it is a server's setting"),
 ];
 
 /// One URL's TLS settings.
@@ -89,9 +106,12 @@ pub(crate) struct Settings {
     /// Whether the broker's certificate is verified (`verify=verify_peer`,
     /// the default).
     verify: bool,
-    /// The name sent as SNI and checked against the broker's certificate:
-    /// `server_name_indication`, else the URL's host.
+    /// The name checked against the broker's certificate, and sent as
+    /// SNI: `server_name_indication`, else the URL's host.
     pub(crate) server_name: String,
+    /// Whether the name is sent (`server_name_indication=disable` does
+    /// not send it).
+    sni: bool,
 }
 
 impl Settings {
@@ -118,12 +138,22 @@ impl Settings {
             }
             return Ok(None);
         }
-        let file =
-            |name: &str, given: &Option<PathBuf>| query(name).map(PathBuf::from).or(given.clone());
-        let identity = match (
-            file("certfile", &options.cert),
-            file("keyfile", &options.key),
-        ) {
+        let unsupported = UNSUPPORTED_PARAMETERS
+            .iter()
+            .find(|(name, _)| query(name).is_some());
+        if let Some((name, why)) = unsupported {
+            return Err(SettingsError::Unsupported(name, why));
+        }
+        // A certificate and its key come from one place: the URL when it
+        // names either, else the options.
+        let in_url = query("certfile").is_some() || query("keyfile").is_some();
+        let (cert, key) = if in_url {
+            let file = |name| query(name).map(PathBuf::from);
+            (file("certfile"), file("keyfile"))
+        } else {
+            (options.cert.clone(), options.key.clone())
+        };
+        let identity = match (cert, key) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
             (Some(_), None) => return Err(SettingsError::CertWithoutKey),
@@ -142,15 +172,22 @@ impl Settings {
         let host = parsed.host_str().unwrap_or_default();
         // An IPv6 host comes bracketed; the certificate names the address.
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name = query("server_name_indication").unwrap_or_else(|| host.to_owned());
+        let (server_name, sni) = match query("server_name_indication") {
+            Some(disable) if disable == "disable" => (host.to_owned(), false),
+            Some(name) => (name, true),
+            None => (host.to_owned(), true),
+        };
         if ServerName::try_from(server_name.as_str()).is_err() {
             return Err(SettingsError::ServerName(server_name));
         }
         Ok(Some(Settings {
-            ca: file("cacertfile", &options.ca),
+            ca: query("cacertfile")
+                .map(PathBuf::from)
+                .or(options.ca.clone()),
             identity,
             verify,
             server_name,
+            sni,
         }))
     }
 
@@ -170,7 +207,7 @@ impl Settings {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
         };
-        let config = match &self.identity {
+        let mut config = match &self.identity {
             None => builder.with_no_client_auth(),
             Some((cert, key)) => {
                 let chain = certificates(cert, "--tls-cert")?;
@@ -184,6 +221,7 @@ impl Settings {
                     .map_err(|err| SettingsError::Rustls(err.to_string()))?
             }
         };
+        config.enable_sni = self.sni;
         Ok(RustlsConnector::from(Arc::new(config)))
     }
 
@@ -208,109 +246,6 @@ impl Settings {
             }
         }
         Ok(roots)
-    }
-
-    /// Why opening a connection with these settings failed, if TLS is
-    /// why: the TLS library's error, from the handshake or from the first
-    /// exchange after it (where a TLS 1.3 server refuses a client
-    /// certificate).
-    pub(crate) fn failure_of(&self, error: &io::Error) -> Option<Failure> {
-        if let Some(tls) = error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(self.failure(tls));
-        }
-        // A TLS 1.3 server that refuses a client certificate sends its
-        // alert and closes while the client already writes the AMQP
-        // header: the client may read the alert, or only the reset.
-        let closed = matches!(
-            error.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        );
-        (closed && self.identity.is_some()).then_some(Failure::ClosedAfterHandshake)
-    }
-
-    /// Why a handshake with these settings failed, from the error the TLS
-    /// library gave, for the person who chose them.
-    fn failure(&self, error: &rustls::Error) -> Failure {
-        let ca = self.ca.as_ref().map(|path| path.display().to_string());
-        match error {
-            rustls::Error::InvalidCertificate(certificate) => match certificate {
-                CertificateError::UnknownIssuer | CertificateError::BadSignature => {
-                    Failure::UnknownCa { ca }
-                }
-                CertificateError::NotValidForName => Failure::NameMismatch {
-                    expected: self.server_name.clone(),
-                    presented: Vec::new(),
-                },
-                CertificateError::NotValidForNameContext { presented, .. } => {
-                    Failure::NameMismatch {
-                        expected: self.server_name.clone(),
-                        presented: presented.iter().map(|name| bare_name(name)).collect(),
-                    }
-                }
-                CertificateError::Expired => Failure::Expired { days: None },
-                CertificateError::ExpiredContext { time, not_after } => Failure::Expired {
-                    days: Some(time.as_secs().saturating_sub(not_after.as_secs()) / 86_400),
-                },
-                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                    Failure::NotYetValid
-                }
-                other => Failure::Other(format!("the broker's certificate is not valid: {other}")),
-            },
-            rustls::Error::AlertReceived(alert)
-                if self.identity.is_none() && asks_for_a_certificate(*alert) =>
-            {
-                Failure::CertificateRequired
-            }
-            rustls::Error::AlertReceived(alert)
-                if self.identity.is_some() && refuses_a_certificate(*alert) =>
-            {
-                Failure::CertificateRefused(format!("{alert:?}"))
-            }
-            rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-                Failure::NotTls
-            }
-            other => Failure::Other(other.to_string()),
-        }
-    }
-}
-
-/// The alerts a server sends a client that showed no certificate when
-/// one is required (TLS 1.3's `certificate_required`; TLS 1.2 has none of
-/// its own and fails the handshake).
-fn asks_for_a_certificate(alert: AlertDescription) -> bool {
-    matches!(
-        alert,
-        AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure
-    )
-}
-
-/// The alerts a server sends when it does not accept the client's
-/// certificate.
-fn refuses_a_certificate(alert: AlertDescription) -> bool {
-    matches!(
-        alert,
-        AlertDescription::BadCertificate
-            | AlertDescription::UnsupportedCertificate
-            | AlertDescription::CertificateRevoked
-            | AlertDescription::CertificateExpired
-            | AlertDescription::CertificateUnknown
-            | AlertDescription::UnknownCA
-            | AlertDescription::AccessDenied
-            | AlertDescription::HandshakeFailure
-    )
-}
-
-/// A name as rustls presents it (`DnsName("broker")`), bare (`broker`).
-fn bare_name(presented: &str) -> String {
-    match presented.split_once("(\"") {
-        Some((_, rest)) => rest.trim_end_matches("\")").to_owned(),
-        None => presented.to_owned(),
     }
 }
 
@@ -415,6 +350,8 @@ pub(crate) enum SettingsError {
     KeyWithoutCert,
     #[error("auth_mechanism=external logs in with a client certificate, and none is given")]
     ExternalWithoutCertificate,
+    #[error("{0}= is not supported: {1}")]
+    Unsupported(&'static str, &'static str),
     #[error("verify={0:?} is neither verify_peer nor verify_none")]
     Verify(String),
     #[error("server_name_indication={0:?} is not a host name or an IP address")]
@@ -435,99 +372,24 @@ impl SettingsError {
     /// What to do about it.
     pub(crate) fn hint(&self) -> &'static str {
         match self {
-            SettingsError::Url(_) => "an AMQP URL looks like amqps://user:password@host:5671/vhost",
-            SettingsError::PlainUrl(_) => "use amqps:// (RabbitMQ's TLS port is 5671 by default)",
+            SettingsError::Url(_) => super::URL_FORM,
+            SettingsError::PlainUrl(_) => {
+                "use amqps:// for a TLS port (RabbitMQ's is 5671 by default)"
+            }
             SettingsError::CertWithoutKey
             | SettingsError::KeyWithoutCert
             | SettingsError::ExternalWithoutCertificate => {
                 "give both --tls-cert and --tls-key (or certfile= and keyfile= in the URL)"
             }
-            SettingsError::Verify(_) | SettingsError::ServerName(_) => "check the URL's query",
+            SettingsError::Verify(_)
+            | SettingsError::ServerName(_)
+            | SettingsError::Unsupported(..) => "check the URL's query",
             SettingsError::File { .. } => "give a readable PEM file",
             SettingsError::NoSystemRoots => {
                 "install the system's CA certificates (Debian: ca-certificates), or give the broker's CA with --tls-ca FILE"
             }
             SettingsError::Rustls(_) => "check the certificate and key files",
         }
-    }
-}
-
-/// Why a TLS handshake with the broker failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    /// The broker's certificate does not chain to a trusted CA.
-    #[error("the broker's certificate is not signed by a CA this client trusts ({})", .ca.as_deref().map_or("the system's CAs".to_owned(), |ca| format!("the CAs in {ca}")))]
-    UnknownCa {
-        /// The CA file given, if any.
-        ca: Option<String>,
-    },
-    /// The broker's certificate is for other names.
-    #[error("the broker's certificate is not for {expected:?}{}", if .presented.is_empty() { String::new() } else { format!(" but for {}", .presented.join(", ")) })]
-    NameMismatch {
-        /// The name the client connected by (or `server_name_indication`).
-        expected: String,
-        /// The names the certificate holds.
-        presented: Vec<String>,
-    },
-    /// The broker's certificate has expired.
-    #[error("the broker's certificate has expired{}", .days.map_or(String::new(), |days| format!(" ({days} days ago)")))]
-    Expired {
-        /// Since how many whole days, when known.
-        days: Option<u64>,
-    },
-    /// The broker's certificate is not valid yet.
-    #[error("the broker's certificate is not valid yet")]
-    NotYetValid,
-    /// The broker requires a client certificate and none was given.
-    #[error("the broker requires a client certificate")]
-    CertificateRequired,
-    /// The broker refused the client certificate given.
-    #[error("the broker refused this client's certificate (TLS alert {0})")]
-    CertificateRefused(String),
-    /// The broker closed the connection right after a handshake in which
-    /// this client showed a certificate: most likely a refusal of it.
-    #[error("the broker closed the connection right after the TLS handshake")]
-    ClosedAfterHandshake,
-    /// What answered does not speak TLS.
-    #[error("the broker does not answer in TLS")]
-    NotTls,
-    /// Any other handshake failure, in the TLS library's words.
-    #[error("TLS handshake failed: {0}")]
-    Other(String),
-}
-
-impl Failure {
-    /// What to do about it.
-    pub fn hint(&self) -> &'static str {
-        match self {
-            Failure::UnknownCa { .. } => {
-                "give the CA that signed the broker's certificate with --tls-ca FILE (or cacertfile= in the URL)"
-            }
-            Failure::NameMismatch { .. } => {
-                "connect by a name the certificate holds, or set server_name_indication=NAME in the URL"
-            }
-            Failure::Expired { .. } => "the broker needs a renewed certificate",
-            Failure::NotYetValid => "is this machine's clock right?",
-            Failure::CertificateRequired => {
-                "give --tls-cert and --tls-key (or certfile= and keyfile= in the URL)"
-            }
-            Failure::CertificateRefused(_) => {
-                "the broker must trust the CA that signed --tls-cert (its cacertfile)"
-            }
-            Failure::ClosedAfterHandshake => {
-                "it may refuse this client's certificate: the broker must trust the CA that signed --tls-cert (its cacertfile)"
-            }
-            Failure::NotTls => {
-                "is this a TLS port? RabbitMQ's is 5671 by default; use amqp:// for a plain one"
-            }
-            Failure::Other(_) => "check the broker's TLS settings",
-        }
-    }
-
-    /// Whether trying again may succeed: only when the broker closed
-    /// without saying why, which a broker going away does too.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Failure::ClosedAfterHandshake)
     }
 }
 
@@ -555,6 +417,10 @@ mod tests {
             settings.identity,
             Some(("flag-cert.pem".into(), "flag-key.pem".into()))
         );
+        // A certificate named in the URL takes its key from the URL too,
+        // never from the flags.
+        let mixed = Settings::of("amqps://h/%2f?certfile=url-cert.pem", &options).unwrap_err();
+        assert!(matches!(mixed, SettingsError::CertWithoutKey), "{mixed}");
         assert!(settings.verify);
         assert_eq!(settings.server_name, "rabbit.internal");
 
@@ -588,6 +454,14 @@ mod tests {
             Err(SettingsError::ExternalWithoutCertificate)
         ));
         assert!(matches!(
+            of_url("amqps://h/%2f?password=secret"),
+            Err(SettingsError::Unsupported("password", _))
+        ));
+        let unnamed = of_url("amqps://h/%2f?server_name_indication=disable")
+            .unwrap()
+            .unwrap();
+        assert_eq!((unnamed.server_name.as_str(), unnamed.sni), ("h", false));
+        assert!(matches!(
             of_url("amqps://h/%2f?server_name_indication=a%20b"),
             Err(SettingsError::ServerName(_))
         ));
@@ -601,56 +475,5 @@ mod tests {
             missing.to_string().contains("/nonexistent/ca.pem"),
             "{missing}"
         );
-    }
-
-    /// Each handshake failure a person can fix has its own words.
-    #[test]
-    fn handshake_failures_are_told_apart() {
-        let anonymous = of_url("amqps://localhost/%2f").unwrap().unwrap();
-        let expired = rustls::Error::InvalidCertificate(CertificateError::ExpiredContext {
-            time: UnixTime::since_unix_epoch(std::time::Duration::from_secs(10 * 86_400)),
-            not_after: UnixTime::since_unix_epoch(std::time::Duration::from_secs(7 * 86_400)),
-        });
-        assert_eq!(
-            anonymous.failure(&expired),
-            Failure::Expired { days: Some(3) }
-        );
-        assert!(
-            anonymous
-                .failure(&expired)
-                .to_string()
-                .contains("expired (3 days ago)")
-        );
-        let unknown = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        assert_eq!(anonymous.failure(&unknown), Failure::UnknownCa { ca: None });
-        let mismatch =
-            rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
-                expected: ServerName::try_from("localhost").unwrap(),
-                presented: vec!["DnsName(\"broker\")".into()],
-            });
-        assert_eq!(
-            anonymous.failure(&mismatch),
-            Failure::NameMismatch {
-                expected: "localhost".into(),
-                presented: vec!["broker".into()]
-            }
-        );
-        let required = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
-        assert_eq!(anonymous.failure(&required), Failure::CertificateRequired);
-        let with_cert = Settings::of(
-            "amqps://localhost/%2f",
-            &TlsOptions {
-                ca: None,
-                cert: Some("c".into()),
-                key: Some("k".into()),
-            },
-        )
-        .unwrap()
-        .unwrap();
-        let refused = rustls::Error::AlertReceived(AlertDescription::UnknownCA);
-        assert!(matches!(
-            with_cert.failure(&refused),
-            Failure::CertificateRefused(_)
-        ));
     }
 }
