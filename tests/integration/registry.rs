@@ -169,6 +169,13 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
     let output = registry.deploy(&double, &[]).await;
     assert!(output.contains("to 3/3 nodes in"), "{output}");
     let after_double = Instant::now();
+    // The same deploy again changes nothing, succeeds, and says who
+    // serves the version.
+    let output = registry.deploy(&double, &[]).await;
+    assert!(
+        output.contains("is current already: nothing to publish; 3/3 nodes serve it"),
+        "{output}"
+    );
 
     let output = registry.deploy(&square, &["--stage"]).await;
     assert!(output.contains("to 3/3 nodes"), "{output}");
@@ -193,6 +200,14 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
         .await;
     assert!(output.status.success(), "{}", text(&output));
     let after_promote = Instant::now();
+    let again = registry
+        .compute("promote", &["increase", &digest_of(&square)])
+        .await;
+    assert!(
+        again.status.success() && text(&again).contains("is current already"),
+        "{}",
+        text(&again)
+    );
     assert_answered_by_since(&calls, &digest_of(&square), after_promote).await;
 
     let output = registry.compute("rollback", &["increase"]).await;

@@ -6,6 +6,7 @@ use crate::{
     registry::{
         self, Retention,
         deploy::{self, Registry, Rollout},
+        message::Role,
         report::NodeStatus,
         signing::{self, DeployKey, Trust},
     },
@@ -155,8 +156,9 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             let digest = crate::sandbox::digest(&bytes);
             let limits = limits.map(|file| file.text);
             let message = deploy::publish(&function, &digest, stage, limits);
+            let role = message.role.unwrap_or(Role::Current);
             roll_out(&rollout, &function, |_| {
-                Ok((digest, vec![(message, bytes)]))
+                Ok((digest, role, vec![(message, bytes)]))
             })
             .await
         }
@@ -168,7 +170,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             roll_out(&rollout, &function, |state| {
                 deploy::check_promote(state, &function, &digest)?;
                 let message = deploy::promote(&function, &digest);
-                Ok((digest, vec![(message, Vec::new())]))
+                Ok((digest, Role::Current, vec![(message, Vec::new())]))
             })
             .await
         }
@@ -176,7 +178,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             roll_out(&rollout, &function, |state| {
                 let target = deploy::rollback_target(state, &function)?;
                 let message = deploy::promote(&function, &target);
-                Ok((target, vec![(message, Vec::new())]))
+                Ok((target, Role::Current, vec![(message, Vec::new())]))
             })
             .await
         }
@@ -236,12 +238,15 @@ fn trust(args: &RolloutArgs) -> anyhow::Result<Trust> {
 }
 
 /// What a rollout appends, planned from what the registry holds: the
-/// version the nodes are to report on, and the messages.
-type Plan = (String, Vec<(registry::message::Message, Vec<u8>)>);
+/// version the nodes are to report on, the role it is to have, and the
+/// messages.
+type Plan = (String, Role, Vec<(registry::message::Message, Vec<u8>)>);
 
 /// Finds the nodes, reads the registry once, appends what `plan` makes of
 /// it, and waits for every node to report on `function` at the planned
-/// version.
+/// version. A plan the registry holds already (deploying the current
+/// version again, say) appends nothing: the nodes' status says who
+/// serves it, so applying the same change twice succeeds.
 async fn roll_out(
     args: &RolloutArgs,
     function: &str,
@@ -252,12 +257,15 @@ async fn roll_out(
     let mut reports = registry.reports().await?;
     let nodes = registry.nodes(args.registry.discover).await?;
     let state = registry.read(&trust(args)?).await?;
-    let (digest, messages) = plan(&state)?;
+    let (digest, role, messages) = plan(&state)?;
     let digest = digest.as_str();
-    registry.append(&state, messages, key.as_ref()).await?;
-    let appended = Instant::now();
-    let rollout =
-        deploy::collect(&mut reports, &nodes, function, digest, appended, args.wait).await;
+    let rollout = if deploy::holds_already(&state, function, digest, role, &messages) {
+        deploy::unchanged(&nodes, function, digest, role)
+    } else {
+        registry.append(&state, messages, key.as_ref()).await?;
+        let appended = Instant::now();
+        deploy::collect(&mut reports, &nodes, function, digest, appended, args.wait).await
+    };
     registry.close().await;
     print_rollout(&rollout, &nodes, digest, args.json);
     Ok(if rollout.succeeded() {
@@ -290,6 +298,7 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
                 "serving": serving,
                 "nodes": nodes.len(),
                 "ms": rollout.took.as_millis() as u64,
+                "unchanged": rollout.unchanged.is_some(),
             })
         );
         return;
@@ -306,7 +315,13 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
     for node in &rollout.silent {
         println!("{} ({})  did not report", node.node, node.host);
     }
-    if nodes.is_empty() {
+    if let Some(role) = rollout.unchanged {
+        println!(
+            "{digest} is {} already: nothing to publish; {serving}/{} nodes serve it",
+            role.as_str(),
+            nodes.len()
+        );
+    } else if nodes.is_empty() {
         println!("published {digest}; no node follows the registry");
     } else {
         println!(

@@ -286,6 +286,8 @@ pub struct Rollout {
     pub silent: Vec<NodeStatus>,
     /// From the last message appended to the last report.
     pub took: Duration,
+    /// The role the version had already, when nothing was appended.
+    pub unchanged: Option<Role>,
 }
 
 impl Rollout {
@@ -347,6 +349,66 @@ pub async fn collect(
         reports: got,
         silent,
         took,
+        unchanged: None,
+    }
+}
+
+/// Whether `messages`, which give `digest` of `function` the role
+/// `role`, would change nothing: the version has that role already, with
+/// the same limits file.
+pub fn holds_already(
+    state: &State,
+    function: &str,
+    digest: &str,
+    role: Role,
+    messages: &[(Message, Vec<u8>)],
+) -> bool {
+    let Some(held) = state.functions.get(function) else {
+        return false;
+    };
+    let same_limits = messages
+        .iter()
+        .filter(|(message, _)| message.action == Action::Publish)
+        .all(|(message, _)| {
+            held.stored
+                .get(digest)
+                .is_some_and(|stored| stored.limits == message.limits)
+        });
+    held.role_of(digest) == Some(role) && same_limits
+}
+
+/// The rollout of a version that has its role already: nothing is
+/// appended, and each node's status says whether it serves `digest` in
+/// that role.
+pub fn unchanged(nodes: &[NodeStatus], function: &str, digest: &str, role: Role) -> Rollout {
+    let reports = nodes
+        .iter()
+        .map(|node| {
+            let held = node.functions.iter().find(|held| held.name == function);
+            let in_role = held.and_then(|held| match role {
+                Role::Staged => held.staged.clone(),
+                Role::Current | Role::Previous => Some(held.current.clone()),
+            });
+            let serves = in_role.as_deref() == Some(digest);
+            Report {
+                node: node.node.clone(),
+                host: node.host.clone(),
+                function: function.to_owned(),
+                digest: digest.to_owned(),
+                role: role.as_str().to_owned(),
+                outcome: if serves { "serving" } else { "rejected" }.to_owned(),
+                reason: (!serves).then(|| match in_role {
+                    Some(other) => format!("serves {other} as {} instead", role.as_str()),
+                    None => format!("does not serve {function}"),
+                }),
+            }
+        })
+        .collect();
+    Rollout {
+        reports,
+        silent: Vec::new(),
+        took: Duration::ZERO,
+        unchanged: Some(role),
     }
 }
 
@@ -402,4 +464,41 @@ async fn bounded<T>(
     tokio::time::timeout(limit, future)
         .await
         .map_err(|_| DeployError::Timeout(limit, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deploying what the registry holds changes nothing, unless its
+    /// limits file or its role differs.
+    #[test]
+    fn a_deploy_of_what_the_registry_holds_is_told_apart() {
+        let mut state = State::new("r");
+        let mut held = publish("f", "d1", false, Some("max_memory = 1".into()));
+        held.registry = "r".into();
+        held.sequence = 1;
+        state.apply(&held, b"bytes").unwrap();
+        let again = |stage, limits: Option<&str>| {
+            let message = publish("f", "d1", stage, limits.map(str::to_owned));
+            let role = message.role.unwrap_or(Role::Current);
+            holds_already(&state, "f", "d1", role, &[(message, Vec::new())])
+        };
+        assert!(again(false, Some("max_memory = 1")));
+        assert!(!again(false, Some("max_memory = 2")), "other limits");
+        assert!(!again(false, None), "limits removed");
+        assert!(!again(true, Some("max_memory = 1")), "staged, not current");
+        let promote = promote("f", "d1");
+        assert!(holds_already(
+            &state,
+            "f",
+            "d1",
+            Role::Current,
+            &[(promote, Vec::new())]
+        ));
+        assert!(
+            !holds_already(&state, "g", "d1", Role::Current, &[]),
+            "unknown function"
+        );
+    }
 }
