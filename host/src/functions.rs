@@ -285,13 +285,19 @@ impl Table {
                 Ok(())
             }
             Err(err) if settled => {
+                let what = match &err {
+                    FunctionError::Limits(_) => "its limits file is not usable",
+                    FunctionError::Module(_) | FunctionError::QueueName(_) => {
+                        "not a usable compute module"
+                    }
+                };
                 warn!(
                     function,
                     from,
                     %digest,
                     cause = %err,
                     serving = serving.as_ref().map(|serving| serving.digest()),
-                    "not a usable compute module; {}",
+                    "{what}; {}",
                     if serving.is_some() { "still serving the current version" } else { "the function is not served" }
                 );
                 if let Some(existing) = &existing {

@@ -63,15 +63,16 @@ async fn a_node_waits_for_its_broker_and_says_where_it_stands() {
     testkit::delete_queue(&queue).await;
 }
 
-/// `--connect-timeout` bounds the waiting, for scripts: the node gives up
-/// with the reason and exit status 2.
+/// `--connect-timeout` bounds the waiting, for scripts, and means what
+/// it says: the node tries for that long, not less, then gives up with
+/// the reason and exit status 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_bounds_the_wait() {
     let nobody = BrokerProxy::reserve();
     let started = std::time::Instant::now();
     let output = run_to_end(
         compute_command()
-            .args(["--amqp-url", &nobody.url(), "--connect-timeout", "1"])
+            .args(["--amqp-url", &nobody.url(), "--connect-timeout", "3"])
             .arg("--module")
             .arg(increase_module()),
         Duration::from_secs(30),
@@ -79,9 +80,35 @@ async fn connect_timeout_bounds_the_wait() {
     .await;
     let took = started.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("--connect-timeout 3 gave up after {took:?}");
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is the broker running?"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(3),
+        "gave up early, after {took:?}"
+    );
     assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+}
+
+/// A node still waiting for its broker stops at once when asked to
+/// (SIGTERM, as Ctrl-C), and exits 0: it listens from the first moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_waiting_for_its_broker_stops_when_asked() {
+    let nobody = BrokerProxy::reserve();
+    let mut command = compute_command();
+    command
+        .args(["--amqp-url", &nobody.url()])
+        .arg("--module")
+        .arg(increase_module());
+    let mut node = ServerProcess::start(&mut command, "RabbitMQ does not answer yet").await;
+    node.terminate();
+    let status = node.wait_up_to(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "{}", node.log());
+    assert!(
+        node.log().contains("stopped while starting"),
+        "{}",
+        node.log()
+    );
 }
 
 /// A node and a center each given two broker addresses, one of them

@@ -337,6 +337,11 @@ impl ConnectError {
 /// passed (`None`: no limit), waiting longer after each transient failure
 /// (up to `max_wait`), as a worker started before its broker should. The
 /// first transient failure is logged, once; the last one is the error.
+///
+/// The limit is kept to: the last wait is cut short to end at it, for a
+/// last attempt there. An attempt is not cut (dropping the client's
+/// connect mid-way leaves its thread to fail noisily), so one to a broker
+/// that accepts and never answers may end up to [`ANSWER_TIMEOUT`] late.
 pub(crate) async fn patiently<T, Attempt>(
     limit: Option<Duration>,
     max_wait: Duration,
@@ -358,12 +363,15 @@ where
             }
             Err(error) => error,
         };
-        let wait = backoff.next_wait();
-        let out_of_time =
-            deadline.is_some_and(|deadline| tokio::time::Instant::now() + wait > deadline);
+        let now = tokio::time::Instant::now();
+        let out_of_time = deadline.is_some_and(|deadline| now >= deadline);
         if !error.is_transient() || out_of_time {
             return Err(error);
         }
+        let wait = match deadline {
+            Some(deadline) => backoff.next_wait().min(deadline - now),
+            None => backoff.next_wait(),
+        };
         if !said {
             let until = match limit {
                 Some(limit) => format!("for up to {} s (--connect-timeout)", limit.as_secs_f64()),

@@ -24,13 +24,7 @@ use tracing::warn;
 
 /// Sends each input to a compute node and prints each result.
 #[derive(Debug, Parser)]
-// `--version` pins a module version, so the program's own version is `-V`.
-#[command(
-    name = "center",
-    version,
-    disable_version_flag = true,
-    after_help = AFTER_HELP
-)]
+#[command(name = "center", version, after_help = AFTER_HELP)]
 pub struct CenterArgs {
     /// The inputs, one request each. Without any, reads one input per line
     /// from standard input.
@@ -107,11 +101,7 @@ pub struct CenterArgs {
     /// reply's `x-module-digest` names it), current or not; a node that
     /// does not hold it answers `unknown-version`.
     #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
-    pub version: Option<String>,
-
-    /// Print the program's version.
-    #[arg(short = 'V', action = clap::ArgAction::Version)]
-    pub print_version: (),
+    pub pin: Option<String>,
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]
@@ -242,7 +232,7 @@ pub async fn run(
         retries: args.retries,
         reply_mode: args.reply_mode,
         max_body: args.max_body,
-        version: args.version.clone(),
+        version: args.pin.clone(),
         connect_timeout: args.connect_timeout,
         persistent: args.queue_type == QueueKind::Quorum,
         confirms: args.confirm,
@@ -369,6 +359,17 @@ mod tests {
     #[test]
     fn verify_cli() {
         CenterArgs::command().debug_assert();
+    }
+
+    /// `--version` prints the program's version, as everywhere; the
+    /// function's version is pinned with `--pin`.
+    #[test]
+    fn version_is_the_program_and_pin_is_the_function() {
+        let shown = CenterArgs::try_parse_from(["center", "--version"]).unwrap_err();
+        assert_eq!(shown.kind(), clap::error::ErrorKind::DisplayVersion);
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let args = CenterArgs::try_parse_from(["center", "--pin", &digest, "1"]).unwrap();
+        assert_eq!(args.pin, Some(digest));
     }
 
     #[test]

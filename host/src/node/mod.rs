@@ -566,13 +566,25 @@ fn spawn_table(table: Table, updates: mpsc::Receiver<Update>) -> (Served, AbortO
     )
 }
 
-/// Starts a node with `config` and serves until `shutdown` completes.
+/// Starts a node with `config` and serves until `shutdown` completes;
+/// a `shutdown` while it starts (waiting for its broker, say) stops it
+/// there.
 ///
 /// # Errors
 ///
 /// Only when the node cannot start; once started it runs until
 /// `shutdown`.
 pub async fn run(config: NodeConfig, shutdown: impl Future) -> Result<(), StartError> {
-    ComputeNode::start(&config).await?.run(shutdown).await;
+    // Listening from the first moment: a node still waiting for its
+    // broker, or compiling, stops when asked to.
+    tokio::pin!(shutdown);
+    let node = tokio::select! {
+        node = ComputeNode::start(&config) => node?,
+        _ = shutdown.as_mut() => {
+            info!("stopped while starting, before serving anything");
+            return Ok(());
+        }
+    };
+    node.run(shutdown).await;
     Ok(())
 }

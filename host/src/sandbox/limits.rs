@@ -205,11 +205,20 @@ impl FunctionLimits {
     /// When it is not TOML or holds an unknown key or a value of the
     /// wrong type.
     pub fn parse(text: &str, path: &Path) -> Result<Self, LimitsError> {
-        toml::from_str(text).map_err(|err| LimitsError::Unreadable {
-            path: path.display().to_string(),
-            // The parser's message spans lines (a caret under the key);
-            // the log and the registry want one.
-            reason: err.message().to_owned(),
+        toml::from_str(text).map_err(|err| {
+            // The parser's own text spans lines (a caret under the key);
+            // the log and the registry want one, which names the place as
+            // compilers do: FILE:LINE:COLUMN.
+            let at = err.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+                format!(":{line}:{column}")
+            });
+            LimitsError::Unreadable {
+                path: format!("{}{}", path.display(), at.unwrap_or_default()),
+                reason: err.message().to_owned(),
+            }
         })
     }
 
@@ -318,17 +327,23 @@ mod tests {
         );
     }
 
-    /// A typo is an error naming the file, not a limit silently ignored.
+    /// A typo is an error naming the file, the line and the column, not
+    /// a limit silently ignored.
     #[test]
     fn an_unknown_key_or_a_wrong_type_is_an_error() {
         let unknown = parse("memroy = 16").unwrap_err().to_string();
         assert!(
-            unknown.starts_with("modules/f.toml: unknown field `memroy`"),
+            unknown.starts_with("modules/f.toml:1:1: unknown field `memroy`"),
             "{unknown}"
         );
         assert!(!unknown.contains('\n'), "{unknown}");
-        let wrong = parse("memory = \"16 MiB\"").unwrap_err().to_string();
-        assert!(wrong.starts_with("modules/f.toml: invalid type"), "{wrong}");
+        let wrong = parse("timeout = 2\nmemory = \"16 MiB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            wrong.starts_with("modules/f.toml:2:10: invalid type"),
+            "{wrong}"
+        );
         assert!(parse("instances = -1").is_err());
     }
 }
