@@ -76,18 +76,22 @@ impl LiveModule {
         self.current.load_full()
     }
 
-    /// Version `digest`, if it is current, staged or kept compiled.
+    /// The version whose digest is, or starts with, `digest`, if it is
+    /// staged or kept compiled and no other such version starts so.
     pub fn version(&self, digest: &str) -> Option<ComputeModule> {
-        let staged = lock(&self.staged)
-            .as_ref()
-            .filter(|module| module.digest() == digest)
-            .cloned();
-        staged.or_else(|| {
-            lock(&self.recent)
-                .iter()
-                .find(|module| module.digest() == digest)
-                .cloned()
-        })
+        let staged = lock(&self.staged).clone();
+        let recent = lock(&self.recent);
+        let mut matching = staged
+            .iter()
+            .chain(recent.iter())
+            .filter(|module| module.digest().starts_with(digest));
+        let found = matching.next()?;
+        // The staged version may be kept compiled too: the same version
+        // twice is still one.
+        if matching.any(|other| other.digest() != found.digest()) {
+            return None;
+        }
+        Some(found.clone())
     }
 
     /// The staged version's digest, if there is one.

@@ -22,9 +22,10 @@ pub struct CenterOptions {
     /// The largest request body sent; a larger one fails its own call
     /// with [`CallError::TooLarge`](super::CallError::TooLarge) without being published.
     pub max_body: usize,
-    /// The exact version (`sha256:<hex>`) every call asks for; a node
-    /// that does not hold it answers `unknown-version`. `None` runs the
-    /// current version.
+    /// The version (`sha256:<hex>`, or the start of it that only one
+    /// version the node holds has) every call asks for; a node that does
+    /// not hold it answers `unknown-version`. `None` runs the current
+    /// version.
     pub version: Option<String>,
     /// How long [`Center::connect_with`](super::Center::connect_with)
     /// tries a broker that does not answer, waiting longer after each

@@ -98,7 +98,8 @@ pub struct CenterArgs {
     pub max_body: usize,
 
     /// Ask for exactly this version of the function (`sha256:<hex>`, as a
-    /// reply's `x-module-digest` names it), current or not; a node that
+    /// reply's `x-module-digest` names it, or its start, at least 8 hex
+    /// digits, as `compute status` shows it), current or not; a node that
     /// does not hold it answers `unknown-version`.
     #[arg(long, value_name = "DIGEST", value_parser = parse_digest)]
     pub pin: Option<String>,
@@ -145,10 +146,12 @@ fn parse_at_least_one(text: &str) -> Result<NonZeroUsize, String> {
         .map_err(|_| format!("expected a whole number of at least 1, got {text:?}"))
 }
 
-/// A module digest: `sha256:` and 64 lowercase hex digits.
+/// A module digest, `sha256:` and 64 lowercase hex digits, or its start
+/// with at least [`SHORTEST_PIN`] of them (as `compute status` shows it),
+/// which a node matches against the versions it holds.
 fn parse_digest(text: &str) -> Result<String, String> {
     let hex = text.strip_prefix("sha256:").unwrap_or("");
-    if hex.len() == 64
+    if (SHORTEST_PIN..=64).contains(&hex.len())
         && hex
             .bytes()
             .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
@@ -156,10 +159,14 @@ fn parse_digest(text: &str) -> Result<String, String> {
         Ok(text.to_owned())
     } else {
         Err(format!(
-            "expected sha256: and 64 lowercase hex digits, got {text:?}"
+            "expected sha256: and {SHORTEST_PIN} to 64 lowercase hex digits, got {text:?}"
         ))
     }
 }
+
+/// The fewest hex digits a pin may give: few enough to type, enough that
+/// two versions of one function never share them.
+const SHORTEST_PIN: usize = 8;
 
 /// The `center` program once its arguments are parsed: runs, prints the
 /// summary with `--stats`, and says how it went: 0 when every request
@@ -370,6 +377,9 @@ mod tests {
         let digest = format!("sha256:{}", "a".repeat(64));
         let args = CenterArgs::try_parse_from(["center", "--pin", &digest, "1"]).unwrap();
         assert_eq!(args.pin, Some(digest));
+        let short = CenterArgs::try_parse_from(["center", "--pin", "sha256:84ad656da218", "1"]);
+        assert_eq!(short.unwrap().pin.as_deref(), Some("sha256:84ad656da218"));
+        assert!(CenterArgs::try_parse_from(["center", "--pin", "sha256:84ad", "1"]).is_err());
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub enum RegistryCommand {
     /// Make an earlier version of a function current on every node.
     Promote {
         function: String,
+        /// The version: its digest, or the start of it (as `compute
+        /// status` shows it) if only one version starts so.
         digest: String,
         #[command(flatten)]
         rollout: RolloutArgs,
@@ -168,7 +170,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             rollout,
         } => {
             roll_out(&rollout, &function, |state| {
-                deploy::check_promote(state, &function, &digest)?;
+                let digest = deploy::held_version(state, &function, &digest)?;
                 let message = deploy::promote(&function, &digest);
                 Ok((digest, Role::Current, vec![(message, Vec::new())]))
             })

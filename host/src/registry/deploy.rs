@@ -36,6 +36,12 @@ pub enum DeployError {
     NotConfirmed,
     #[error("the registry holds no version {digest} of {function}")]
     UnknownVersion { function: String, digest: String },
+    #[error("{digest} is the start of several versions of {function}: {}; give more of it", .matches.join(", "))]
+    AmbiguousVersion {
+        function: String,
+        digest: String,
+        matches: Vec<String>,
+    },
     #[error("the registry holds no function {0}")]
     UnknownFunction(String),
     #[error("{0} has no previous version to roll back to")]
@@ -412,19 +418,30 @@ pub fn unchanged(nodes: &[NodeStatus], function: &str, digest: &str, role: Role)
     }
 }
 
-/// What a promote of `digest` needs: the registry holds it for `function`.
-pub fn check_promote(state: &State, function: &str, digest: &str) -> Result<(), DeployError> {
+/// The version of `function` the registry holds whose digest is, or
+/// starts with, `digest` (as `compute status` shortens them, and as git
+/// takes a commit): one version, or an error naming none or several.
+pub fn held_version(state: &State, function: &str, digest: &str) -> Result<String, DeployError> {
     let held = state
         .functions
         .get(function)
         .ok_or_else(|| DeployError::UnknownFunction(function.to_owned()))?;
-    if held.stored.contains_key(digest) {
-        Ok(())
-    } else {
-        Err(DeployError::UnknownVersion {
+    let matches: Vec<&String> = held
+        .stored
+        .keys()
+        .filter(|held| held.starts_with(digest))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(DeployError::UnknownVersion {
             function: function.to_owned(),
             digest: digest.to_owned(),
-        })
+        }),
+        several => Err(DeployError::AmbiguousVersion {
+            function: function.to_owned(),
+            digest: digest.to_owned(),
+            matches: several.iter().map(|digest| (*digest).clone()).collect(),
+        }),
     }
 }
 
@@ -500,5 +517,36 @@ mod tests {
             !holds_already(&state, "g", "d1", Role::Current, &[]),
             "unknown function"
         );
+    }
+
+    /// A version is named by its digest or by a start only it has.
+    #[test]
+    fn a_version_is_found_by_the_start_of_its_digest() {
+        let mut state = State::new("r");
+        for (sequence, digest) in [(1, "sha256:aa11"), (2, "sha256:aa22")] {
+            let mut message = publish("f", digest, false, None);
+            (message.registry, message.sequence) = ("r".into(), sequence);
+            state.apply(&message, digest.as_bytes()).unwrap();
+        }
+        assert_eq!(
+            held_version(&state, "f", "sha256:aa1").unwrap(),
+            "sha256:aa11"
+        );
+        assert_eq!(
+            held_version(&state, "f", "sha256:aa22").unwrap(),
+            "sha256:aa22"
+        );
+        let several = held_version(&state, "f", "sha256:aa").unwrap_err();
+        assert!(
+            matches!(&several, DeployError::AmbiguousVersion { matches, .. } if matches.len() == 2)
+        );
+        assert!(
+            several.to_string().contains("sha256:aa11, sha256:aa22"),
+            "{several}"
+        );
+        assert!(matches!(
+            held_version(&state, "f", "sha256:bb"),
+            Err(DeployError::UnknownVersion { .. })
+        ));
     }
 }

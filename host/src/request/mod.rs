@@ -159,15 +159,16 @@ impl Handler {
         self.answer(delivery, current).instrument(span).await
     }
 
-    /// The version `properties` pin, when it is not `current`: `Ok` with
-    /// it if this node holds it, `Err` with the pinned digest if not.
+    /// The version `properties` pin (by digest, or its start), when it is
+    /// not `current`: `Ok` with it if this node holds it, `Err` with the
+    /// pinned digest if not.
     fn pinned(
         &self,
         properties: &BasicProperties,
         current: &ComputeModule,
     ) -> Option<Result<ComputeModule, String>> {
         let digest = wire::requested_version(properties)?;
-        if digest == current.digest() {
+        if current.digest().starts_with(&digest) {
             return None;
         }
         Some(self.live.version(&digest).ok_or(digest))
