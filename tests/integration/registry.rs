@@ -761,3 +761,45 @@ async fn append_raw(stream: &str, messages: &[RawMessage]) {
 fn header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
     compute_host::wire::header_text(properties, name)
 }
+
+/// `compute status` only reads: a registry named wrong is an error that
+/// says so, and neither the stream nor its exchanges appear on the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_a_registry_that_does_not_exist_creates_nothing() {
+    let registry = TestRegistry::new("typo");
+    let output = registry.compute("status", &[]).await;
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("there is no registry"), "{said}");
+
+    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let passive_queue = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let stream = connection.create_channel().await.unwrap();
+    let looked = stream
+        .queue_declare(
+            registry.stream.as_str().into(),
+            passive_queue,
+            Default::default(),
+        )
+        .await;
+    assert!(looked.is_err(), "the stream was created");
+    let passive_exchange = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exchanges = connection.create_channel().await.unwrap();
+    let events = compute_host::registry::events_exchange(&registry.stream);
+    let looked = exchanges
+        .exchange_declare(
+            events.as_str().into(),
+            lapin::ExchangeKind::Fanout,
+            passive_exchange,
+            Default::default(),
+        )
+        .await;
+    assert!(looked.is_err(), "the events exchange was created");
+    let _ = connection.close(200, "OK".into()).await;
+}

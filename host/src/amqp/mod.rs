@@ -466,6 +466,12 @@ pub(crate) const NOT_IMPLEMENTED: u16 = 540;
 /// feature they deny.
 pub(crate) const INTERNAL_ERROR: u16 = 541;
 
+/// Whether the broker answered `error` with 404 `NOT_FOUND`: what it
+/// says of a passive look at something missing.
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
+    Refusal::of(error).is_some_and(|refusal| refusal.code == NOT_FOUND)
+}
+
 /// Declares `queue` passively on `channel`: its message and consumer
 /// counts if it exists, whatever its settings, or `None` if it does not.
 /// RabbitMQ 3.x asks no permission for it; 4.x asks for one on the queue
@@ -481,7 +487,7 @@ pub(crate) async fn existing_queue(
         .await
     {
         Ok(queue) => Ok(Some(queue)),
-        Err(err) if Refusal::of(&err).is_some_and(|refusal| refusal.code == NOT_FOUND) => Ok(None),
+        Err(err) if is_not_found(&err) => Ok(None),
         Err(err) => Err(err),
     }
 }

@@ -335,7 +335,9 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
 }
 
 async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let registry = args.connect().await?;
+    // Only reads: a registry named wrong is an error, not a new stream.
+    let (urls, tls) = (args.broker.urls(), args.broker.tls());
+    let registry = Registry::open_existing(&urls, &tls, &args.registry).await?;
     let nodes = registry.nodes(args.discover).await?;
     registry.close().await;
     if json {

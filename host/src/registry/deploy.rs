@@ -5,7 +5,7 @@
 
 use super::{
     Retention,
-    follow::channel_for_exchanges,
+    follow::{channel_for_exchanges, declare_exchanges},
     message::{Action, Message, Role},
     report::{NodeStatus, Report, STATUS_TYPE},
     signing::{DeployKey, Trust},
@@ -15,7 +15,10 @@ use crate::amqp::{self, ConnectError};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
-    options::{BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+        QueueDeclareOptions,
+    },
 };
 use std::time::Duration;
 use tokio::time::Instant;
@@ -44,6 +47,10 @@ pub enum DeployError {
     },
     #[error("the registry holds no function {0}")]
     UnknownFunction(String),
+    #[error(
+        "there is no registry {0} on this broker (compute deploy makes it; check --registry and the vhost in --amqp-url)"
+    )]
+    NoRegistry(String),
     #[error("{0} has no previous version to roll back to")]
     NoPrevious(String),
     #[error(
@@ -103,6 +110,53 @@ impl Registry {
             events,
             stream: stream.to_owned(),
             retention,
+        })
+    }
+
+    /// Connects to a registry that exists already, creating nothing: for
+    /// the commands that only read (`compute status`).
+    ///
+    /// # Errors
+    ///
+    /// [`DeployError::NoRegistry`] when the stream or the exchanges beside
+    /// it do not exist.
+    pub async fn open_existing(
+        url: &str,
+        tls: &amqp::TlsOptions,
+        stream: &str,
+    ) -> Result<Self, DeployError> {
+        let connection = amqp::connect_with(url, tls).await.map_err(Box::new)?;
+        let look = async {
+            // A passive look at something missing closes its channel.
+            let channel = connection.create_channel().await?;
+            if amqp::existing_queue(&channel, stream.into())
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            match declare_exchanges(&connection, stream, passive).await {
+                Ok(events) => Ok(Some((channel, events))),
+                Err(err) if amqp::is_not_found(&err) => Ok(None),
+                Err(err) => Err(err),
+            }
+        };
+        let found = bounded(amqp::ANSWER_TIMEOUT, "looking for the registry", look).await??;
+        let Some((channel, events)) = found else {
+            let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, connection.close(200, "OK".into()))
+                .await;
+            return Err(DeployError::NoRegistry(stream.to_owned()));
+        };
+        Ok(Registry {
+            connection,
+            channel,
+            events,
+            stream: stream.to_owned(),
+            retention: Retention::default(),
         })
     }
 

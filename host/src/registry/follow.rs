@@ -406,6 +406,16 @@ pub(crate) async fn channel_for_exchanges(
     connection: &Connection,
     stream: &str,
 ) -> Result<Channel, lapin::Error> {
+    declare_exchanges(connection, stream, ExchangeDeclareOptions::default()).await
+}
+
+/// A channel on which the events and status exchanges are declared with
+/// `options` (passive: they must exist already).
+pub(crate) async fn declare_exchanges(
+    connection: &Connection,
+    stream: &str,
+    options: ExchangeDeclareOptions,
+) -> Result<Channel, lapin::Error> {
     let channel = connection.create_channel().await?;
     for exchange in [
         super::events_exchange(stream),
@@ -415,7 +425,7 @@ pub(crate) async fn channel_for_exchanges(
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Fanout,
-                ExchangeDeclareOptions::default(),
+                options,
                 FieldTable::default(),
             )
             .await?;
