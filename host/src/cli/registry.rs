@@ -29,7 +29,7 @@ pub enum RegistryCommand {
         /// The function's name; the file stem by default.
         #[arg(long, value_name = "NAME")]
         function: Option<String>,
-        /// Only for requests that pin it (`center --version`) until
+        /// Only for requests that pin it (`center --pin`) until
         /// `compute promote`.
         #[arg(long)]
         stage: bool,
