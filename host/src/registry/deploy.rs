@@ -135,6 +135,10 @@ impl Registry {
             {
                 return Ok(None);
             }
+            // As every registry's channel is, whatever it is used for.
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
             let passive = ExchangeDeclareOptions {
                 passive: true,
                 ..ExchangeDeclareOptions::default()
