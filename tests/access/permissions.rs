@@ -156,8 +156,9 @@ async fn deploy(url: &str, module: &Path, key: &Path) -> Output {
     run_to_end(&mut deploy, Duration::from_secs(60)).await
 }
 
-/// `center --function increase INPUT` as the caller; what it printed.
-async fn call(url: &str, input: &str) -> Output {
+/// `center --function increase INPUT` as the caller: panics unless it
+/// prints `expected`.
+async fn assert_call(url: &str, input: &str, expected: &str) {
     let mut center = center_command();
     center.args([
         "--function",
@@ -168,7 +169,13 @@ async fn call(url: &str, input: &str) -> Output {
         "10",
         input,
     ]);
-    run_to_end(&mut center, Duration::from_secs(30)).await
+    let called = run_to_end(&mut center, Duration::from_secs(30)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&called.stdout),
+        expected,
+        "{}",
+        text(&called)
+    );
 }
 
 /// The reply code a channel or connection was closed with.
@@ -221,13 +228,7 @@ async fn each_role_does_its_job_and_no_more() {
     .arg("--trusted-key")
     .arg(key.with_extension("key.pub"));
     let node = ServerProcess::start(&mut node, "waiting for requests").await;
-    let called = call(&caller_url, "41").await;
-    assert_eq!(
-        String::from_utf8_lossy(&called.stdout),
-        "increase(41) = 42\n",
-        "{}",
-        text(&called)
-    );
+    assert_call(&caller_url, "41", "increase(41) = 42\n").await;
 
     let second = deploy(&deployer_url, &built_module("double"), &key).await;
     let said = text(&second);
@@ -235,13 +236,7 @@ async fn each_role_does_its_job_and_no_more() {
         second.status.success() && said.contains("to 1/1 nodes"),
         "the node reports: {said}"
     );
-    let called = call(&caller_url, "41").await;
-    assert_eq!(
-        String::from_utf8_lossy(&called.stdout),
-        "increase(41) = 82\n",
-        "{}",
-        text(&called)
-    );
+    assert_call(&caller_url, "41", "increase(41) = 82\n").await;
 
     // The node's user may not write to the stream.
     let connection = amqp::connect(&node_registry_url).await.unwrap();
