@@ -107,11 +107,6 @@ impl Table {
         self.served.clone()
     }
 
-    /// Whether no function is served.
-    pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.served).is_empty()
-    }
-
     /// Serves `module` as a new function, its queue named after it.
     pub(crate) fn add(&mut self, module: ComputeModule) -> Result<Arc<Function>, QueueNameError> {
         let name = module.name().to_owned();

@@ -20,5 +20,6 @@ mod python;
 mod quorum;
 mod registry;
 mod rpc;
+mod sharing;
 mod swap;
 mod wire;

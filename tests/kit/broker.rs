@@ -76,6 +76,25 @@ pub async fn refuses_transient_queues() -> bool {
     refused
 }
 
+/// How many messages wait in `queue`, not yet delivered to a consumer.
+pub async fn ready_messages(queue: &str) -> u32 {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "OK".into()).await;
+    declared.message_count()
+}
+
 /// Deletes a test queue so runs leave nothing behind on the broker.
 pub async fn delete_queue(queue: &str) {
     let connection = connect().await;

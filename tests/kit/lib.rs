@@ -31,15 +31,15 @@ mod python;
 mod raw;
 
 pub use broker::{
-    QueueGuard, amqp_url, center, declare_queue, delete_queue, refuses_transient_queues,
-    unique_queue,
+    QueueGuard, amqp_url, center, declare_queue, delete_queue, ready_messages,
+    refuses_transient_queues, unique_queue,
 };
 pub use eventually::eventually;
 pub use figures::{broker_pid, cpu_seconds, minor_faults, peak_rss_mib, print_goal};
 pub use load::{Call, Calls, Load, Tally};
 pub use metrics::{get, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
-pub use node::{DirNode, RunningNode, test_compile_cache};
+pub use node::{DirNode, RunningNode, queue_of, test_compile_cache};
 pub use process::{ServerProcess, center_command, compute_command, run_to_end};
 pub use proxy::BrokerProxy;
 pub use python::{python, python_command, python_output};

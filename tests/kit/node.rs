@@ -106,13 +106,24 @@ impl DirNode {
     /// Starts a node serving `dir`: when this returns, it has tried every
     /// file there once.
     pub async fn start<const N: usize>(dir: &Path, functions: [&str; N]) -> Self {
-        let prefix = format!("test.functions.{}", Uuid::new_v4());
-        let queues = QueueGuard::new(functions.map(|name| format!("{prefix}.{name}")));
-        let config = NodeConfig {
+        Self::start_with(dir, Self::new_prefix(), functions, |config| config).await
+    }
+
+    /// Starts a node serving `dir` as [`start`](Self::start) does, with
+    /// queue prefix `prefix` (from [`new_prefix`](Self::new_prefix)), its
+    /// configuration changed by `change`.
+    pub async fn start_with<const N: usize>(
+        dir: &Path,
+        prefix: String,
+        functions: [&str; N],
+        change: impl FnOnce(NodeConfig) -> NodeConfig,
+    ) -> Self {
+        let queues = QueueGuard::new(functions.map(|name| queue_of(&prefix, name)));
+        let config = change(NodeConfig {
             amqp_url: amqp_url(),
             compile_cache: Some(test_compile_cache()),
             ..NodeConfig::dir(dir, &prefix)
-        };
+        });
         let node = ComputeNode::start(&config).await.expect("the node starts");
         let serving = node.functions();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -135,7 +146,12 @@ impl DirNode {
 
     /// The queue of function `name`.
     pub fn queue(&self, name: &str) -> String {
-        format!("{}.{name}", self.prefix)
+        queue_of(&self.prefix, name)
+    }
+
+    /// A queue prefix no other node uses.
+    pub fn new_prefix() -> String {
+        format!("test.functions.{}", Uuid::new_v4())
     }
 
     /// Stops the node and checks it stopped cleanly.
@@ -143,4 +159,9 @@ impl DirNode {
         let _ = self.stop.send(());
         self.task.await.expect("the node stops cleanly");
     }
+}
+
+/// The queue of function `name` under queue prefix `prefix`.
+pub fn queue_of(prefix: &str, name: &str) -> String {
+    format!("{prefix}.{name}")
 }

@@ -10,6 +10,8 @@
 //! in flight are abandoned (the broker redelivers them) and the consumer
 //! waits for the link's next connection; when only the consumer is
 //! cancelled (its queue was deleted), it consumes again with backoff.
+//! When a removed function's consumer has stopped, its queue is deleted
+//! unless another node still consumes it.
 
 use super::link::Link;
 use crate::{
@@ -25,7 +27,10 @@ use crate::{
 use futures_util::StreamExt as _;
 use lapin::{
     Channel, Connection, Consumer,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions},
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeleteOptions,
+    },
     types::FieldTable,
 };
 use std::{fmt, sync::Arc, time::Duration};
@@ -34,7 +39,7 @@ use tokio_util::{
     sync::CancellationToken,
     task::{AbortOnDropHandle, TaskTracker},
 };
-use tracing::{Instrument as _, info, info_span, warn};
+use tracing::{Instrument as _, debug, info, info_span, warn};
 
 /// A consumer that lasts this long was a success: if it is cancelled, the
 /// next attempt starts again from the first wait.
@@ -500,5 +505,45 @@ fn refusal_hint(code: u16, step: Step, queue_type: &QueueType) -> &'static str {
             " (the broker user lacks the `configure` permission on this queue, which declaring needs: give it with `rabbitmqctl set_permissions`, or have the queue declared beforehand; see `rabbitmqctl list_user_permissions USER`)"
         }
         _ => "",
+    }
+}
+
+/// Deletes the queue of `function`, which the node no longer serves,
+/// unless a consumer (another node) is still on it: the last node to stop
+/// serving a removed function deletes its queue, so that a call made
+/// after fails at once with `no-route`, as for a function that never
+/// existed, rather than waiting for its timeout. Requests still waiting
+/// there are for a function that is gone, and go with the queue.
+pub(super) async fn delete_if_unused(link: &Link, function: &Function) {
+    let delete = async {
+        let connection = link.connected().await;
+        let channel = connection.create_channel().await?;
+        let options = QueueDeleteOptions {
+            if_unused: true,
+            ..QueueDeleteOptions::default()
+        };
+        let deleted = channel
+            .queue_delete(function.queue_name().clone(), options)
+            .await;
+        close(&channel).await;
+        deleted
+    };
+    match tokio::time::timeout(amqp::ANSWER_TIMEOUT, delete).await {
+        Ok(Ok(waiting)) => info!(
+            function = function.name(),
+            queue = function.queue(),
+            requests_dropped = waiting,
+            "deleted the removed function's queue"
+        ),
+        // Still consumed (PRECONDITION_FAILED), gone already, or the
+        // broker did not answer: another node or the operator has it.
+        Ok(Err(err)) => {
+            debug!(function = function.name(), queue = function.queue(), cause = %err, "left the removed function's queue")
+        }
+        Err(_) => debug!(
+            function = function.name(),
+            queue = function.queue(),
+            "the broker did not answer the queue's deletion"
+        ),
     }
 }

@@ -263,7 +263,9 @@ pub struct ComputeNode {
 impl ComputeNode {
     /// Loads the functions, connects, declares their queues and starts
     /// consuming. Requests published after this returns are served, and
-    /// new versions and new functions are served as they appear.
+    /// new versions and new functions are served as they appear. The
+    /// modules of a directory are compiled once connected, smallest
+    /// first, and each is served as soon as it is compiled.
     ///
     /// # Errors
     ///
@@ -299,6 +301,7 @@ impl ComputeNode {
 
         let mut link = None;
         let mut registry_link = None;
+        let mut first_scan = Vec::new();
         let (table, source) = match &config.source {
             Source::Module { path, queue } => {
                 // Checked before compiling: a name that can never work is
@@ -328,15 +331,17 @@ impl ComputeNode {
                     path: path.display().to_string(),
                     source,
                 })?;
-                let mut table =
-                    Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
-                for update in dir.scan().await {
-                    table.apply(update).await;
+                let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
+                // Compiled once the node is connected, each consumed as
+                // soon as it is compiled: a function whose module compiles
+                // in a second does not wait for one that takes ten.
+                let mut first = dir.scan().await;
+                for update in &mut first {
+                    let (verdict, learned) = oneshot::channel();
+                    update.verdict = Some(verdict);
+                    first_scan.push(learned);
                 }
-                if table.is_empty() {
-                    warn!(dir = %path.display(), "no usable module (NAME.wasm) in the directory yet; each is served as it appears");
-                }
-                (spawn_table(table, updated), dir.follow(updates))
+                (spawn_table(table, updated), dir.follow(first, updates))
             }
             Source::Registry {
                 stream,
@@ -408,6 +413,16 @@ impl ComputeNode {
         };
         node.consume_added(matches!(config.source, Source::Module { .. }))
             .await?;
+        for applied in first_scan {
+            // Served or turned down (and logged), it is the next one's turn.
+            let _ = applied.await;
+            node.consume_added(false).await?;
+        }
+        if let Source::Dir { path, .. } = &config.source
+            && lock(&node.served).is_empty()
+        {
+            warn!(dir = %path.display(), "no usable module (NAME.wasm) in the directory yet; each is served as it appears");
+        }
         node.metrics.serving.store(true, Ordering::Release);
         let functions: Vec<Arc<Function>> = lock(&node.served).values().cloned().collect();
         let only = match (&config.source, functions.as_slice()) {
@@ -489,11 +504,12 @@ impl ComputeNode {
             }
             Change::Removed(function) => {
                 if let Some((function, running)) = self.consumers.remove(function.name()) {
-                    let metrics = self.metrics.clone();
+                    let (metrics, link) = (self.metrics.clone(), self.link.clone());
                     self.retiring.spawn(async move {
                         running.stop().await;
                         metrics.remove_function(function.name(), function.live());
                         info!(function = function.name(), "stopped serving the function");
+                        consumer::delete_if_unused(&link, &function).await;
                     });
                 }
                 None

@@ -18,6 +18,8 @@
 //!   function's own, from `NAME.toml` beside its module
 //!   ([`FunctionLimits`]).
 //! - `pool`: the engine's configuration, its instance pool sized once.
+//! - `fair`: how the pool's instances are shared between functions, so
+//!   that a flooded one cannot take them all.
 //! - `cache`: compiled code kept on disk ([`CompileCache`]), checked
 //!   before it is loaded.
 //! - `module`: [`ComputeModule`], running one request, [`ComputeError`].
@@ -29,6 +31,7 @@
 
 mod cache;
 mod epoch;
+mod fair;
 mod guest;
 mod header;
 mod limits;
@@ -45,10 +48,10 @@ pub use module::{ComputeError, ComputeModule, Loaded};
 pub use output::GUEST_OUTPUT_CAP;
 
 use epoch::EpochTicker;
+use fair::FairPool;
 use guest::GuestState;
 use sha2::{Digest as _, Sha256};
 use std::{path::Path, sync::Arc, time::Instant};
-use tokio::sync::Semaphore;
 use tracing::debug;
 use wasmtime::{
     Engine,
@@ -110,10 +113,10 @@ pub struct Sandbox {
     engine: Engine,
     linker: Arc<Linker<GuestState>>,
     limits: Limits,
-    /// One permit per instance the pool holds for requests: a request
-    /// waits for one rather than failing on a full pool, however many
-    /// functions share the sandbox.
-    instances: Arc<Semaphore>,
+    /// The instances the pool holds for requests: a request waits for one
+    /// rather than failing on a full pool, and each function served has a
+    /// fair part of them.
+    instances: FairPool,
     /// Where compiled code is kept between runs, if anywhere.
     cache: Option<CompileCache>,
     _epoch: Arc<EpochTicker>,
@@ -128,7 +131,8 @@ impl Sandbox {
 
     /// A sandbox whose requests run under `limits`, `instances` at a time
     /// at most, across every module loaded into it; more wait for a free
-    /// instance.
+    /// instance. Each function has an equal part of them, and may use more
+    /// only from what the others leave idle (`fair` says how).
     ///
     /// Instances come from a pool made here: memories, tables and stacks
     /// are reserved once and reused, so a request's fresh instance costs
@@ -154,7 +158,7 @@ impl Sandbox {
             engine,
             linker: Arc::new(linker),
             limits,
-            instances: Arc::new(Semaphore::new(instances.max(1) as usize)),
+            instances: FairPool::new(instances),
             cache: None,
         })
     }

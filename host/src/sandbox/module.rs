@@ -2,8 +2,8 @@
 //! instance of it.
 
 use super::{
-    FunctionLimits, Limits, LimitsError, Sandbox, epoch, gen_::ComputeFunctionPre, gen_::Failure,
-    guest::GuestState, output::GuestOutput,
+    FunctionLimits, Limits, LimitsError, Sandbox, epoch, fair::Claim, gen_::ComputeFunctionPre,
+    gen_::Failure, guest::GuestState, output::GuestOutput,
 };
 use crate::wire::ErrorKind;
 use futures_util::FutureExt;
@@ -98,6 +98,8 @@ pub struct ComputeModule {
     /// One permit per instance the function may have at once, when it
     /// asks for fewer than the pool holds.
     instances: Option<Arc<Semaphore>>,
+    /// The function's part of the sandbox's instances.
+    claim: Claim,
 }
 
 impl ComputeModule {
@@ -116,6 +118,7 @@ impl ComputeModule {
             memory_to_start,
             pre,
             limits: sandbox.limits,
+            claim: sandbox.instances.claim(name),
             sandbox,
             own: FunctionLimits::default(),
             instances: None,
@@ -131,6 +134,7 @@ impl ComputeModule {
             own: FunctionLimits::default(),
             limits: self.sandbox.limits,
             instances: None,
+            claim: self.sandbox.instances.claim(name),
             ..self.clone()
         }
     }
@@ -199,14 +203,14 @@ impl ComputeModule {
         if request.len() > limits.max_body {
             return Err(too_large("request", request.len()));
         }
-        // Neither semaphore is ever closed, so these always hold a permit.
+        // The semaphore is never closed, so this always holds a permit.
         // The function's own first: a request waiting for one of its
         // function's instances must not hold one of the pool's.
         let _own_instance = match &self.instances {
             Some(instances) => instances.acquire().await.ok(),
             None => None,
         };
-        let _instance = self.sandbox.instances.acquire().await.ok();
+        let _instance = self.claim.instance().await;
         let mut store = Store::new(
             &self.sandbox.engine,
             GuestState::new(limits.memory, self.own.memory.is_some()),

@@ -131,13 +131,25 @@ impl DirSource {
             self.offered.remove(&function);
             updates.push(Update::new(function, Offer::Gone));
         }
+        // Smallest first: they compile soonest, so a big module (an
+        // interpreter compiles for seconds) keeps no small one waiting.
+        updates.sort_by_key(|update| match &update.offer {
+            Offer::Bytes(offered) => offered.bytes.len(),
+            Offer::Unreadable { .. } | Offer::Gone => 0,
+        });
         updates
     }
 
-    /// Follows the directory until the handle is dropped, sending what
-    /// changes to `updates`.
-    pub(crate) fn follow(mut self, updates: Updates) -> AbortOnDropHandle<()> {
+    /// Sends `first` (what a scan found already), then follows the
+    /// directory until the handle is dropped, sending what changes to
+    /// `updates`.
+    pub(crate) fn follow(mut self, first: Vec<Update>, updates: Updates) -> AbortOnDropHandle<()> {
         AbortOnDropHandle::new(tokio::spawn(async move {
+            for update in first {
+                if updates.send(update).await.is_err() {
+                    return;
+                }
+            }
             let mut rescan = tokio::time::interval(RESCAN);
             rescan.tick().await;
             loop {
