@@ -4,7 +4,7 @@
 //! sandbox. Each scenario counts what was sent and what came back; nothing
 //! may be lost.
 
-use compute_host::{CallError, Limits, NodeConfig};
+use compute_host::{CallError, Center, CenterOptions, Limits, NodeConfig};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties,
@@ -57,6 +57,60 @@ async fn killed_mid_batch(ack_mode: &str) {
     tally.assert_all_answered();
     center.close().await;
     survivor.stop().await;
+}
+
+/// When the last node of a queue dies, the calls waiting on it fail with
+/// `no-consumer` once the grace period is over, not each at its timeout,
+/// and later calls fail at once; once a node consumes the queue again,
+/// calls are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fail_fast_once_no_node_consumes_their_queue() {
+    const GRACE: Duration = Duration::from_secs(1);
+    let queue = unique_queue("no_consumer");
+    let mut last = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    let options = CenterOptions {
+        queue: queue.clone(),
+        timeout: TIMEOUT,
+        no_consumer_grace: Some(GRACE),
+        ..CenterOptions::default()
+    };
+    let center = Center::connect_with(&testkit::amqp_url(), options)
+        .await
+        .unwrap();
+    assert_eq!(center.call("1").await.unwrap().body, b"2");
+
+    last.kill().await;
+    let killed = Instant::now();
+    let waiting = (0..20).map(|n| center.call(n.to_string()));
+    for outcome in futures_util::future::join_all(waiting).await {
+        match outcome {
+            Err(err @ CallError::NoConsumer { .. }) => assert_eq!(err.kind(), "no-consumer"),
+            other => panic!("a call waiting on a queue nobody consumes got {other:?}"),
+        }
+    }
+    let failed = killed.elapsed();
+    let started = Instant::now();
+    let later = center.call("2").await;
+    let at_once = started.elapsed();
+    println!(
+        "20 waiting calls failed {failed:?} after the last node died (grace {GRACE:?}, timeout {TIMEOUT:?}); a later call failed in {at_once:?}"
+    );
+    assert!(
+        matches!(later, Err(CallError::NoConsumer { .. })),
+        "{later:?}"
+    );
+    assert!(failed < TIMEOUT / 2, "the calls waited {failed:?}");
+
+    let _back = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    eventually("a call is answered again", TIMEOUT, || async {
+        center
+            .call("41")
+            .await
+            .ok()
+            .map(|reply| assert_eq!(reply.body, b"42"))
+    })
+    .await;
+    center.close().await;
 }
 
 /// SIGTERM mid-batch: the node stops taking requests, answers and acks the

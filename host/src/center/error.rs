@@ -23,6 +23,16 @@ pub enum CallError {
     /// No queue of that name exists, so the broker returned the request.
     #[error("no-route: no queue named {0:?} exists; start a compute node, which declares it")]
     NoRoute(String),
+    /// No compute node has consumed the queue for the grace period
+    /// ([`CenterOptions::no_consumer_grace`](super::CenterOptions::no_consumer_grace)):
+    /// the request may wait there, but this call no longer does.
+    #[error("no-consumer: no compute node has consumed queue {queue:?} for {} s; start one", grace.as_secs_f64())]
+    NoConsumer {
+        /// The queue.
+        queue: String,
+        /// How long it had no consumer before calls failed.
+        grace: Duration,
+    },
     /// The request could not be published.
     #[error("publish-failed: could not publish the request: {0}")]
     Publish(#[source] PublishError),
@@ -51,13 +61,14 @@ pub enum CallError {
 
 impl CallError {
     /// A short name for the kind of failure: the `x-error` kind of a remote
-    /// error, or `timeout`, `no-route`, `publish-failed`, `refused`,
+    /// error, or `timeout`, `no-route`, `no-consumer`, `publish-failed`, `refused`,
     /// `bad-reply`, `connection-lost`.
     pub fn kind(&self) -> &str {
         match self {
             CallError::Timeout(_) => "timeout",
             CallError::Remote { kind, .. } => kind.as_str(),
             CallError::NoRoute(_) => "no-route",
+            CallError::NoConsumer { .. } => "no-consumer",
             CallError::Publish(_) => "publish-failed",
             CallError::TooLarge { .. } => "too-large",
             CallError::Refused => "refused",
@@ -107,6 +118,10 @@ mod tests {
         let final_ = [
             CallError::Timeout(Duration::from_secs(1)),
             CallError::NoRoute("q".into()),
+            CallError::NoConsumer {
+                queue: "q".into(),
+                grace: Duration::from_secs(1),
+            },
             CallError::BadReply("not a batch".into()),
             CallError::TooLarge { size: 2, limit: 1 },
             CallError::Remote {

@@ -68,15 +68,18 @@
 //!   request and waiting for its answer.
 //! - `router`: the calls waiting on a session, by correlation id, and the
 //!   task that hands each reply to its call.
+//! - `watch`: noticing that no compute node consumes the queue any more,
+//!   and failing the calls that wait on it.
 
 mod error;
 mod options;
 mod reply;
 mod router;
 mod session;
+mod watch;
 
 pub use error::{CallError, StartError};
-pub use options::{CenterOptions, DEFAULT_MAX_BODY, ReplyMode};
+pub use options::{CenterOptions, DEFAULT_MAX_BODY, DEFAULT_NO_CONSUMER_GRACE, ReplyMode};
 pub use reply::{Origin, Reply};
 
 use crate::{
@@ -103,6 +106,16 @@ use uuid::Uuid;
 /// (by a compute node that is itself reconnecting) before the next try.
 const QUEUE_BACK_POLL: Duration = Duration::from_millis(200);
 
+impl Shared {
+    /// The failure of a call to a queue that no compute node consumes.
+    fn no_consumer(&self) -> CallError {
+        CallError::NoConsumer {
+            queue: self.queue.to_string(),
+            grace: self.no_consumer_grace.unwrap_or_default(),
+        }
+    }
+}
+
 /// An RPC client for compute nodes. Cheap to clone; clones share the
 /// connection, so calls from many tasks are multiplexed over it.
 #[derive(Clone)]
@@ -127,6 +140,12 @@ struct Shared {
     /// replaced once, not once per waiting call.
     reconnecting: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// How long the queue may have no consumer before calls fail; `None`:
+    /// calls wait for their timeout.
+    no_consumer_grace: Option<Duration>,
+    /// Set while the queue has had no consumer for longer than that:
+    /// calls fail at once.
+    abandoned: AtomicBool,
 }
 
 impl Center {
@@ -153,7 +172,7 @@ impl Center {
             )
         })
         .await?;
-        Ok(Center {
+        let center = Center {
             shared: Arc::new(Shared {
                 url: url.to_owned(),
                 tls: options.tls,
@@ -168,8 +187,17 @@ impl Center {
                 session: ArcSwap::from_pointee(session),
                 reconnecting: tokio::sync::Mutex::new(()),
                 closed: AtomicBool::new(false),
+                no_consumer_grace: options.no_consumer_grace,
+                abandoned: AtomicBool::new(false),
             }),
-        })
+        };
+        if let Some(grace) = options.no_consumer_grace {
+            tokio::spawn(watch::watch_consumers(
+                Arc::downgrade(&center.shared),
+                grace,
+            ));
+        }
+        Ok(center)
     }
 
     /// The name of this center's reply queue (it changes when the center
@@ -244,6 +272,9 @@ impl Center {
                 size: body.len(),
                 limit: shared.max_body,
             });
+        }
+        if shared.abandoned.load(Ordering::Acquire) {
+            return Err(shared.no_consumer());
         }
         let deadline = Instant::now() + shared.timeout;
         // Kept across retries, so every copy of the request is the same
@@ -342,13 +373,8 @@ impl Center {
     /// How many consumers (compute nodes) the request queue has, or `None`
     /// when no such queue exists.
     pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
-        // A passive declare of a missing queue closes its channel, so it
-        // gets a channel of its own.
         let session = self.shared.session.load_full();
-        let channel = session.connection.create_channel().await?;
-        let declared = amqp::existing_queue(&channel, self.shared.queue.clone()).await;
-        let _ = channel.close(200, "OK".into()).await;
-        Ok(declared?.map(|queue| queue.consumer_count()))
+        session.consumer_count(self.shared.queue.clone()).await
     }
 
     /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for

@@ -6,6 +6,11 @@ use std::time::Duration;
 /// makes the broker close the channel, which every call shares.
 pub const DEFAULT_MAX_BODY: usize = 128 << 20;
 
+/// How long a queue may have no consumer before the calls waiting on it
+/// fail: longer than a node takes to reconnect after a broker restart,
+/// or to be replaced in a rolling restart.
+pub const DEFAULT_NO_CONSUMER_GRACE: Duration = Duration::from_secs(10);
+
 /// How a [`Center`](super::Center) sends its requests.
 #[derive(Clone, Debug)]
 pub struct CenterOptions {
@@ -48,6 +53,12 @@ pub struct CenterOptions {
     pub confirms: bool,
     /// The TLS files for `amqps://` URLs that name none in their query.
     pub tls: crate::amqp::TlsOptions,
+    /// How long the queue may have no consumer, while calls wait on it,
+    /// before they fail with
+    /// [`CallError::NoConsumer`](super::CallError::NoConsumer); new calls
+    /// then fail at once, until a node consumes the queue again. `None`:
+    /// calls wait for their timeout.
+    pub no_consumer_grace: Option<Duration>,
 }
 
 impl Default for CenterOptions {
@@ -63,6 +74,7 @@ impl Default for CenterOptions {
             persistent: false,
             confirms: false,
             tls: crate::amqp::TlsOptions::default(),
+            no_consumer_grace: Some(DEFAULT_NO_CONSUMER_GRACE),
         }
     }
 }

@@ -26,6 +26,8 @@ pub(super) enum Answer {
     /// The broker returned its request: no queue of that name. Handed over
     /// by whichever call's confirm carried the return, or by the router.
     Returned,
+    /// No compute node has consumed the queue for the grace period.
+    Abandoned,
 }
 
 /// Requests waiting for their answer, by correlation id.

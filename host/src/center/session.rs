@@ -8,6 +8,7 @@ use super::{
 };
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
+    lock::lock,
     wire,
 };
 use lapin::{
@@ -133,6 +134,33 @@ impl Session {
         self.alive.load(Ordering::Acquire) && self.channel.status().connected()
     }
 
+    /// Whether any call waits for its reply on this session.
+    pub(super) fn has_waiting_calls(&self) -> bool {
+        !lock(&self.pending).is_empty()
+    }
+
+    /// Ends the wait of every call on this session: no compute node
+    /// consumes the queue.
+    pub(super) fn abandon_waiting_calls(&self) {
+        for (_, call) in lock(&self.pending).drain() {
+            let _ = call.send(Answer::Abandoned);
+        }
+    }
+
+    /// How many consumers `queue` has, or `None` when no such queue
+    /// exists.
+    pub(super) async fn consumer_count(
+        &self,
+        queue: ShortString,
+    ) -> Result<Option<u32>, lapin::Error> {
+        // A passive declare of a missing queue closes its channel, so it
+        // gets a channel of its own.
+        let channel = self.connection.create_channel().await?;
+        let declared = amqp::existing_queue(&channel, queue).await;
+        let _ = channel.close(200, "OK".into()).await;
+        Ok(declared?.map(|queue| queue.consumer_count()))
+    }
+
     /// Publishes one request on this session and waits for its reply. The
     /// request expires at `deadline`, when nobody waits for it any more.
     pub(super) async fn publish_and_wait(
@@ -211,6 +239,7 @@ impl Session {
         match receiver.await {
             Ok(Answer::Reply(delivery)) => into_reply(*delivery),
             Ok(Answer::Returned) => Err(CallError::NoRoute(shared.queue.to_string())),
+            Ok(Answer::Abandoned) => Err(shared.no_consumer()),
             Err(_) => Err(CallError::ConnectionLost),
         }
     }

@@ -65,6 +65,12 @@ pub struct CenterArgs {
     #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
     pub queue_type: QueueKind,
 
+    /// How long, in seconds, the queue may have no compute node consuming
+    /// it while calls wait, before they fail with `no-consumer`; later
+    /// calls then fail at once, until a node consumes it again.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::parse_seconds)]
+    pub no_consumer_grace: Duration,
+
     /// How many times a request is sent again when the connection to the
     /// broker is lost before its reply arrives (within --timeout).
     #[arg(long, value_name = "N", default_value = "3")]
@@ -244,16 +250,17 @@ pub async fn run(
         persistent: args.queue_type == QueueKind::Quorum,
         confirms: args.confirm,
         tls: args.broker.tls(),
+        no_consumer_grace: Some(args.no_consumer_grace),
     };
     let queue = options.queue.clone();
-    let timeout = options.timeout;
+    let waits = options.timeout.min(args.no_consumer_grace);
     let center = Center::connect_with(&args.broker.urls(), options).await?;
     // Advice only, so a broker slow to answer does not hold up the run.
     let consumers = tokio::time::timeout(amqp::ANSWER_TIMEOUT, center.consumer_count()).await;
     match consumers.unwrap_or(Ok(Some(1))) {
         Ok(Some(0)) => warn!(
-            "no compute node is consuming {queue}; requests will wait up to {} s",
-            timeout.as_secs_f64()
+            "no compute node is consuming {queue}; requests will wait up to {} s for one",
+            waits.as_secs_f64()
         ),
         Ok(None) => warn!(
             "no queue named {queue} exists, so every request will fail; is a compute node running?"
