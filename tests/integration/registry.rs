@@ -4,7 +4,7 @@
 
 use crate::limits::stopped_sleeper;
 use compute_host::{
-    Center, CenterOptions,
+    CallError, Center, CenterOptions,
     registry::{
         Retention,
         deploy::{self, Registry},
@@ -297,6 +297,76 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
     });
     assert_eq!(failures, Vec::<String>::new(), "failed or undeployed");
     assert!(calls.calls.len() > 50, "{} calls", calls.calls.len());
+    drop(nodes);
+    registry.remove().await;
+}
+
+/// Nodes started before any deploy created the registry say that they
+/// wait for it, and answer status requests meanwhile: the first deploy
+/// counts them, waits for them and reports 2/2, where it used to say that
+/// no node follows the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_before_the_registry_count_in_the_first_deploy() {
+    let registry = TestRegistry::new("before");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = registry.node(&["--allow-unsigned"]).await;
+        assert!(
+            node.log()
+                .contains("waiting for the registry: no stream of that name exists yet"),
+            "{}",
+            node.log()
+        );
+        assert!(!node.log().contains("NOT_FOUND"), "{}", node.log());
+        nodes.push(node);
+    }
+    let output = registry.deploy(&built_module("increase"), &[]).await;
+    assert!(output.contains("to 2/2 nodes in"), "{output}");
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+    caller.close().await;
+    drop(nodes);
+    registry.remove().await;
+}
+
+/// `compute remove` stops every node serving the function, and the last
+/// one to stop deletes its queue: a call made after fails at once with
+/// `no-route`, as for a function that never existed, instead of waiting
+/// for its timeout in a queue nobody consumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_function_fails_its_calls_at_once() {
+    let registry = TestRegistry::new("remove");
+    registry.deploy(&built_module("increase"), &[]).await;
+    let nodes = [
+        registry.node(&["--allow-unsigned"]).await,
+        registry.node(&["--allow-unsigned"]).await,
+    ];
+    let caller = center(&registry.queue(), Duration::from_secs(30)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+
+    let output = registry.compute("remove", &["increase"]).await;
+    assert!(output.status.success(), "{}", text(&output));
+    let took = eventually(
+        "calls fail with no-route",
+        Duration::from_secs(10),
+        || async {
+            let started = Instant::now();
+            match caller.call("7").await {
+                Err(CallError::NoRoute(_)) => Some(started.elapsed()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    println!("a call to the removed function failed in {took:?}");
+    assert!(
+        nodes
+            .iter()
+            .any(|node| node.log().contains("deleted the removed function's queue")),
+        "{}",
+        nodes[0].log()
+    );
+    caller.close().await;
     drop(nodes);
     registry.remove().await;
 }

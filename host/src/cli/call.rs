@@ -46,12 +46,7 @@ pub struct CallArgs {
 ///
 /// When the module cannot be loaded, or reading or writing fails.
 pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let sandbox = Sandbox::new(args.limits.limits())?;
-    let cache = match args.cache.settings() {
-        Some(settings) => settings.open_if_usable()?,
-        None => None,
-    };
-    let sandbox = sandbox.with_compile_cache(cache);
+    let sandbox = Sandbox::new(args.limits.limits())?.with_compile_cache(args.cache.open()?);
     let module = sandbox
         .load(&args.module)
         .with_context(|| format!("{} is not a usable compute module", args.module.display()))?;

@@ -9,7 +9,7 @@ use crate::{
     queues::{self, QueueKind, QueueType},
     registry,
     registry::signing::Trust,
-    sandbox::{CacheSettings, Limits},
+    sandbox::{CacheError, CacheSettings, CompileCache, Limits},
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -214,6 +214,19 @@ impl CacheArgs {
             max_bytes: self.compile_cache_max.saturating_mul(1 << 20),
             required: self.compile_cache.is_some(),
         })
+    }
+
+    /// The cache these arguments ask for, opened; `None` when none is
+    /// asked for, or when the default one cannot be used (which is said).
+    ///
+    /// # Errors
+    ///
+    /// When a cache given with `--compile-cache` cannot be used.
+    pub fn open(&self) -> Result<Option<CompileCache>, CacheError> {
+        match self.settings() {
+            Some(settings) => settings.open_if_usable(),
+            None => Ok(None),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `compute deploy | promote | rollback | remove | status | keygen`: the
 //! registry's commands.
 
-use super::broker::BrokerArgs;
+use super::{broker::BrokerArgs, compute::CacheArgs};
 use crate::{
     registry::{
         self, Retention,
@@ -35,6 +35,11 @@ pub enum RegistryCommand {
         stage: bool,
         #[command(flatten)]
         rollout: RolloutArgs,
+        /// Where the module's check keeps its compiled code: the nodes'
+        /// cache on this host, so a deploy compiles nothing they compiled,
+        /// and they compile nothing it did.
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Make an earlier version of a function current on every node.
     Promote {
@@ -85,7 +90,8 @@ pub struct RegistryArgs {
     /// command creates it.
     #[arg(long, value_name = "BYTES", default_value_t = Retention::default().segment_bytes)]
     pub registry_segment_bytes: u64,
-    /// How long to wait for nodes to answer a status request, in seconds.
+    /// The longest wait for nodes to answer a status request, in seconds:
+    /// once one has answered, the wait ends when answers stop coming.
     #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = super::parse_seconds)]
     pub discover: Duration,
 }
@@ -131,6 +137,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             function,
             stage,
             rollout,
+            cache,
         } => {
             let bytes =
                 std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -148,6 +155,7 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             FunctionLimits::of(limits.as_ref())
                 .context("not a usable limits file; nothing was deployed")?;
             Sandbox::with_capacity(Limits::default(), 1)?
+                .with_compile_cache(cache.open()?)
                 .load_bytes(&function, &bytes)
                 .with_context(|| {
                     format!(
@@ -257,8 +265,12 @@ async fn roll_out(
     let key = sign_key(args)?;
     let registry = args.registry.connect().await?;
     let mut reports = registry.reports().await?;
-    let nodes = registry.nodes(args.registry.discover).await?;
-    let state = registry.read(&trust(args)?).await?;
+    let trust = trust(args)?;
+    let (nodes, state) = tokio::join!(
+        registry.nodes(args.registry.discover),
+        registry.read(&trust)
+    );
+    let (nodes, state) = (nodes?, state?);
     let (digest, role, messages) = plan(&state)?;
     let digest = digest.as_str();
     let rollout = if deploy::holds_already(&state, function, digest, role, &messages) {

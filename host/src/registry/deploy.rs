@@ -25,6 +25,10 @@ use tokio::time::Instant;
 
 /// How long reading the whole stream may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Nodes answer a status request at once, within milliseconds of each
+/// other: this long without an answer after one, or twice as long as the
+/// first answer took if more (a loaded host), means they all have.
+pub const ANSWERS_STOPPED: Duration = Duration::from_millis(50);
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +218,10 @@ impl Registry {
     }
 
     /// Asks every node following the registry for its status, and takes
-    /// the answers that come within `wait`.
+    /// the answers that come within `wait`: all of it when none comes,
+    /// else until none has come for a while ([`ANSWERS_STOPPED`]). Nodes
+    /// answer at once, so a fixed wait only made every command slower
+    /// (0.5 s of a 657 ms deploy).
     pub async fn nodes(&self, wait: Duration) -> Result<Vec<NodeStatus>, DeployError> {
         let request = uuid::Uuid::new_v4().to_string();
         let ask = async {
@@ -234,8 +241,11 @@ impl Registry {
         let (channel, mut answers) =
             bounded(amqp::ANSWER_TIMEOUT, "asking the nodes", ask).await??;
         let mut nodes = Vec::new();
-        let deadline = Instant::now() + wait;
-        while let Ok(Some(Ok(answer))) = tokio::time::timeout_at(deadline, answers.next()).await {
+        let asked = Instant::now();
+        let deadline = asked + wait;
+        let mut until = deadline;
+        let mut quiet = ANSWERS_STOPPED;
+        while let Ok(Some(Ok(answer))) = tokio::time::timeout_at(until, answers.next()).await {
             let properties = &answer.properties;
             let answers_this = properties
                 .kind()
@@ -246,7 +256,11 @@ impl Registry {
                     .as_ref()
                     .is_some_and(|id| id.as_str() == request);
             if answers_this && let Ok(status) = serde_json::from_slice::<NodeStatus>(&answer.data) {
+                if nodes.is_empty() {
+                    quiet = quiet.max(2 * asked.elapsed());
+                }
                 nodes.push(status);
+                until = deadline.min(Instant::now() + quiet);
             }
         }
         let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, channel.close(200, "OK".into())).await;

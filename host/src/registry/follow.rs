@@ -47,6 +47,9 @@ use tracing::{debug, info, warn};
 
 /// A pause this long in the stream ends a catch-up.
 const CAUGHT_UP_AFTER: Duration = Duration::from_millis(150);
+/// How often a node waiting for the registry stream to be created looks
+/// for it.
+const STREAM_LOOK_AGAIN: Duration = Duration::from_secs(2);
 /// Messages of the stream delivered ahead of the node's acks.
 const STREAM_PREFETCH: u16 = 32;
 
@@ -111,11 +114,18 @@ impl Follower {
         caught_up: &mut Option<oneshot::Sender<()>>,
         backoff: &mut Backoff,
     ) -> String {
-        let (mut stream, mut status, _stream_channel, channel) =
-            match self.subscribe(connection).await {
-                Ok(subscribed) => subscribed,
-                Err(err) => return err.to_string(),
-            };
+        let subscribed = async {
+            let channel = channel_for_exchanges(connection, &self.stream).await?;
+            let mut status = super::listen(&channel, &super::status_exchange(&self.stream)).await?;
+            let (stream, stream_channel) = self
+                .open_stream(connection, &channel, &mut status, caught_up)
+                .await?;
+            Ok::<_, lapin::Error>((stream, status, stream_channel, channel))
+        };
+        let (mut stream, mut status, _stream_channel, channel) = match subscribed.await {
+            Ok(subscribed) => subscribed,
+            Err(err) => return err.to_string(),
+        };
         info!(stream = %self.stream, "following the registry from its first message");
         backoff.reset();
         let mut state = State::new(&self.stream);
@@ -180,12 +190,48 @@ impl Follower {
         }
     }
 
-    /// Opens a channel, consumes the stream from its first message, and
-    /// binds a private queue to the status exchange.
-    async fn subscribe(
+    /// Consumes the stream from its first message. While no stream of
+    /// that name exists (no deploy has created it yet) the node says so
+    /// once, answers status requests on `events`, so that the first
+    /// deploy counts it, and looks again every [`STREAM_LOOK_AGAIN`], or
+    /// at once after a status request: a deployer about to write sends
+    /// one.
+    async fn open_stream(
         &self,
         connection: &Connection,
-    ) -> Result<(Consumer, Consumer, Channel, Channel), lapin::Error> {
+        events: &Channel,
+        status: &mut Consumer,
+        caught_up: &mut Option<oneshot::Sender<()>>,
+    ) -> Result<(Consumer, Channel), lapin::Error> {
+        let mut said = false;
+        loop {
+            match self.consume_stream(connection).await {
+                Err(err) if amqp::is_not_found(&err) => {}
+                opened => return opened,
+            }
+            if !said {
+                info!(stream = %self.stream, "waiting for the registry: no stream of that name exists yet (the first `compute deploy` creates it); answering status requests meanwhile");
+                said = true;
+            }
+            // Nothing to catch up with: there is nothing to serve yet.
+            if let Some(caught_up) = caught_up.take() {
+                let _ = caught_up.send(());
+            }
+            tokio::select! {
+                Some(Ok(request)) = status.next() => {
+                    self.answer_status(events, &request.properties).await;
+                }
+                () = tokio::time::sleep(STREAM_LOOK_AGAIN) => {}
+            }
+        }
+    }
+
+    /// Opens a channel and consumes the stream on it from its first
+    /// message.
+    async fn consume_stream(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Consumer, Channel), lapin::Error> {
         let channel = connection.create_channel().await?;
         // Passive: deployers create the stream with its retention; a node
         // needs only to read it.
@@ -203,9 +249,7 @@ impl Follower {
             .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
             .await?;
         let consumer = super::consume_from_first(&channel, &self.stream).await?;
-        let events = channel_for_exchanges(connection, &self.stream).await?;
-        let status = super::listen(&events, &super::status_exchange(&self.stream)).await?;
-        Ok((consumer, status, channel, events))
+        Ok((consumer, channel))
     }
 
     /// Applies one message to `state`, if it may act. One that may not is,
