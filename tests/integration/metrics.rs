@@ -8,9 +8,10 @@ use testkit::{
     wait_for_metric,
 };
 
-/// After a known batch (100 answers, 3 bad requests, 1 request without
-/// `reply_to`) the counters say exactly that; after a swap and a broken
-/// version, the module metrics say that too.
+/// After known calls (100 answers, 3 bad requests, 1 request without
+/// `reply_to`, then one batch of 5 inputs, one of them bad) the counters
+/// say exactly that: the batch is one request and five inputs. After a
+/// swap and a broken version, the module metrics say that too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_the_node_did() {
     let dir = ModuleDir::with_working_copy(&increase_module());
@@ -28,6 +29,8 @@ async fn metrics_count_what_the_node_did() {
     for _ in 0..3 {
         center.call("x").await.unwrap_err();
     }
+    let results = center.call_batch(&["1", "2", "3", "4", "x"]).await.unwrap();
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 4);
     let client = RawClient::connect().await;
     client
         .publish(&node.queue, b"1", BasicProperties::default())
@@ -40,10 +43,12 @@ async fn metrics_count_what_the_node_did() {
 
     let increase = digest(&std::fs::read(increase_module()).unwrap());
     for expected in [
-        r#"compute_requests_total{function="work",outcome="ok"} 100"#.to_owned(),
+        r#"compute_requests_total{function="work",outcome="ok"} 101"#.to_owned(),
         r#"compute_requests_total{function="work",outcome="bad-request"} 3"#.to_owned(),
-        r#"compute_guest_call_seconds_count{function="work"} 103"#.to_owned(),
-        r#"compute_request_seconds_count{function="work"} 103"#.to_owned(),
+        r#"compute_inputs_total{function="work",outcome="ok"} 104"#.to_owned(),
+        r#"compute_inputs_total{function="work",outcome="bad-request"} 4"#.to_owned(),
+        r#"compute_guest_call_seconds_count{function="work"} 108"#.to_owned(),
+        r#"compute_request_seconds_count{function="work"} 104"#.to_owned(),
         "compute_in_flight_requests 0".to_owned(),
         r#"compute_module_swaps_total{function="work"} 0"#.to_owned(),
         format!(r#"compute_module_info{{function="work",digest="{increase}"}} 1"#),

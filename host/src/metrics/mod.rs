@@ -17,7 +17,7 @@ mod modules;
 
 pub(crate) use http::{BindError, bind};
 
-use crate::{live::LiveModule, lock::lock};
+use crate::{live::LiveModule, lock::lock, sandbox::ComputeError};
 use modules::ModuleCollector;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -73,6 +73,8 @@ struct FunctionLabel {
 #[derive(Debug)]
 pub(crate) struct RequestMetrics {
     requests: Family<RequestLabels, Counter>,
+    /// Inputs computed: one for a request, one for each input of a batch.
+    inputs: Family<RequestLabels, Counter>,
     guest_seconds: Family<FunctionLabel, Histogram>,
     request_seconds: Family<FunctionLabel, Histogram>,
     in_flight: Gauge,
@@ -90,9 +92,25 @@ impl RequestMetrics {
         self.in_flight.get()
     }
 
-    /// Records how long a guest call took.
-    pub(crate) fn guest_call(&self, function: &str, took: Duration) {
+    /// Counts one input computed, by its outcome (`ok` or the error's
+    /// kind), and records how long its guest call took.
+    pub(crate) fn computed<T>(
+        &self,
+        function: &str,
+        outcome: &Result<T, ComputeError>,
+        took: Duration,
+    ) {
         observe(&self.guest_seconds, function, took);
+        let outcome = match outcome {
+            Ok(_) => "ok",
+            Err(err) => err.kind().as_str(),
+        };
+        self.inputs
+            .get_or_create(&RequestLabels {
+                function: function.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Counts a request settled with `outcome`.
@@ -180,6 +198,7 @@ impl NodeMetrics {
         let buckets = || Histogram::new(exponential_buckets(50e-6, 2.0, 20));
         let requests = Arc::new(RequestMetrics {
             requests: Family::default(),
+            inputs: Family::default(),
             guest_seconds: Family::new_with_constructor(buckets),
             request_seconds: Family::new_with_constructor(buckets),
             in_flight: Gauge::default(),
@@ -189,6 +208,11 @@ impl NodeMetrics {
             "requests",
             "Requests answered, by function and outcome",
             requests.requests.clone(),
+        );
+        registry.register(
+            "inputs",
+            "Inputs computed, by function and outcome: one for each request, and one for each input of a batch, where `requests` counts the batch once",
+            requests.inputs.clone(),
         );
         registry.register(
             "guest_call_seconds",

@@ -28,7 +28,7 @@ pub(super) async fn compute(
     for input in inputs {
         let started = Instant::now();
         let outcome = module.compute(input).await;
-        metrics.guest_call(module.name(), started.elapsed());
+        metrics.computed(module.name(), &outcome, started.elapsed());
         match outcome {
             Ok(output) => results.ok(&output),
             Err(err) => {

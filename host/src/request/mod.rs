@@ -272,7 +272,8 @@ impl Handler {
     ) -> Result<Vec<u8>, (ErrorKind, Vec<u8>)> {
         let started = Instant::now();
         let outcome = module.compute(input).await;
-        self.metrics.guest_call(module.name(), started.elapsed());
+        self.metrics
+            .computed(module.name(), &outcome, started.elapsed());
         outcome.map_err(|err| {
             (
                 err.kind(),
