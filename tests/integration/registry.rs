@@ -179,6 +179,22 @@ async fn versions_roll_out_to_every_node_without_a_failed_call() {
 
     let output = registry.deploy(&square, &["--stage"]).await;
     assert!(output.contains("to 3/3 nodes"), "{output}");
+    // Every version, its whole digest and role, as a deployer pastes it.
+    let versions = registry.compute("versions", &["increase"]).await;
+    let listed = text(&versions);
+    assert!(versions.status.success(), "{listed}");
+    for (module, role) in [
+        (&double, "current"),
+        (&square, "staged"),
+        (&increase, "previous"),
+    ] {
+        let line = listed
+            .lines()
+            .find(|line| line.starts_with(&digest_of(module)))
+            .unwrap_or_else(|| panic!("no {role} version in\n{listed}"));
+        // With when it was deployed, not "-".
+        assert!(line.contains(role) && line.contains(" UTC"), "{line}");
+    }
     // Pinned by the start of the digest, as `compute status` shows it.
     let short = |digest: String| digest[.."sha256:".len() + 12].to_owned();
     let pinned = Center::connect_with(
@@ -346,18 +362,19 @@ async fn a_removed_function_fails_its_calls_at_once() {
 
     let output = registry.compute("remove", &["increase"]).await;
     assert!(output.status.success(), "{}", text(&output));
-    let took = eventually(
-        "calls fail with no-route",
-        Duration::from_secs(10),
-        || async {
-            let started = Instant::now();
-            match caller.call("7").await {
-                Err(CallError::NoRoute(_)) => Some(started.elapsed()),
-                _ => None,
-            }
-        },
-    )
+    eventually("the queue is deleted", Duration::from_secs(30), || async {
+        caller
+            .consumer_count()
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
     .await;
+    let started = Instant::now();
+    let call = caller.call("7").await;
+    let took = started.elapsed();
+    assert!(matches!(call, Err(CallError::NoRoute(_))), "{call:?}");
     println!("a call to the removed function failed in {took:?}");
     assert!(
         nodes
@@ -708,6 +725,7 @@ async fn no_replayed_or_copied_message_moves_a_node() {
         role: Some(Role::Current),
         limits: None,
         signature: None,
+        deployed: None,
     };
     let square = std::fs::read(built_module("square")).unwrap();
     append_raw(&registry.stream, &[(forged.properties("forged"), square)]).await;

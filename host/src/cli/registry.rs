@@ -62,6 +62,21 @@ pub enum RegistryCommand {
         #[command(flatten)]
         rollout: RolloutArgs,
     },
+    /// A function's versions in the registry: whole digests, roles,
+    /// sizes, limits, and when each was deployed.
+    Versions {
+        /// The function's name.
+        function: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// A public key the nodes trust (repeatable): the registry is read
+        /// as they read it. Default: every message.
+        #[arg(long, value_name = "FILE")]
+        trusted_key: Vec<PathBuf>,
+        /// One JSON object per version.
+        #[arg(long)]
+        json: bool,
+    },
     /// What every node following the registry serves.
     Status {
         #[command(flatten)]
@@ -132,6 +147,12 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RegistryCommand::Status { registry, json } => status(&registry, json).await,
+        RegistryCommand::Versions {
+            function,
+            registry,
+            trusted_key,
+            json,
+        } => versions(&registry, &function, &trusted_key, json).await,
         RegistryCommand::Deploy {
             path,
             function,
@@ -344,6 +365,53 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
             rollout.took.as_millis()
         );
     }
+}
+
+async fn versions(
+    args: &RegistryArgs,
+    function: &str,
+    trusted_keys: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let trust = if trusted_keys.is_empty() {
+        Trust::Anyone
+    } else {
+        Trust::keys(trusted_keys).context("cannot read a trusted key")?
+    };
+    let (urls, tls) = (args.broker.urls(), args.broker.tls());
+    let registry = Registry::open_existing(&urls, &tls, &args.registry).await?;
+    let state = registry.read(&trust).await;
+    registry.close().await;
+    let Some(versions) = registry::versions::of(&state?, function) else {
+        anyhow::bail!("the registry holds no function {function}");
+    };
+    if json {
+        for version in &versions {
+            println!("{}", serde_json::to_string(version).unwrap_or_default());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<71}  {:<8}  {:>9}  {:<23}  LIMITS",
+        "VERSION", "ROLE", "BYTES", "DEPLOYED"
+    );
+    for version in &versions {
+        let limits = version
+            .limits
+            .as_deref()
+            .map(|text| text.lines().collect::<Vec<_>>().join("; "))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<71}  {:<8}  {:>9}  {:<23}  {limits}",
+            version.digest,
+            version.role,
+            version.bytes,
+            version
+                .deployed
+                .map_or_else(|| "-".to_owned(), registry::versions::utc),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {

@@ -26,9 +26,9 @@ use tokio::time::Instant;
 /// How long reading the whole stream may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Nodes answer a status request at once, within milliseconds of each
-/// other: this long without an answer after one, or twice as long as the
-/// first answer took if more (a loaded host), means they all have.
-pub const ANSWERS_STOPPED: Duration = Duration::from_millis(50);
+/// other: this long without an answer after one, or three times as long
+/// as the first answer took if more (a loaded host), means they all have.
+pub const ANSWERS_STOPPED: Duration = Duration::from_millis(30);
 
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +257,7 @@ impl Registry {
                     .is_some_and(|id| id.as_str() == request);
             if answers_this && let Ok(status) = serde_json::from_slice::<NodeStatus>(&answer.data) {
                 if nodes.is_empty() {
-                    quiet = quiet.max(2 * asked.elapsed());
+                    quiet = quiet.max(3 * asked.elapsed());
                 }
                 nodes.push(status);
                 until = deadline.min(Instant::now() + quiet);
@@ -292,7 +292,10 @@ impl Registry {
         for (function, digest, role) in state.to_keep(incoming, keep_within) {
             let stored = &state.functions[&function].stored[&digest];
             let (bytes, limits) = (stored.bytes.to_vec(), stored.limits.clone());
-            let keep = Message::unnumbered(Action::Keep, &function, &digest, Some(role), limits);
+            let mut keep =
+                Message::unnumbered(Action::Keep, &function, &digest, Some(role), limits);
+            // Written again, deployed when it was.
+            keep.deployed = stored.deployed;
             all.push((keep, bytes));
         }
         for function in state.removals_to_keep(incoming, keep_within) {
@@ -305,7 +308,13 @@ impl Registry {
         // another deployer that took the same number first, changes
         // nothing.
         let mut numbered = state.clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
         for (mut message, body) in all {
+            if message.action == Action::Publish {
+                message.deployed = Some(now);
+            }
             let function = message.function.clone();
             message.sequence = numbered
                 .next_sequence(&function)

@@ -124,6 +124,10 @@ pub struct Message {
     pub limits: Option<String>,
     /// The signature and the key that made it, if signed.
     pub signature: Option<(String, String)>,
+    /// When its version was deployed, in seconds since the Unix epoch, as
+    /// the deployer's clock said (the AMQP `timestamp`): for people
+    /// reading `compute versions`, so not signed, and never acted on.
+    pub deployed: Option<u64>,
 }
 
 /// Why a message could not be read.
@@ -175,6 +179,7 @@ impl Message {
             role,
             limits,
             signature: None,
+            deployed: None,
         }
     }
 
@@ -238,6 +243,7 @@ impl Message {
             role,
             limits,
             signature,
+            deployed: *properties.timestamp(),
         })
     }
 
@@ -289,10 +295,14 @@ impl Message {
             put(SIGNATURE_HEADER, signature);
             put(SIGNED_BY_HEADER, key);
         }
-        BasicProperties::default()
+        let properties = BasicProperties::default()
             .with_headers(headers)
             .with_message_id(message_id.into())
-            .with_delivery_mode(2)
+            .with_delivery_mode(2);
+        match self.deployed {
+            Some(deployed) => properties.with_timestamp(deployed),
+            None => properties,
+        }
     }
 }
 
@@ -312,6 +322,7 @@ mod tests {
             role: Some(Role::Staged),
             limits: Some("instances = 2\n".into()),
             signature: Some(("ab".into(), "cd".into())),
+            deployed: Some(1_796_471_401),
         };
         let properties = message.properties("id-1");
         assert_eq!(Message::read(&properties, body), Ok(message.clone()));

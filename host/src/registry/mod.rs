@@ -19,6 +19,8 @@
 //! - `follow` (private): a node following the stream.
 //! - [`deploy`]: the deployer's side: `compute deploy`, `promote`,
 //!   `rollback`, `remove`, `status`.
+//! - [`versions`]: a function's versions as `compute versions` lists
+//!   them.
 
 pub mod deploy;
 pub(crate) mod follow;
@@ -26,6 +28,7 @@ pub mod message;
 pub mod report;
 pub mod signing;
 pub mod state;
+pub mod versions;
 
 use lapin::{
     Channel, Consumer,

@@ -194,6 +194,7 @@ mod tests {
             role: Some(Role::Current),
             limits: None,
             signature: None,
+            deployed: None,
         };
         assert_eq!(trust.check(&message), Err(Untrusted::Unsigned));
         DeployKey::read(&ours).unwrap().sign(&mut message);

@@ -19,6 +19,9 @@ pub struct Stored {
     pub limits: Option<String>,
     /// How many bytes the stream held before this message.
     pub position: u64,
+    /// When it was deployed, as its deployer's clock said (seconds since
+    /// the Unix epoch), if the message said.
+    pub deployed: Option<u64>,
 }
 
 /// One function's versions.
@@ -168,6 +171,7 @@ impl State {
             bytes: Arc::new(body.to_vec()),
             limits: message.limits.clone(),
             position,
+            deployed: message.deployed,
         };
         if message.action == Action::Remove {
             self.functions.remove(&message.function);
@@ -294,6 +298,7 @@ mod tests {
             role,
             limits: None,
             signature: None,
+            deployed: None,
         }
     }
 
