@@ -95,9 +95,17 @@ pub(crate) fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A duration in seconds as [`parse_seconds`] reads it, or `0`: off.
+pub(crate) fn parse_seconds_or_off(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_seconds(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{explain, parse_seconds};
+    use super::{explain, parse_seconds, parse_seconds_or_off};
     use std::time::Duration;
 
     #[test]
@@ -114,6 +122,9 @@ mod tests {
     #[test]
     fn seconds_accept_fractions_and_refuse_nonsense() {
         assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_seconds_or_off("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_seconds_or_off("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_seconds_or_off("-1").is_err());
         assert_eq!(parse_seconds("30"), Ok(Duration::from_secs(30)));
         for bad in ["0", "-1", "x", "NaN", "inf"] {
             assert!(parse_seconds(bad).is_err(), "{bad}");

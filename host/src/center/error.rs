@@ -87,6 +87,18 @@ impl CallError {
     }
 }
 
+/// Why [`Center::consumer_count`](super::Center::consumer_count) could
+/// not tell.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerCountError {
+    /// The broker refused, or the connection failed.
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    /// The broker did not answer in time.
+    #[error("the broker did not answer within {:?}", amqp::ANSWER_TIMEOUT)]
+    NoAnswer,
+}
+
 /// Why a [`Center`](super::Center) could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -78,7 +78,7 @@ mod router;
 mod session;
 mod watch;
 
-pub use error::{CallError, StartError};
+pub use error::{CallError, ConsumerCountError, StartError};
 pub use options::{CenterOptions, DEFAULT_MAX_BODY, DEFAULT_NO_CONSUMER_GRACE, ReplyMode};
 pub use reply::{Origin, Reply};
 
@@ -371,10 +371,18 @@ impl Center {
     }
 
     /// How many consumers (compute nodes) the request queue has, or `None`
-    /// when no such queue exists.
-    pub async fn consumer_count(&self) -> Result<Option<u32>, lapin::Error> {
+    /// when no such queue exists. Each step is bounded by
+    /// [`amqp::ANSWER_TIMEOUT`]; a broker that does not answer is
+    /// [`ConsumerCountError::NoAnswer`].
+    pub async fn consumer_count(&self) -> Result<Option<u32>, ConsumerCountError> {
         let session = self.shared.session.load_full();
-        session.consumer_count(self.shared.queue.clone()).await
+        session
+            .consumer_count(self.shared.queue.clone())
+            .await
+            .map_err(|refused| match refused {
+                Some(error) => ConsumerCountError::Broker(error),
+                None => ConsumerCountError::NoAnswer,
+            })
     }
 
     /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for

@@ -148,16 +148,17 @@ impl Session {
     }
 
     /// How many consumers `queue` has, or `None` when no such queue
-    /// exists.
+    /// exists; `Err(None)` when the broker did not answer within
+    /// [`amqp::ANSWER_TIMEOUT`].
     pub(super) async fn consumer_count(
         &self,
         queue: ShortString,
-    ) -> Result<Option<u32>, lapin::Error> {
+    ) -> Result<Option<u32>, Option<lapin::Error>> {
         // A passive declare of a missing queue closes its channel, so it
-        // gets a channel of its own.
-        let channel = self.connection.create_channel().await?;
-        let declared = amqp::existing_queue(&channel, queue).await;
-        let _ = channel.close(200, "OK".into()).await;
+        // gets a channel of its own, closed however the declare went.
+        let channel = answered(self.connection.create_channel()).await?;
+        let declared = answered(amqp::existing_queue(&channel, queue)).await;
+        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, channel.close(200, "OK".into())).await;
         Ok(declared?.map(|queue| queue.consumer_count()))
     }
 
@@ -242,5 +243,16 @@ impl Session {
             Ok(Answer::Abandoned) => Err(shared.no_consumer()),
             Err(_) => Err(CallError::ConnectionLost),
         }
+    }
+}
+
+/// What the broker answered to `step`, within [`amqp::ANSWER_TIMEOUT`];
+/// `Err(None)` when it did not.
+async fn answered<T>(
+    step: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, Option<lapin::Error>> {
+    match tokio::time::timeout(amqp::ANSWER_TIMEOUT, step).await {
+        Ok(done) => done.map_err(Some),
+        Err(_) => Err(None),
     }
 }

@@ -11,7 +11,6 @@
 //! new calls at once, until a node consumes the queue again.
 
 use super::Shared;
-use crate::amqp;
 use std::{
     sync::{Weak, atomic::Ordering},
     time::Duration,
@@ -42,14 +41,9 @@ pub(super) async fn watch_consumers(shared: Weak<Shared>, grace: Duration) {
             none_since = None;
             continue;
         }
-        let counted = tokio::time::timeout(
-            amqp::ANSWER_TIMEOUT,
-            session.consumer_count(shared.queue.clone()),
-        )
-        .await;
         // A connection in trouble is the reconnecting calls' business; a
         // queue that is gone has no consumer.
-        let Ok(Ok(consumers)) = counted else {
+        let Ok(consumers) = session.consumer_count(shared.queue.clone()).await else {
             continue;
         };
         if consumers.unwrap_or(0) > 0 {

@@ -67,8 +67,9 @@ pub struct CenterArgs {
 
     /// How long, in seconds, the queue may have no compute node consuming
     /// it while calls wait, before they fail with `no-consumer`; later
-    /// calls then fail at once, until a node consumes it again.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::parse_seconds)]
+    /// calls then fail at once, until a node consumes it again. 0: calls
+    /// wait for their --timeout.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::parse_seconds_or_off)]
     pub no_consumer_grace: Duration,
 
     /// How many times a request is sent again when the connection to the
@@ -250,10 +251,12 @@ pub async fn run(
         persistent: args.queue_type == QueueKind::Quorum,
         confirms: args.confirm,
         tls: args.broker.tls(),
-        no_consumer_grace: Some(args.no_consumer_grace),
+        no_consumer_grace: Some(args.no_consumer_grace).filter(|grace| !grace.is_zero()),
     };
     let queue = options.queue.clone();
-    let waits = options.timeout.min(args.no_consumer_grace);
+    let waits = options
+        .no_consumer_grace
+        .map_or(options.timeout, |grace| grace.min(options.timeout));
     let center = Center::connect_with(&args.broker.urls(), options).await?;
     // Advice only, so a broker slow to answer does not hold up the run.
     let consumers = tokio::time::timeout(amqp::ANSWER_TIMEOUT, center.consumer_count()).await;

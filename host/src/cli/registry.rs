@@ -259,13 +259,23 @@ fn sign_key(args: &RolloutArgs) -> anyhow::Result<Option<DeployKey>> {
 /// Whose messages count when the registry is read: the keys given, else
 /// the signing key's own, else anyone's.
 fn trust(args: &RolloutArgs) -> anyhow::Result<Trust> {
-    if !args.trusted_key.is_empty() {
-        return Trust::keys(&args.trusted_key).context("cannot read a trusted key");
+    if let Some(trust) = trusted_keys(&args.trusted_key)? {
+        return Ok(trust);
     }
     Ok(match sign_key(args)? {
         Some(key) => Trust::Keys(vec![key.public()]),
         None => Trust::Anyone,
     })
+}
+
+/// The keys in `files`, if any are given.
+fn trusted_keys(files: &[PathBuf]) -> anyhow::Result<Option<Trust>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    Trust::keys(files)
+        .map(Some)
+        .context("cannot read a trusted key")
 }
 
 /// What a rollout appends, planned from what the registry holds: the
@@ -286,12 +296,11 @@ async fn roll_out(
     let key = sign_key(args)?;
     let registry = args.registry.connect().await?;
     let mut reports = registry.reports().await?;
-    let trust = trust(args)?;
-    let (nodes, state) = tokio::join!(
-        registry.nodes(args.registry.discover),
-        registry.read(&trust)
-    );
-    let (nodes, state) = (nodes?, state?);
+    // One after the other: while the stream is read (tens of MB with
+    // Python modules) the answers would queue behind it on the
+    // connection, and a late one ends up uncounted.
+    let nodes = registry.nodes(args.registry.discover).await?;
+    let state = registry.read(&trust(args)?).await?;
     let (digest, role, messages) = plan(&state)?;
     let digest = digest.as_str();
     let rollout = if deploy::holds_already(&state, function, digest, role, &messages) {
@@ -370,14 +379,10 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
 async fn versions(
     args: &RegistryArgs,
     function: &str,
-    trusted_keys: &[PathBuf],
+    keys: &[PathBuf],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let trust = if trusted_keys.is_empty() {
-        Trust::Anyone
-    } else {
-        Trust::keys(trusted_keys).context("cannot read a trusted key")?
-    };
+    let trust = trusted_keys(keys)?.unwrap_or(Trust::Anyone);
     let (urls, tls) = (args.broker.urls(), args.broker.tls());
     let registry = Registry::open_existing(&urls, &tls, &args.registry).await?;
     let state = registry.read(&trust).await;

@@ -508,18 +508,31 @@ fn refusal_hint(code: u16, step: Step, queue_type: &QueueType) -> &'static str {
     }
 }
 
+/// What becomes of the requests waiting in a removed function's queue.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum OnRemoval {
+    /// They go with the queue: the function was removed from the whole
+    /// fleet (`compute remove`), so no node will ever serve them.
+    DropWaiting,
+    /// The queue stays while they wait: a file removed from one node's
+    /// directory says nothing of the other nodes, and one of them may be
+    /// reconnecting, unseen by the broker's count of consumers.
+    KeepWaiting,
+}
+
 /// Deletes the queue of `function`, which the node no longer serves,
-/// unless a consumer (another node) is still on it: the last node to stop
+/// unless a consumer (another node) is still on it, or, with
+/// [`OnRemoval::KeepWaiting`], requests wait in it: the last node to stop
 /// serving a removed function deletes its queue, so that a call made
 /// after fails at once with `no-route`, as for a function that never
-/// existed, rather than waiting for its timeout. Requests still waiting
-/// there are for a function that is gone, and go with the queue.
-pub(super) async fn delete_if_unused(link: &Link, function: &Function) {
+/// existed, rather than waiting for its timeout.
+pub(super) async fn delete_if_unused(link: &Link, function: &Function, on_removal: OnRemoval) {
     let delete = async {
         let connection = link.connected().await;
         let channel = connection.create_channel().await?;
         let options = QueueDeleteOptions {
             if_unused: true,
+            if_empty: matches!(on_removal, OnRemoval::KeepWaiting),
             ..QueueDeleteOptions::default()
         };
         let deleted = channel
@@ -535,8 +548,9 @@ pub(super) async fn delete_if_unused(link: &Link, function: &Function) {
             requests_dropped = waiting,
             "deleted the removed function's queue"
         ),
-        // Still consumed (PRECONDITION_FAILED), gone already, or the
-        // broker did not answer: another node or the operator has it.
+        // Still consumed or not empty (PRECONDITION_FAILED), gone
+        // already, or the broker did not answer: another node or the
+        // operator has it.
         Ok(Err(err)) => {
             debug!(function = function.name(), queue = function.queue(), cause = %err, "left the removed function's queue")
         }

@@ -256,6 +256,8 @@ pub struct ComputeNode {
     _link_keeper: AbortOnDropHandle<()>,
     /// The registry's own connection (`--registry-url`), and its keeper.
     registry_link: Option<(Arc<Link>, AbortOnDropHandle<()>)>,
+    /// What becomes of requests waiting in a removed function's queue.
+    on_removal: consumer::OnRemoval,
     _table: AbortOnDropHandle<()>,
     _source: AbortOnDropHandle<()>,
 }
@@ -407,6 +409,10 @@ impl ComputeNode {
             _metrics_server: metrics_server,
             _link_keeper: link_keeper,
             registry_link,
+            on_removal: match config.source {
+                Source::Registry { .. } => consumer::OnRemoval::DropWaiting,
+                Source::Module { .. } | Source::Dir { .. } => consumer::OnRemoval::KeepWaiting,
+            },
             _table: table.1,
             _source: source,
             metrics,
@@ -505,11 +511,12 @@ impl ComputeNode {
             Change::Removed(function) => {
                 if let Some((function, running)) = self.consumers.remove(function.name()) {
                     let (metrics, link) = (self.metrics.clone(), self.link.clone());
+                    let on_removal = self.on_removal;
                     self.retiring.spawn(async move {
                         running.stop().await;
                         metrics.remove_function(function.name(), function.live());
                         info!(function = function.name(), "stopped serving the function");
-                        consumer::delete_if_unused(&link, &function).await;
+                        consumer::delete_if_unused(&link, &function, on_removal).await;
                     });
                 }
                 None

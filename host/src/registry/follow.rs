@@ -1,7 +1,7 @@
 //! A node following the registry: reads the stream from its first offset,
 //! then live; hands the table each function's current and staged version
-//! as the messages say; reports what it made of each; answers status
-//! requests.
+//! as the messages say; reports what it made of each. Status requests are
+//! answered beside it (`status`).
 //!
 //! While it catches up (messages arriving without a pause) it only
 //! replays; at the first pause it offers what the replay ended with, so a
@@ -17,15 +17,15 @@
 
 use super::{
     message::{Action, Message, Role},
-    report::{FunctionStatus, Identity, NodeStatus, REPORT_TYPE, Report, STATUS_TYPE},
+    report::{Identity, REPORT_TYPE, Report},
     signing::Trust,
     state::State,
+    status::Answerer,
 };
 use crate::{
     amqp,
     backoff::{self, Backoff},
     functions::Served,
-    lock::lock,
     metrics::NodeMetrics,
     node::link::Link,
     sandbox::LimitsFile,
@@ -42,7 +42,7 @@ use lapin::{
     types::FieldTable,
 };
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, info, warn};
 
 /// A pause this long in the stream ends a catch-up.
@@ -116,13 +116,19 @@ impl Follower {
     ) -> String {
         let subscribed = async {
             let channel = channel_for_exchanges(connection, &self.stream).await?;
-            let mut status = super::listen(&channel, &super::status_exchange(&self.stream)).await?;
-            let (stream, stream_channel) = self
-                .open_stream(connection, &channel, &mut status, caught_up)
-                .await?;
-            Ok::<_, lapin::Error>((stream, status, stream_channel, channel))
+            let requests = super::listen(&channel, &super::status_exchange(&self.stream)).await?;
+            let asked = Arc::new(Notify::new());
+            let answering = Answerer {
+                stream: self.stream.clone(),
+                channel: channel.clone(),
+                served: self.served.clone(),
+                identity: self.identity.clone(),
+            }
+            .answer_all(requests, asked.clone());
+            let (stream, stream_channel) = self.open_stream(connection, &asked, caught_up).await?;
+            Ok::<_, lapin::Error>((stream, answering, stream_channel, channel))
         };
-        let (mut stream, mut status, _stream_channel, channel) = match subscribed.await {
+        let (mut stream, _answering, _stream_channel, channel) = match subscribed.await {
             Ok(subscribed) => subscribed,
             Err(err) => return err.to_string(),
         };
@@ -158,9 +164,6 @@ impl Follower {
                     Some(Err(err)) => return err.to_string(),
                     None => return "the broker cancelled the registry consumer".into(),
                 },
-                Some(Ok(request)) = status.next() => {
-                    self.answer_status(&channel, &request.properties).await;
-                }
                 () = paused => {
                     pause = None;
                     replaying = false;
@@ -192,15 +195,14 @@ impl Follower {
 
     /// Consumes the stream from its first message. While no stream of
     /// that name exists (no deploy has created it yet) the node says so
-    /// once, answers status requests on `events`, so that the first
-    /// deploy counts it, and looks again every [`STREAM_LOOK_AGAIN`], or
-    /// at once after a status request: a deployer about to write sends
-    /// one.
+    /// once (its status requests are answered meanwhile, so the first
+    /// deploy counts it), and looks again every [`STREAM_LOOK_AGAIN`],
+    /// or at once after a status request (`asked`): a deployer about to
+    /// write sends one.
     async fn open_stream(
         &self,
         connection: &Connection,
-        events: &Channel,
-        status: &mut Consumer,
+        asked: &Notify,
         caught_up: &mut Option<oneshot::Sender<()>>,
     ) -> Result<(Consumer, Channel), lapin::Error> {
         let mut said = false;
@@ -218,9 +220,7 @@ impl Follower {
                 let _ = caught_up.send(());
             }
             tokio::select! {
-                Some(Ok(request)) = status.next() => {
-                    self.answer_status(events, &request.properties).await;
-                }
+                () = asked.notified() => {}
                 () = tokio::time::sleep(STREAM_LOOK_AGAIN) => {}
             }
         }
@@ -403,45 +403,6 @@ impl Follower {
         if let Err(err) = tokio::time::timeout(amqp::ANSWER_TIMEOUT, publish).await {
             debug!(cause = %err, "could not report to the registry's events exchange");
         }
-    }
-
-    /// Answers a status request with what this node serves, on the
-    /// events exchange (see [`STATUS_TYPE`] for why not to its
-    /// `reply_to`).
-    async fn answer_status(&self, channel: &Channel, request: &BasicProperties) {
-        let Some(request) = request.correlation_id().clone() else {
-            return;
-        };
-        let functions = lock(&self.served)
-            .values()
-            .map(|function| FunctionStatus {
-                name: function.name().to_owned(),
-                queue: function.queue().to_owned(),
-                current: function.live().current().digest().to_owned(),
-                staged: function.live().staged(),
-                in_flight: function.live().in_flight(),
-                served: function.live().served(),
-            })
-            .collect();
-        let status = NodeStatus {
-            node: self.identity.node.clone(),
-            host: self.identity.host.clone(),
-            uptime_s: self.identity.started.elapsed().as_secs(),
-            functions,
-        };
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_type(STATUS_TYPE.into())
-            .with_correlation_id(request);
-        let body = serde_json::to_vec(&status).unwrap_or_default();
-        let publish = channel.basic_publish(
-            super::events_exchange(&self.stream).into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            &body,
-            properties,
-        );
-        let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, publish).await;
     }
 }
 

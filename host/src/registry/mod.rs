@@ -17,6 +17,8 @@
 //! - [`report`]: what nodes tell deployers (`serving`, `rejected`) and
 //!   their status.
 //! - `follow` (private): a node following the stream.
+//! - `status` (private): a node answering status requests, on a task of
+//!   its own.
 //! - [`deploy`]: the deployer's side: `compute deploy`, `promote`,
 //!   `rollback`, `remove`, `status`.
 //! - [`versions`]: a function's versions as `compute versions` lists
@@ -28,6 +30,7 @@ pub mod message;
 pub mod report;
 pub mod signing;
 pub mod state;
+mod status;
 pub mod versions;
 
 use lapin::{
