@@ -7,7 +7,7 @@
 //!   kinds), compatible with the classic Python `pika` RPC examples, and
 //!   the framing of batches (`wire::batch`).
 //! - [`sandbox`]: the WebAssembly side. One engine and one instance pool
-//!   for every function; each request runs in a fresh instance under a
+//!   for every function, shared fairly between them; each request runs in a fresh instance under a
 //!   CPU deadline and a memory cap (the node's, or a function's own
 //!   narrower ones from `NAME.toml` beside its module), with its output
 //!   captured into the log.
@@ -34,7 +34,8 @@
 //!   is nobody to reply to.
 //! - [`center`]: the RPC client, [`Center`]: many calls in flight over one
 //!   connection, replies (from a reply queue or by direct reply-to)
-//!   matched by correlation id, calls sent again after a lost connection.
+//!   matched by correlation id, calls sent again after a lost connection,
+//!   calls failed fast once no node consumes the queue.
 //! - `escaped` (private): text from clients and guests, its control
 //!   characters escaped for the log.
 //! - `lock` (private): locking a mutex that a panic may have poisoned,

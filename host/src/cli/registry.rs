@@ -326,9 +326,7 @@ fn print_rollout(rollout: &Rollout, nodes: &[NodeStatus], digest: &str, json: bo
         .filter(|report| report.outcome == "serving")
         .count();
     if json {
-        for report in &rollout.reports {
-            println!("{}", serde_json::to_string(report).unwrap_or_default());
-        }
+        print_json_lines(&rollout.reports);
         for node in &rollout.silent {
             println!(
                 "{}",
@@ -391,9 +389,7 @@ async fn versions(
         anyhow::bail!("the registry holds no function {function}");
     };
     if json {
-        for version in &versions {
-            println!("{}", serde_json::to_string(version).unwrap_or_default());
-        }
+        print_json_lines(&versions);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -426,9 +422,7 @@ async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
     let nodes = registry.nodes(args.discover).await?;
     registry.close().await;
     if json {
-        for node in &nodes {
-            println!("{}", serde_json::to_string(node).unwrap_or_default());
-        }
+        print_json_lines(&nodes);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -463,4 +457,11 @@ async fn status(args: &RegistryArgs, json: bool) -> anyhow::Result<ExitCode> {
     }
     println!("{} node(s)", nodes.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints each of `items` as one line of JSON.
+fn print_json_lines(items: &[impl serde::Serialize]) {
+    for item in items {
+        println!("{}", serde_json::to_string(item).unwrap_or_default());
+    }
 }
