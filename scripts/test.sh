@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/check-alerts.sh
 scripts/ensure-broker.sh
 scripts/build-modules.sh
 PYTHON="$(scripts/ensure-pika.sh)"

@@ -801,6 +801,63 @@ async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
     registry.remove().await;
 }
 
+/// Every metric that the alerting rules and the Grafana dashboard in
+/// `deploy/` read is one a node serves: a node following a registry,
+/// once it has answered a call and refused a registry message (so that
+/// every metric has a sample to show), serves them all. A renamed metric
+/// cannot silently blind an alert or a panel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_and_the_dashboard_read_metrics_a_node_serves() {
+    let registry = TestRegistry::new("deploy-files");
+    registry.deploy(&built_module("increase"), &[]).await;
+    let node = registry
+        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
+        .await;
+    let junk = (lapin::BasicProperties::default(), b"junk".to_vec());
+    append_raw(&registry.stream, &[junk]).await;
+    let address = node.metrics_addr().await;
+    testkit::wait_for_metric(
+        address,
+        "compute_registry_messages_refused_total{cause=\"unreadable\"} 1",
+    )
+    .await;
+    let caller = center(&registry.queue(), Duration::from_secs(10)).await;
+    assert_eq!(caller.call("7").await.unwrap().body, b"8");
+    let served = testkit::scrape(address).await;
+    let families: Vec<&str> = served
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split(' ').next())
+        .collect();
+
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut read = Vec::new();
+    for file in ["prometheus/rules.yml", "grafana/compute.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        read.extend(
+            // Recording rules' names (`function:compute_…:rate5m`) are
+            // one word, and not a metric a node serves.
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .filter(|word| word.starts_with("compute_") && !word.contains(':'))
+                .map(|word| (file, word.to_owned())),
+        );
+    }
+    assert!(read.len() >= 10, "{read:?}");
+    for (file, metric) in &read {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| metric.strip_suffix(suffix))
+            .unwrap_or(metric);
+        assert!(
+            families.contains(&family),
+            "{file} reads {metric}, which no node serves; it serves {families:?}"
+        );
+    }
+    caller.close().await;
+    drop(node);
+    registry.remove().await;
+}
+
 /// A registry message as it sits in the stream.
 type RawMessage = (lapin::BasicProperties, Vec<u8>);
 
