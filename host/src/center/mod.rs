@@ -376,13 +376,7 @@ impl Center {
     /// [`ConsumerCountError::NoAnswer`].
     pub async fn consumer_count(&self) -> Result<Option<u32>, ConsumerCountError> {
         let session = self.shared.session.load_full();
-        session
-            .consumer_count(self.shared.queue.clone())
-            .await
-            .map_err(|refused| match refused {
-                Some(error) => ConsumerCountError::Broker(error),
-                None => ConsumerCountError::NoAnswer,
-            })
+        session.consumer_count(self.shared.queue.clone()).await
     }
 
     /// Closes the connection, waiting at most [`amqp::ANSWER_TIMEOUT`] for

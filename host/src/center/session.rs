@@ -2,7 +2,7 @@
 //! on it.
 
 use super::{
-    CallError, ReplyMode, Shared,
+    CallError, ConsumerCountError, ReplyMode, Shared,
     reply::{Answered, into_reply},
     router::{Answer, Pending, Waiting, returned_id, route_replies, wake_returned},
 };
@@ -148,12 +148,11 @@ impl Session {
     }
 
     /// How many consumers `queue` has, or `None` when no such queue
-    /// exists; `Err(None)` when the broker did not answer within
-    /// [`amqp::ANSWER_TIMEOUT`].
+    /// exists; each step bounded by [`amqp::ANSWER_TIMEOUT`].
     pub(super) async fn consumer_count(
         &self,
         queue: ShortString,
-    ) -> Result<Option<u32>, Option<lapin::Error>> {
+    ) -> Result<Option<u32>, ConsumerCountError> {
         // A passive declare of a missing queue closes its channel, so it
         // gets a channel of its own, closed however the declare went.
         let channel = answered(self.connection.create_channel()).await?;
@@ -246,13 +245,12 @@ impl Session {
     }
 }
 
-/// What the broker answered to `step`, within [`amqp::ANSWER_TIMEOUT`];
-/// `Err(None)` when it did not.
+/// What the broker answered to `step`, within [`amqp::ANSWER_TIMEOUT`].
 async fn answered<T>(
     step: impl Future<Output = Result<T, lapin::Error>>,
-) -> Result<T, Option<lapin::Error>> {
+) -> Result<T, ConsumerCountError> {
     match tokio::time::timeout(amqp::ANSWER_TIMEOUT, step).await {
-        Ok(done) => done.map_err(Some),
-        Err(_) => Err(None),
+        Ok(done) => Ok(done?),
+        Err(_) => Err(ConsumerCountError::NoAnswer),
     }
 }
