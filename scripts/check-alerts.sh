@@ -4,16 +4,19 @@
 # should fire it (`promtool test rules`); the Grafana dashboard is JSON.
 # (That every metric they read is one a node serves is the integration
 # test registry::the_alerts_and_the_dashboard_read_metrics_a_node_serves.)
-# Installs Debian's prometheus package, which has promtool, if missing.
+# Installs Debian's prometheus package, which has promtool, if missing
+# (with sudo when not root, as scripts/ensure-broker.sh installs RabbitMQ).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+source "$(dirname "$0")/lib/as-root.sh"
 if ! command -v promtool >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if command -v apt-get >/dev/null; then
         echo "check-alerts: installing promtool (Debian's prometheus package)" >&2
-        apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    else
+        as_root apt-get update -qq >&2
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+    if ! command -v promtool >/dev/null; then
         echo "check-alerts: no promtool; install it (sudo apt-get install prometheus)" >&2
         exit 1
     fi

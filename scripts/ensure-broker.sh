@@ -14,9 +14,7 @@ if answers; then
     exit 0
 fi
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
-}
+source "$(dirname "$0")/lib/as-root.sh"
 
 if ! command -v rabbitmq-server >/dev/null && [ ! -x /usr/sbin/rabbitmq-server ]; then
     if command -v apt-get >/dev/null; then
