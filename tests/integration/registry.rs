@@ -823,7 +823,16 @@ async fn the_alerts_and_the_dashboard_read_metrics_a_node_serves() {
     .await;
     let caller = center(&registry.queue(), Duration::from_secs(10)).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"8");
-    let served = testkit::scrape(address).await;
+    // The node counts a request and its time once it has acked it, which
+    // may come after the caller has its reply; the time comes last.
+    let served = eventually("the call is counted", Duration::from_secs(10), || async {
+        let served = testkit::scrape(address).await;
+        served
+            .lines()
+            .any(|line| line.starts_with("compute_request_seconds_count{"))
+            .then_some(served)
+    })
+    .await;
     let families: Vec<&str> = served
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
