@@ -36,6 +36,9 @@
 //!   connection, replies (from a reply queue or by direct reply-to)
 //!   matched by correlation id, calls sent again after a lost connection,
 //!   calls failed fast once no node consumes the queue.
+//! - [`trace`]: W3C Trace Context through the broker, spans by the
+//!   OpenTelemetry conventions for messaging, and their OTLP export
+//!   (off unless `OTEL_EXPORTER_OTLP_ENDPOINT` is set).
 //! - `escaped` (private): text from clients and guests, its control
 //!   characters escaped for the log.
 //! - `lock` (private): locking a mutex that a panic may have poisoned,
@@ -70,6 +73,7 @@ mod request;
 pub mod sandbox;
 mod source;
 mod throttle;
+pub mod trace;
 pub mod wire;
 
 pub use ack_mode::AckMode;

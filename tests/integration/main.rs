@@ -22,4 +22,5 @@ mod registry;
 mod rpc;
 mod sharing;
 mod swap;
+mod traces;
 mod wire;

@@ -16,6 +16,7 @@
 //! - `raw`: a bare AMQP client, for what is on the wire byte by byte.
 //! - `python`: the Python peers (pika).
 //! - `metrics`: scraping a node's Prometheus metrics.
+//! - `otlp`: a collector that keeps the spans posted to it.
 //! - `eventually`: waiting for a condition, never for a fixed time.
 
 mod broker;
@@ -25,6 +26,7 @@ mod load;
 mod metrics;
 mod modules;
 mod node;
+mod otlp;
 mod process;
 mod proxy;
 mod python;
@@ -40,6 +42,7 @@ pub use load::{Call, Calls, Load, Tally};
 pub use metrics::{get, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
 pub use node::{DirNode, RunningNode, queue_of, test_compile_cache};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{ServerProcess, center_command, compute_command, run_to_end};
 pub use proxy::BrokerProxy;
 pub use python::{python, python_command, python_output};

@@ -71,8 +71,20 @@ impl ServerProcess {
     /// waits there: a test that starts nodes one after another on a queue
     /// starts them with [`start`](Self::start).
     pub async fn node(queue: &str, module: &Path, args: &[&str]) -> Self {
+        Self::node_with_env(queue, module, args, &[]).await
+    }
+
+    /// As [`node`](Self::node), with the environment variables `env` set
+    /// too (the `OTEL_*` ones, say).
+    pub async fn node_with_env(
+        queue: &str,
+        module: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = compute_command();
         command
+            .envs(env.iter().copied())
             .args(["--queue", queue, "--amqp-url", &amqp_url()])
             .arg("--module")
             .arg(module)

@@ -85,6 +85,7 @@ pub use reply::{Origin, Reply};
 use crate::{
     amqp,
     backoff::{self, Backoff},
+    trace::{Kind, Span, Tracer, attributes as attr},
     wire::batch::{self, ItemResult},
 };
 use arc_swap::ArcSwap;
@@ -146,6 +147,7 @@ struct Shared {
     /// Set while the queue has had no consumer for longer than that:
     /// calls fail at once.
     abandoned: AtomicBool,
+    tracer: Tracer,
 }
 
 impl Center {
@@ -189,6 +191,7 @@ impl Center {
                 closed: AtomicBool::new(false),
                 no_consumer_grace: options.no_consumer_grace,
                 abandoned: AtomicBool::new(false),
+                tracer: options.tracer,
             }),
         };
         if let Some(grace) = options.no_consumer_grace {
@@ -260,11 +263,40 @@ impl Center {
     }
 
     /// Publishes `body` and waits for its reply, reconnecting and sending
-    /// it again when the connection is lost, all within the timeout.
+    /// it again when the connection is lost, all within the timeout. With
+    /// traces exported, the call has a span, and each publish a send span
+    /// whose context the request carries.
     async fn round_trip(
         &self,
         body: &[u8],
         content_type: Option<&'static str>,
+    ) -> Result<Answered, CallError> {
+        let shared = &*self.shared;
+        if !shared.tracer.is_on() {
+            return self.attempts(body, content_type, None).await;
+        }
+        let mut call = shared
+            .tracer
+            .start(|| format!("call {}", shared.queue), Kind::Client, None);
+        let answered = self.attempts(body, content_type, Some(&mut call)).await;
+        match &answered {
+            Ok(_) => call.set(attr::OUTCOME, "ok"),
+            Err(error) => {
+                call.set(attr::OUTCOME, error.kind().to_owned());
+                call.set(attr::ERROR_TYPE, error.kind().to_owned());
+                call.fail(|| error.to_string());
+            }
+        }
+        answered
+    }
+
+    /// The attempts of [`round_trip`](Self::round_trip), in the span
+    /// `call` when traced.
+    async fn attempts(
+        &self,
+        body: &[u8],
+        content_type: Option<&'static str>,
+        mut call: Option<&mut Span>,
     ) -> Result<Answered, CallError> {
         let shared = &*self.shared;
         if body.len() > shared.max_body {
@@ -280,10 +312,16 @@ impl Center {
         // Kept across retries, so every copy of the request is the same
         // request in the logs of both sides.
         let correlation_id = Uuid::new_v4().to_string();
-        let request = Request {
+        if let Some(call) = call.as_deref_mut() {
+            call.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
+            call.set(attr::ROUTING_KEY, shared.queue.to_string());
+            call.set(attr::CONVERSATION_ID, correlation_id.clone());
+        }
+        let mut request = Request {
             correlation_id: &correlation_id,
             body,
             content_type,
+            send: None,
         };
         // A call that starts after the connection was lost waits for a new
         // one rather than failing: it has not been sent anywhere yet.
@@ -296,7 +334,8 @@ impl Center {
         };
         let mut retried = 0;
         loop {
-            let attempt = session.publish_and_wait(shared, &request, deadline);
+            request.send = call.as_deref().map(|call| self.send_span(call, &request));
+            let attempt = session.publish_and_wait(shared, &mut request, deadline);
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => error,
@@ -327,6 +366,26 @@ impl Center {
                 Ok(None) | Err(_) => return Err(error),
             };
         }
+    }
+
+    /// The span of one publish of `request`, a child of its `call` span.
+    fn send_span(&self, call: &Span, request: &Request<'_>) -> Span {
+        let queue = &self.shared.queue;
+        let mut send = self.shared.tracer.start(
+            || format!("send {queue}"),
+            Kind::Producer,
+            Some(call.context()),
+        );
+        send.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
+        send.set(attr::OPERATION_TYPE, "send");
+        send.set(attr::OPERATION_NAME, "publish");
+        // Requests go through the default exchange, named by the
+        // conventions as the empty string.
+        send.set(attr::DESTINATION, "");
+        send.set(attr::ROUTING_KEY, queue.to_string());
+        send.set(attr::CONVERSATION_ID, request.correlation_id.to_owned());
+        send.set(attr::BODY_SIZE, request.body.len() as i64);
+        send
     }
 
     /// A session that is alive: `used` if it still is, or else the one
@@ -387,5 +446,6 @@ impl Center {
         let session = self.shared.session.load_full();
         let close = session.connection.close(200, "OK".into());
         let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
+        self.shared.tracer.flush().await;
     }
 }

@@ -1,5 +1,6 @@
 //! What a caller chooses about how a [`Center`](super::Center) calls.
 
+use crate::trace::Tracer;
 use std::time::Duration;
 
 /// RabbitMQ's default `max_message_size` (128 MiB): a larger message
@@ -59,6 +60,10 @@ pub struct CenterOptions {
     /// then fail at once, until a node consumes the queue again. `None`:
     /// calls wait for their timeout.
     pub no_consumer_grace: Option<Duration>,
+    /// Where each call's spans go. With [`Tracer::off`] (the default) a
+    /// request carries no trace context; with export on, every request
+    /// carries its send span's in `traceparent`.
+    pub tracer: Tracer,
 }
 
 impl Default for CenterOptions {
@@ -75,6 +80,7 @@ impl Default for CenterOptions {
             confirms: false,
             tls: crate::amqp::TlsOptions::default(),
             no_consumer_grace: Some(DEFAULT_NO_CONSUMER_GRACE),
+            tracer: Tracer::off(),
         }
     }
 }

@@ -9,6 +9,7 @@ use super::{
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     lock::lock,
+    trace::Span,
     wire,
 };
 use lapin::{
@@ -30,6 +31,10 @@ pub(super) struct Request<'a> {
     /// The content type: a batch's, or none for one input as the Python
     /// examples send it.
     pub(super) content_type: Option<&'static str>,
+    /// The span of this publish, when traced: its context goes in the
+    /// request's `traceparent`, and it ends once the broker has taken
+    /// the request.
+    pub(super) send: Option<Span>,
 }
 
 /// One connection with its reply queue and the calls waiting on it.
@@ -166,7 +171,7 @@ impl Session {
     pub(super) async fn publish_and_wait(
         &self,
         shared: &Shared,
-        request: &Request<'_>,
+        request: &mut Request<'_>,
         deadline: Instant,
     ) -> Result<Answered, CallError> {
         let correlation_id = request.correlation_id;
@@ -200,6 +205,10 @@ impl Session {
             properties,
             deadline.saturating_duration_since(Instant::now()),
         );
+        let properties = match &request.send {
+            Some(send) => wire::with_trace(properties, send.context(), None),
+            None => properties,
+        };
         let routed = amqp::publish_mandatory(
             &self.channel,
             shared.queue.clone(),
@@ -216,6 +225,12 @@ impl Session {
                 self.alive.store(false, Ordering::Release);
             }
             CallError::Publish(error)
+        });
+        let send = request.send.take();
+        let routed = routed.inspect_err(|error| {
+            if let Some(mut send) = send {
+                send.fail(|| error.to_string());
+            }
         })?;
         match routed {
             Routed::Queued => {}

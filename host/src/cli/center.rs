@@ -9,6 +9,7 @@ use crate::{
         stats::{Progress, Stats},
     },
     queues::QueueKind,
+    trace::Tracer,
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -252,6 +253,7 @@ pub async fn run(
         confirms: args.confirm,
         tls: args.broker.tls(),
         no_consumer_grace: Some(args.no_consumer_grace).filter(|grace| !grace.is_zero()),
+        tracer: Tracer::from_env("center")?,
     };
     let queue = options.queue.clone();
     let waits = options

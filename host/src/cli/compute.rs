@@ -10,6 +10,7 @@ use crate::{
     registry,
     registry::signing::Trust,
     sandbox::{CacheError, CacheSettings, CompileCache, Limits},
+    trace::Tracer,
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -277,6 +278,9 @@ impl ComputeArgs {
             queue_type: self.queue_type()?,
             ack_mode: self.ack_mode,
             compile_cache: self.cache.settings(),
+            // Read from the environment by `run`, which starts its
+            // export on the runtime.
+            tracer: Tracer::off(),
         })
     }
 
@@ -349,7 +353,8 @@ pub async fn run(args: ComputeArgs) -> anyhow::Result<ExitCode> {
         Some(Command::Registry(command)) => return super::registry::run(command).await,
         None => {}
     }
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.tracer = Tracer::from_env("compute")?;
     if let Source::Module { path, .. } = &config.source
         && path.is_relative()
         && !path.exists()

@@ -17,12 +17,13 @@ mod modules;
 
 pub(crate) use http::{BindError, bind};
 
-use crate::{live::LiveModule, lock::lock, sandbox::ComputeError};
+use crate::{live::LiveModule, lock::lock, sandbox::ComputeError, trace::TraceContext};
 use modules::ModuleCollector;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
         counter::Counter,
+        exemplar::HistogramWithExemplars,
         family::Family,
         histogram::{Histogram, exponential_buckets},
     },
@@ -69,6 +70,13 @@ struct FunctionLabel {
     function: String,
 }
 
+/// An exemplar's label: the trace of a request the histogram counted, so
+/// a slow bucket leads to a slow call's trace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceLabel {
+    trace_id: String,
+}
+
 /// The per-request metrics, recorded by the request handler.
 #[derive(Debug)]
 pub(crate) struct RequestMetrics {
@@ -76,7 +84,8 @@ pub(crate) struct RequestMetrics {
     /// Inputs computed: one for a request, one for each input of a batch.
     inputs: Family<RequestLabels, Counter>,
     guest_seconds: Family<FunctionLabel, Histogram>,
-    request_seconds: Family<FunctionLabel, Histogram>,
+    /// With the trace id of a traced request as exemplar.
+    request_seconds: Family<FunctionLabel, HistogramWithExemplars<TraceLabel>>,
     in_flight: Gauge,
 }
 
@@ -124,10 +133,25 @@ impl RequestMetrics {
     }
 
     /// Records the time from the start of computing to the ack (compute,
-    /// reply, and with confirms the broker's confirm).
-    pub(crate) fn answered(&self, function: &str, took: Duration) {
-        observe(&self.request_seconds, function, took);
+    /// reply, and with confirms the broker's confirm), with the request's
+    /// trace, if it is traced, as exemplar.
+    pub(crate) fn answered(&self, function: &str, took: Duration, trace: Option<&TraceContext>) {
+        let label = FunctionLabel {
+            function: function.to_owned(),
+        };
+        let exemplar = trace.map(|trace| TraceLabel {
+            trace_id: trace.trace_id_hex(),
+        });
+        self.request_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64(), exemplar, None);
     }
+}
+
+/// 50 µs to about 26 s, doubling: a guest call is microseconds, a request
+/// with its confirm milliseconds, a runaway its deadline.
+fn request_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(50e-6, 2.0, 20)
 }
 
 fn observe(histograms: &Family<FunctionLabel, Histogram>, function: &str, took: Duration) {
@@ -193,14 +217,14 @@ impl NodeMetrics {
     }
 
     pub(crate) fn new() -> Self {
-        // 50 µs to about 26 s, doubling: a guest call is microseconds, a
-        // request with its confirm milliseconds, a runaway its deadline.
-        let buckets = || Histogram::new(exponential_buckets(50e-6, 2.0, 20));
+        let buckets = || Histogram::new(request_buckets());
         let requests = Arc::new(RequestMetrics {
             requests: Family::default(),
             inputs: Family::default(),
             guest_seconds: Family::new_with_constructor(buckets),
-            request_seconds: Family::new_with_constructor(buckets),
+            request_seconds: Family::new_with_constructor(|| {
+                HistogramWithExemplars::new(request_buckets())
+            }),
             in_flight: Gauge::default(),
         });
         let mut registry = Registry::with_prefix("compute");

@@ -23,6 +23,7 @@ use crate::{
     queues::QueueType,
     request::{self, Handler},
     throttle::Throttle,
+    trace::Tracer,
 };
 use futures_util::StreamExt as _;
 use lapin::{
@@ -60,6 +61,7 @@ pub(super) struct Shared {
     pub(super) warnings: Arc<Throttle>,
     /// How long a stopping consumer waits for its requests in flight.
     pub(super) drain_limit: Duration,
+    pub(super) tracer: Tracer,
 }
 
 /// A function's consumer, running.
@@ -175,6 +177,7 @@ async fn serve(
             max_body: shared.max_body,
             warnings: shared.warnings.clone(),
             ack_mode: shared.ack_mode,
+            tracer: shared.tracer.clone(),
         });
         match session.serve(&handler, &stop).await {
             Ended::Stopped => {

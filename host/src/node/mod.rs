@@ -37,6 +37,7 @@ use crate::{
     },
     source::{self, Update, dir::DirSource},
     throttle::Throttle,
+    trace::Tracer,
 };
 use consumer::{Running, Shared};
 use link::{Link, LinkFor};
@@ -132,6 +133,9 @@ pub struct NodeConfig {
     /// or another node on the host loads it instead of compiling again;
     /// `None` compiles every time.
     pub compile_cache: Option<CacheSettings>,
+    /// Where request spans go; [`Tracer::off`] exports none, and the node
+    /// then only continues the traces requests carry.
+    pub tracer: Tracer,
 }
 
 impl NodeConfig {
@@ -169,6 +173,7 @@ impl NodeConfig {
             queue_type: QueueType::Classic,
             ack_mode: None,
             compile_cache: None,
+            tracer: Tracer::off(),
         }
     }
 
@@ -193,6 +198,7 @@ impl fmt::Debug for NodeConfig {
             .field("queue_type", &self.queue_type)
             .field("ack_mode", &self.ack_mode)
             .field("compile_cache", &self.compile_cache)
+            .field("tracer", &self.tracer)
             .finish()
     }
 }
@@ -397,6 +403,7 @@ impl ComputeNode {
             max_body: config.limits.max_body,
             warnings: Arc::new(Throttle::default()),
             drain_limit: config.limits.wall_timeout + DRAIN_GRACE,
+            tracer: config.tracer.clone(),
         });
         let mut node = ComputeNode {
             served,
@@ -576,6 +583,7 @@ impl ComputeNode {
             drop(keeper);
             link.close().await;
         }
+        self.shared.tracer.flush().await;
         info!("stopped");
     }
 }

@@ -31,6 +31,7 @@ use crate::{
     metrics::RequestMetrics,
     sandbox::ComputeModule,
     throttle::Throttle,
+    trace::{Kind, Span, Tracer, attributes as attr},
     wire::{self, ErrorKind},
 };
 use lapin::{
@@ -133,13 +134,16 @@ pub(crate) struct Handler {
     /// Whether a request waits for its reply's confirm before its ack.
     /// The channel is in confirm mode exactly when it does.
     pub(crate) ack_mode: AckMode,
+    /// Where each request's spans go, when traces are exported.
+    pub(crate) tracer: Tracer,
 }
 
 impl Handler {
     /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
     /// every outcome is logged here, in a span that names the request's
-    /// correlation id (and so does anything the guest prints). The id is
-    /// logged escaped: it comes from any client, newlines included.
+    /// correlation id (and so does anything the guest prints), and its
+    /// trace when it has one. The id is logged escaped: it comes from any
+    /// client, newlines included.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let correlation_id = delivery
             .properties
@@ -149,14 +153,55 @@ impl Handler {
         // This request runs on this version to the end, even if another
         // is swapped in meanwhile.
         let current = self.live.current();
-        let span = info_span!(
+        let mut process = self.process_span(&delivery, correlation_id);
+        let trace = process.as_ref().map(Span::context);
+        let log_span = info_span!(
             "request",
             correlation_id = %Escaped(correlation_id),
-            function = current.name()
+            function = current.name(),
+            trace_id = trace.map(|trace| tracing::field::display(trace.trace_id_hex())),
+            span_id = trace.map(|trace| tracing::field::display(trace.span_id_hex())),
         );
         let _in_flight = self.metrics.start();
         let _counted = self.live.count_request();
-        self.answer(delivery, current).instrument(span).await
+        self.answer(delivery, current, process.as_mut())
+            .instrument(log_span)
+            .await
+    }
+
+    /// The span of processing `delivery`: continuing the trace its
+    /// `traceparent` names, or, when it names none and traces are
+    /// exported, a new one. `None` when it is not traced at all, so an
+    /// untraced node spends nothing on it.
+    fn process_span(&self, delivery: &Delivery, correlation_id: &str) -> Option<Span> {
+        let parent = match wire::trace_parent(&delivery.properties) {
+            Some(Ok(parent)) => Some(parent),
+            Some(Err(why)) => {
+                debug!(%why, "ignoring the request's traceparent; starting a trace");
+                None
+            }
+            None => None,
+        };
+        if parent.is_none() && !self.tracer.is_on() {
+            return None;
+        }
+        let queue = delivery.routing_key.as_str();
+        let mut span = self.tracer.start(
+            || format!("process {queue}"),
+            Kind::Consumer,
+            parent.as_ref(),
+        );
+        if span.is_recording() {
+            span.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
+            span.set(attr::OPERATION_TYPE, "process");
+            span.set(attr::OPERATION_NAME, "process");
+            span.set(attr::DESTINATION, delivery.exchange.to_string());
+            span.set(attr::ROUTING_KEY, queue.to_owned());
+            span.set(attr::DELIVERY_TAG, delivery.delivery_tag as i64);
+            span.set(attr::CONVERSATION_ID, correlation_id.to_owned());
+            span.set(attr::BODY_SIZE, delivery.data.len() as i64);
+        }
+        Some(span)
     }
 
     /// The version `properties` pin (by digest, or its start), when it is
@@ -174,10 +219,19 @@ impl Handler {
         Some(self.live.version(&digest).ok_or(digest))
     }
 
-    async fn answer(&self, delivery: Delivery, current: Arc<ComputeModule>) {
+    async fn answer(
+        &self,
+        delivery: Delivery,
+        current: Arc<ComputeModule>,
+        mut process: Option<&mut Span>,
+    ) {
         let reply_to = match Rejection::check(&delivery.properties) {
             Ok(reply_to) => reply_to.clone(),
-            Err(rejection) => return self.reject(delivery, &current, rejection, None).await,
+            Err(rejection) => {
+                return self
+                    .reject(delivery, &current, rejection, None, process)
+                    .await;
+            }
         };
 
         let started = Instant::now();
@@ -198,11 +252,29 @@ impl Handler {
                     Some(Ok(pinned)) => Arc::new(pinned),
                     _ => current,
                 };
+                let guest = process
+                    .as_deref()
+                    .filter(|span| span.is_recording())
+                    .map(|span| {
+                        self.tracer.start(
+                            || format!("compute {}", module.name()),
+                            Kind::Internal,
+                            Some(span.context()),
+                        )
+                    });
                 let outcome = if is_batch {
-                    batch::compute(&module, &delivery.data, self.max_body, &self.metrics).await
+                    batch::compute(
+                        &module,
+                        &delivery.data,
+                        self.max_body,
+                        &self.metrics,
+                        process.as_deref_mut(),
+                    )
+                    .await
                 } else {
                     self.compute_one(&module, &delivery.data).await
                 };
+                drop(guest);
                 match outcome {
                     Ok(body) => (module, body, None),
                     Err((kind, body)) => (module, body, Some(kind)),
@@ -227,6 +299,22 @@ impl Handler {
         } else {
             properties
         };
+        let properties = match &process {
+            Some(span) => wire::with_trace(
+                properties,
+                span.context(),
+                wire::trace_state(&delivery.properties).as_deref(),
+            ),
+            None => properties,
+        };
+        if let Some(span) = process.as_deref_mut().filter(|span| span.is_recording()) {
+            span.set(attr::FUNCTION, module.name().to_owned());
+            span.set(attr::MODULE_DIGEST, module.digest().to_owned());
+            if let Some(kind) = error {
+                span.set(attr::ERROR_TYPE, kind.as_str());
+                span.fail(|| String::from_utf8_lossy(&body).into_owned());
+            }
+        }
         match self.reply(&reply_to, &body, properties).await {
             Delivered::Settled(routed) => {
                 if let Routed::Returned(_) = routed {
@@ -236,7 +324,15 @@ impl Handler {
                 log_ack_failure(acked);
                 let outcome = error.map_or("ok", |kind| kind.as_str());
                 self.metrics.settled(module.name(), outcome);
-                self.metrics.answered(module.name(), started.elapsed());
+                let traced = process
+                    .as_deref()
+                    .map(Span::context)
+                    .filter(|trace| trace.sampled());
+                self.metrics
+                    .answered(module.name(), started.elapsed(), traced);
+                if let Some(span) = process {
+                    span.set(attr::OUTCOME, outcome);
+                }
             }
             Delivered::GaveUp(last_failure) => {
                 self.reject(
@@ -244,6 +340,7 @@ impl Handler {
                     &module,
                     Rejection::Undeliverable,
                     Some(&last_failure),
+                    process,
                 )
                 .await;
             }
@@ -260,6 +357,9 @@ impl Handler {
                     .await;
                 log_ack_failure(nacked);
                 self.metrics.settled(module.name(), "requeued");
+                if let Some(span) = process {
+                    span.set(attr::OUTCOME, "requeued");
+                }
             }
         }
     }
@@ -291,7 +391,12 @@ impl Handler {
         module: &ComputeModule,
         why: Rejection,
         last_failure: Option<&PublishError>,
+        process: Option<&mut Span>,
     ) {
+        if let Some(span) = process {
+            span.set(attr::OUTCOME, why.outcome());
+            span.fail(|| why.to_string());
+        }
         if let Some(held_back) = self.warnings.admit(why.outcome()) {
             warn!(
                 delivery_tag = delivery.delivery_tag,

@@ -22,9 +22,16 @@
 //! - A request with the content type [`batch::CONTENT_TYPE`] carries
 //!   several inputs, and its reply their results, in order (see
 //!   [`batch`]). Without it, a request is one input, as above.
+//! - A request may carry W3C Trace Context headers, `traceparent` and
+//!   `tracestate`, as the OpenTelemetry instrumentations of pika and
+//!   amqplib write them: the node continues that trace, and its reply
+//!   carries the node's span in `traceparent` (and the request's
+//!   `tracestate`). A reply to a request without them carries neither,
+//!   unless the node exports traces.
 
 pub mod batch;
 
+use crate::trace::{ParseError, TraceContext};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
@@ -42,6 +49,12 @@ pub const FUNCTION_HEADER: &str = "x-function";
 
 /// Header that names the exact module version that computed a reply.
 pub const MODULE_HEADER: &str = "x-module-digest";
+
+/// W3C Trace Context: the trace and span a message belongs to.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// W3C Trace Context: vendors' own trace data, passed on unread.
+pub const TRACESTATE_HEADER: &str = "tracestate";
 
 /// The machine-readable kinds of error reply, as they appear in the
 /// `x-error` header.
@@ -240,6 +253,32 @@ pub fn with_version(properties: BasicProperties, digest: &str) -> BasicPropertie
 /// The version a request pins, if any.
 pub fn requested_version(properties: &BasicProperties) -> Option<String> {
     header_text(properties, MODULE_HEADER)
+}
+
+/// `properties` carrying `context` (and `state`, the `tracestate` it
+/// came with) in W3C Trace Context headers.
+pub fn with_trace(
+    properties: BasicProperties,
+    context: &TraceContext,
+    state: Option<&str>,
+) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(TRACEPARENT_HEADER.into(), text_value(&context.to_string()));
+    if let Some(state) = state {
+        headers.insert(TRACESTATE_HEADER.into(), text_value(state));
+    }
+    properties.with_headers(headers)
+}
+
+/// The trace a message continues: `None` without a `traceparent` header,
+/// `Some(Err)` with one that cannot be read.
+pub fn trace_parent(properties: &BasicProperties) -> Option<Result<TraceContext, ParseError>> {
+    header_text(properties, TRACEPARENT_HEADER).map(|value| TraceContext::parse(&value))
+}
+
+/// A message's `tracestate`, if any.
+pub fn trace_state(properties: &BasicProperties) -> Option<String> {
+    header_text(properties, TRACESTATE_HEADER)
 }
 
 /// A text header value as `pika` writes strings, so Python peers read
