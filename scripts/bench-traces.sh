@@ -8,7 +8,7 @@
 #   on        this checkout, node and center exporting every span to a
 #             local OTLP/HTTP sink (which shares the two cores)
 #
-# and the node's CPU time per call in each.
+# and the node's CPU time per call in each (and the sink's, in `on`).
 #
 #   scripts/bench-traces.sh BASELINE [CALLS] [ROUNDS]   defaults: 20000 calls, 3 rounds
 set -euo pipefail
@@ -68,7 +68,10 @@ for _ in $(seq 1 50); do
 done
 endpoint="http://127.0.0.1:$(head -1 "$sink_log")"
 
-# One round of variant $1: prints "calls/s node-cpu-µs/call".
+# CPU seconds ×100 (clock ticks) that process $1 has used.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# One round of variant $1: prints "calls/s node-cpu-µs/call sink-cpu-µs/call".
 round() {
     local variant=$1 queue="bench.traces.$1.$$.$RANDOM" bin=$here
     local env=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
@@ -92,24 +95,30 @@ round() {
         kill "$node" 2>/dev/null || true
         exit 1
     fi
-    local before rate after
-    before=$(awk '{print $14 + $15}' "/proc/$node/stat")
+    local before rate after sink_before sink_after
+    before=$(ticks "$node")
+    sink_before=$(ticks "$sink")
     rate=$(seq 1 "$calls" | "${env[@]}" "$bin/center" --queue "$queue" \
         --concurrency 128 --stats 2>&1 >/dev/null | grep -o '^[0-9]* calls/s' | cut -d' ' -f1)
-    after=$(awk '{print $14 + $15}' "/proc/$node/stat")
+    after=$(ticks "$node")
+    # The node sends its last spans up to OTEL_BSP_SCHEDULE_DELAY later.
+    [ "$variant" = on ] && sleep 5.5
+    sink_after=$(ticks "$sink")
     kill "$node"
     wait "$node" || true
     rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
     # Clock ticks (1/100 s) to µs per call.
-    echo "$rate $(((after - before) * 10000 / calls))"
+    echo "$rate $(((after - before) * 10000 / calls)) $(((sink_after - sink_before) * 10000 / calls))"
 }
 
 declare -A rates cpus
+sink_cpus=""
 for _ in $(seq 1 "$rounds"); do
     for variant in previous off on; do
-        read -r rate cpu < <(round "$variant")
+        read -r rate cpu sink_cpu < <(round "$variant")
         rates[$variant]+="$rate "
         cpus[$variant]+="$cpu "
+        [ "$variant" = on ] && sink_cpus+="$sink_cpu "
     done
 done
 median() { printf '%s\n' "$@" | sort -n | sed -n "$((($# + 1) / 2))p"; }
@@ -118,6 +127,8 @@ for variant in previous off on; do
     # shellcheck disable=SC2086
     echo "$variant: calls/s ${rates[$variant]}(median $(median ${rates[$variant]})); node CPU µs/call ${cpus[$variant]}(median $(median ${cpus[$variant]}))"
 done
+# shellcheck disable=SC2086
+echo "on: the sink's CPU µs/call (it shares the cores) $sink_cpus(median $(median $sink_cpus))"
 # shellcheck disable=SC2086
 p=$(median ${rates[previous]}); o=$(median ${rates[off]}); n=$(median ${rates[on]})
 echo "off/previous $(echo "scale=3; $o / $p" | bc); on/previous $(echo "scale=3; $n / $p" | bc)"

@@ -1,6 +1,6 @@
 //! `otlp-tree [ADDRESS]`: an OTLP/HTTP receiver (default
 //! `127.0.0.1:4318`) that prints each trace it gets as a tree of spans,
-//! once no span of it has arrived for a second. For a look at what a
+//! once no span has arrived for a while. For a look at what a
 //! node and a center export, without running a collector; the README's
 //! trace comes from it.
 
@@ -10,8 +10,9 @@ use std::{
 };
 use testkit::{OtlpReceiver, ReceivedSpan};
 
-/// How long a trace is left alone before it is taken as complete.
-const QUIET: Duration = Duration::from_secs(1);
+/// How long no span must arrive before the traces are taken as complete:
+/// longer than the 5 s an exporter waits by default before it sends.
+const QUIET: Duration = Duration::from_secs(6);
 
 #[tokio::main]
 async fn main() {
@@ -31,6 +32,8 @@ async fn main() {
         for span in &spans {
             traces.entry(&span.trace_id).or_default().push(span);
         }
+        let mut traces: Vec<_> = traces.into_iter().collect();
+        traces.sort_by_key(|(_, spans)| spans.iter().map(|span| span.start_ns).min());
         for (trace, mut spans) in traces {
             if printed.insert(trace.to_owned()) {
                 spans.sort_by_key(|span| span.start_ns);
@@ -72,27 +75,31 @@ fn print_children(spans: &[&ReceivedSpan], parent: &str, indent: &str, depth: us
                     || key.starts_with("error")
                     || key.ends_with("message_count")
             })
-            .map(|(key, value)| format!("{key}={value}"))
+            .map(|(key, value)| match value.strip_prefix("sha256:") {
+                // As `compute status` shows a digest.
+                Some(hex) => format!("{key}=sha256:{}", &hex[..hex.len().min(12)]),
+                None => format!("{key}={value}"),
+            })
             .collect();
+        let shown = if shown.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", shown.join(" "))
+        };
         println!(
-            "{indent}{} {} {:?} ({kind}, {took:.2} ms) {}",
+            "{indent}{} {} {:?} ({kind}, {took:.2} ms){shown}",
             if last { "└─" } else { "├─" },
             span.service,
             span.name,
-            shown.join(" ")
         );
+        let deeper = format!("{indent}{}", if last { "   " } else { "│  " });
         for (name, attributes) in &span.events {
             let attributes: Vec<String> = attributes
                 .iter()
                 .map(|(key, value)| format!("{key}={value}"))
                 .collect();
-            println!(
-                "{indent}{}   event {name:?} {}",
-                if last { " " } else { "│" },
-                attributes.join(" ")
-            );
+            println!("{deeper}· event {name:?} {}", attributes.join(" "));
         }
-        let deeper = format!("{indent}{}", if last { "   " } else { "│  " });
         print_children(spans, &span.span_id, &deeper, depth + 1);
     }
 }
