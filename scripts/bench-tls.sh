@@ -7,6 +7,8 @@
 #   scripts/bench-tls.sh [CALLS] [ROUNDS]     defaults: 20000 calls, 3 rounds of each
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/node-ready.sh
+. scripts/lib/node-ready.sh
 calls=${1:-20000}
 rounds=${2:-3}
 target="${CARGO_TARGET_DIR:-target}/release"
@@ -32,21 +34,8 @@ round() {
         broker=$plain_url
     fi
     "$target/compute" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} 2>"$log" &
-    local node=$! ready=no
-    for _ in $(seq 1 300); do
-        if grep -q "waiting for requests" "$log"; then
-            ready=yes
-            break
-        fi
-        if ! kill -0 "$node" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    if [ "$ready" = no ]; then
-        echo "the node did not start:" >&2
-        cat "$log" >&2
-        kill "$node" 2>/dev/null || true
-        exit 1
-    fi
+    local node=$!
+    wait_for_node "$node" "$log"
     seq 1 "$calls" | "$target/center" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} \
         --concurrency 128 --stats 2>&1 >/dev/null | grep -o '^[0-9]* calls/s' | cut -d' ' -f1
     kill "$node"

@@ -13,6 +13,8 @@
 #   scripts/bench-traces.sh BASELINE [CALLS] [ROUNDS]   defaults: 20000 calls, 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/node-ready.sh
+. scripts/lib/node-ready.sh
 baseline=${1:?give the commit to compare with, say main~1}
 calls=${2:-20000}
 rounds=${3:-3}
@@ -80,21 +82,8 @@ round() {
         on) env=(env "OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint") ;;
     esac
     "${env[@]}" "$bin/compute" --queue "$queue" 2>"$log" &
-    local node=$! ready=no
-    for _ in $(seq 1 300); do
-        if grep -q "waiting for requests" "$log"; then
-            ready=yes
-            break
-        fi
-        if ! kill -0 "$node" 2>/dev/null; then break; fi
-        sleep 0.1
-    done
-    if [ "$ready" = no ]; then
-        echo "the node did not start:" >&2
-        cat "$log" >&2
-        kill "$node" 2>/dev/null || true
-        exit 1
-    fi
+    local node=$!
+    wait_for_node "$node" "$log"
     local before rate after sink_before sink_after
     before=$(ticks "$node")
     sink_before=$(ticks "$sink")
