@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/node-ready.sh
 . scripts/lib/node-ready.sh
-baseline=${1:?give the commit to compare with, say main~1}
+baseline=${1:?give the commit to compare with, say 0ebf204 (the last before traces)}
 calls=${2:-20000}
 rounds=${3:-3}
 here="${CARGO_TARGET_DIR:-target}/release"

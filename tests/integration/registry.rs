@@ -772,7 +772,8 @@ async fn no_replayed_or_copied_message_moves_a_node() {
 /// A writer without a key floods the stream with junk: the node keeps
 /// serving, logs a few lines rather than one per message, counts them all
 /// in its metrics, and a node started after the flood says in one line
-/// how many it skipped.
+/// how many it skipped while reading the stream's history, and counts
+/// them all too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
     const JUNK: usize = 2000;
@@ -788,11 +789,18 @@ async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
     let warnings = node.log().matches("ignoring a registry message").count();
     assert!((1..=3).contains(&warnings), "{warnings}:\n{}", node.log());
 
-    let late = registry.node(&["--allow-unsigned"]).await;
+    // The late node takes the stream's history as read once the stream
+    // pauses; on a loaded machine a pause can come before the end, and
+    // the rest is then read live: counted all the same, and logged as
+    // few lines.
+    let late = registry
+        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
+        .await;
+    testkit::wait_for_metric(late.metrics_addr().await, &counted).await;
     let log = late.log();
-    assert_eq!(log.matches("skipped registry messages").count(), 1, "{log}");
-    assert!(log.contains(&format!("unreadable {JUNK}")), "{log}");
-    assert!(!log.contains("ignoring a registry message"), "{log}");
+    let history = log.matches("skipped registry messages").count();
+    let live = log.matches("ignoring a registry message").count();
+    assert!(history <= 1 && (1..=3).contains(&(history + live)), "{log}");
     let caller = center(&registry.queue(), Duration::from_secs(10)).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"8");
 

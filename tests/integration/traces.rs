@@ -1,18 +1,24 @@
 //! One call followed end to end: W3C Trace Context through the broker,
 //! spans exported over OTLP/HTTP by a real `center` and a real `compute`.
 
+use compute_host::trace::TraceContext;
 use std::{collections::BTreeSet, time::Duration};
 use testkit::{
     OtlpReceiver, ReceivedSpan, ServerProcess, amqp_url, center_command, increase_module, python,
     python_output, run_to_end, unique_queue,
 };
 
+/// An API key as a collector might want it, percent-encoded as the
+/// OpenTelemetry variables write it, with a `+` that stays one.
+const API_KEY_SETTING: &str = "x-api-key=s3cr%3Dt+x";
+
 /// The environment that turns export on, with batches sent every 50 ms
 /// so a test waits little for them.
-fn exporting_to(endpoint: &str) -> [(&'static str, String); 2] {
+fn exporting_to(endpoint: &str) -> [(&'static str, String); 3] {
     [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
         ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+        ("OTEL_EXPORTER_OTLP_HEADERS", API_KEY_SETTING.to_owned()),
     ]
 }
 
@@ -128,6 +134,15 @@ async fn a_call_is_one_trace_from_the_center_through_the_node() {
     assert_eq!(process.attribute("compute.outcome"), "ok");
     assert_eq!(call.attribute("compute.outcome"), "ok");
     assert_eq!(process.status_code, 0);
+    assert!(
+        spans.iter().all(|span| span.flags == 1),
+        "sampled: {spans:#?}"
+    );
+    let headers = collector.header_lines();
+    assert!(
+        headers.iter().any(|line| line == "x-api-key: s3cr=t+x"),
+        "{headers:#?}"
+    );
 
     let exemplar = format!("# {{trace_id=\"{trace}\"}}");
     let metrics = testkit::scrape(node.metrics_addr().await).await;
@@ -227,6 +242,44 @@ async fn a_pika_callers_trace_is_continued_by_the_node() {
         .unwrap_or_else(|| panic!("the line is not in the request's span: {request_line}"));
     assert_eq!(request_span["trace_id"], trace_id, "{request_line}");
     assert_eq!(request_span["span_id"], process.span_id.as_str());
+}
+
+/// A node that exports nothing (the default) still continues the trace a
+/// caller sends, so the caller's collector links the reply; a
+/// `traceparent` it cannot read is ignored, as is a `tracestate` W3C does
+/// not allow, and the call is answered all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_export_passes_a_readable_trace_on_and_ignores_the_rest() {
+    let queue = unique_queue("traced-off");
+    let _node = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let call = |traceparent: String, tracestate: String| {
+        let queue = queue.clone();
+        async move {
+            let printed = python_output(
+                python("traced_call.py").args([&queue, &traceparent, &tracestate, "41"]),
+                Duration::from_secs(30),
+            )
+            .await;
+            printed.lines().map(str::to_owned).collect::<Vec<_>>()
+        }
+    };
+
+    let continued = call(traceparent.clone(), "vendor=opaque".into()).await;
+    assert_eq!(continued[0], "42");
+    let reply_parent = TraceContext::parse(&continued[1]).unwrap();
+    assert_eq!(reply_parent.trace_id_hex(), trace_id);
+    assert_ne!(reply_parent.span_id_hex(), "00f067aa0ba902b7");
+    assert_eq!(continued[2], "vendor=opaque");
+
+    let unreadable = call("00-not-a-trace".into(), "vendor=opaque".into()).await;
+    assert_eq!(unreadable, ["42", "", ""]);
+
+    let oversized = call(traceparent, format!("vendor={}", "x".repeat(600))).await;
+    assert_eq!(oversized[0], "42");
+    assert!(oversized[1].contains(trace_id), "{oversized:?}");
+    assert_eq!(oversized[2], "");
 }
 
 /// A collector that is down costs nothing but the spans: 10,000 calls

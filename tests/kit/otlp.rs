@@ -33,6 +33,8 @@ pub struct ReceivedSpan {
     pub events: Vec<(String, BTreeMap<String, String>)>,
     /// 0 unset, 2 error.
     pub status_code: u64,
+    /// The trace flags (`Span.flags`): 1 when sampled.
+    pub flags: u64,
 }
 
 impl ReceivedSpan {
@@ -46,6 +48,8 @@ impl ReceivedSpan {
 pub struct OtlpReceiver {
     address: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// The header lines of every request, as they came.
+    headers: Arc<Mutex<Vec<String>>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -68,17 +72,19 @@ impl OtlpReceiver {
             .unwrap_or_else(|err| panic!("cannot listen on {address}: {err}"));
         let address = listener.local_addr().unwrap();
         let spans = Arc::new(Mutex::new(Vec::new()));
+        let headers = Arc::new(Mutex::new(Vec::new()));
         let server = tokio::spawn({
-            let spans = spans.clone();
+            let (spans, headers) = (spans.clone(), headers.clone());
             async move {
                 while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(receive(stream, spans.clone()));
+                    tokio::spawn(receive(stream, spans.clone(), headers.clone()));
                 }
             }
         });
         OtlpReceiver {
             address,
             spans,
+            headers,
             server,
         }
     }
@@ -86,6 +92,11 @@ impl OtlpReceiver {
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` is set to.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// The header lines of every request received so far.
+    pub fn header_lines(&self) -> Vec<String> {
+        self.headers.lock().unwrap().clone()
     }
 
     /// Every span received so far.
@@ -108,7 +119,11 @@ impl OtlpReceiver {
 }
 
 /// One POST: its body decoded into `spans`, answered 200.
-async fn receive(stream: TcpStream, spans: Arc<Mutex<Vec<ReceivedSpan>>>) {
+async fn receive(
+    stream: TcpStream,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    headers: Arc<Mutex<Vec<String>>>,
+) {
     let mut reader = BufReader::new(stream);
     let mut length = 0;
     loop {
@@ -120,6 +135,7 @@ async fn receive(stream: TcpStream, spans: Arc<Mutex<Vec<ReceivedSpan>>>) {
         if line.is_empty() {
             break;
         }
+        headers.lock().unwrap().push(line.to_owned());
         if let Some((name, value)) = line.split_once(':')
             && name.eq_ignore_ascii_case("content-length")
         {
@@ -263,6 +279,7 @@ fn decode_request(body: &[u8]) -> Vec<ReceivedSpan> {
                                 .unwrap_or_default();
                             received.events.push((name, key_values(event, 3)));
                         }
+                        (16, Field::Fixed(flags)) => received.flags = flags,
                         (15, Field::Bytes(status)) => {
                             for (number, value) in fields(status) {
                                 if let (3, Field::Varint(code)) = (number, value) {

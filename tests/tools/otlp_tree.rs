@@ -4,6 +4,7 @@
 //! node and a center export, without running a collector; the README's
 //! trace comes from it.
 
+use compute_host::trace::SCHEDULE_DELAY;
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
@@ -11,8 +12,8 @@ use std::{
 use testkit::{OtlpReceiver, ReceivedSpan};
 
 /// How long no span must arrive before the traces are taken as complete:
-/// longer than the 5 s an exporter waits by default before it sends.
-const QUIET: Duration = Duration::from_secs(6);
+/// longer than an exporter waits by default before it sends.
+const QUIET: Duration = SCHEDULE_DELAY.saturating_add(Duration::from_secs(1));
 
 #[tokio::main]
 async fn main() {
@@ -77,7 +78,7 @@ fn print_children(spans: &[&ReceivedSpan], parent: &str, indent: &str, depth: us
             })
             .map(|(key, value)| match value.strip_prefix("sha256:") {
                 // As `compute status` shows a digest.
-                Some(hex) => format!("{key}=sha256:{}", &hex[..hex.len().min(12)]),
+                Some(hex) => format!("{key}=sha256:{}", hex.get(..12).unwrap_or(hex)),
                 None => format!("{key}={value}"),
             })
             .collect();

@@ -85,7 +85,7 @@ pub use reply::{Origin, Reply};
 use crate::{
     amqp,
     backoff::{self, Backoff},
-    trace::{Kind, Span, Tracer, attributes as attr},
+    trace::{Kind, Span, TraceContext, Tracer, attributes as attr},
     wire::batch::{self, ItemResult},
 };
 use arc_swap::ArcSwap;
@@ -317,11 +317,11 @@ impl Center {
             call.set(attr::ROUTING_KEY, shared.queue.to_string());
             call.set(attr::CONVERSATION_ID, correlation_id.clone());
         }
-        let mut request = Request {
+        let request = Request {
             correlation_id: &correlation_id,
             body,
             content_type,
-            send: None,
+            call: call.as_deref().map(|call| *call.context()),
         };
         // A call that starts after the connection was lost waits for a new
         // one rather than failing: it has not been sent anywhere yet.
@@ -334,8 +334,7 @@ impl Center {
         };
         let mut retried = 0;
         loop {
-            request.send = call.as_deref().map(|call| self.send_span(call, &request));
-            let attempt = session.publish_and_wait(shared, &mut request, deadline);
+            let attempt = session.publish_and_wait(shared, &request, deadline);
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(error)) => error,
@@ -366,26 +365,6 @@ impl Center {
                 Ok(None) | Err(_) => return Err(error),
             };
         }
-    }
-
-    /// The span of one publish of `request`, a child of its `call` span.
-    fn send_span(&self, call: &Span, request: &Request<'_>) -> Span {
-        let queue = &self.shared.queue;
-        let mut send = self.shared.tracer.start(
-            || format!("send {queue}"),
-            Kind::Producer,
-            Some(call.context()),
-        );
-        send.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
-        send.set(attr::OPERATION_TYPE, "send");
-        send.set(attr::OPERATION_NAME, "publish");
-        // Requests go through the default exchange, named by the
-        // conventions as the empty string.
-        send.set(attr::DESTINATION, "");
-        send.set(attr::ROUTING_KEY, queue.to_string());
-        send.set(attr::CONVERSATION_ID, request.correlation_id.to_owned());
-        send.set(attr::BODY_SIZE, request.body.len() as i64);
-        send
     }
 
     /// A session that is alive: `used` if it still is, or else the one
@@ -448,4 +427,24 @@ impl Center {
         let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
         self.shared.tracer.flush().await;
     }
+}
+
+/// The span of one publish of `request`, a child of its call's span.
+fn send_span(shared: &Shared, call: &TraceContext, request: &Request<'_>) -> Span {
+    let queue = &shared.queue;
+    let mut send = shared.tracer.start(
+        || format!("{} {queue}", attr::SEND),
+        Kind::Producer,
+        Some(call),
+    );
+    send.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
+    send.set(attr::OPERATION_TYPE, attr::SEND);
+    send.set(attr::OPERATION_NAME, attr::PUBLISH);
+    // Requests go through the default exchange, named by the conventions
+    // as the empty string.
+    send.set(attr::DESTINATION, "");
+    send.set(attr::ROUTING_KEY, queue.to_string());
+    send.set(attr::CONVERSATION_ID, request.correlation_id.to_owned());
+    send.set(attr::BODY_SIZE, request.body.len() as i64);
+    send
 }

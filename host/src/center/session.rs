@@ -9,7 +9,7 @@ use super::{
 use crate::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     lock::lock,
-    trace::Span,
+    trace::TraceContext,
     wire,
 };
 use lapin::{
@@ -31,10 +31,9 @@ pub(super) struct Request<'a> {
     /// The content type: a batch's, or none for one input as the Python
     /// examples send it.
     pub(super) content_type: Option<&'static str>,
-    /// The span of this publish, when traced: its context goes in the
-    /// request's `traceparent`, and it ends once the broker has taken
-    /// the request.
-    pub(super) send: Option<Span>,
+    /// The call's span, when traced: each publish has a send span under
+    /// it.
+    pub(super) call: Option<TraceContext>,
 }
 
 /// One connection with its reply queue and the calls waiting on it.
@@ -171,7 +170,7 @@ impl Session {
     pub(super) async fn publish_and_wait(
         &self,
         shared: &Shared,
-        request: &mut Request<'_>,
+        request: &Request<'_>,
         deadline: Instant,
     ) -> Result<Answered, CallError> {
         let correlation_id = request.correlation_id;
@@ -205,7 +204,13 @@ impl Session {
             properties,
             deadline.saturating_duration_since(Instant::now()),
         );
-        let properties = match &request.send {
+        // Its context goes in the request's `traceparent`; it ends once the
+        // broker has taken the request, or did not.
+        let send = request
+            .call
+            .as_ref()
+            .map(|call| super::send_span(shared, call, request));
+        let properties = match &send {
             Some(send) => wire::with_trace(properties, send.context(), None),
             None => properties,
         };
@@ -226,12 +231,15 @@ impl Session {
             }
             CallError::Publish(error)
         });
-        let send = request.send.take();
-        let routed = routed.inspect_err(|error| {
-            if let Some(mut send) = send {
-                send.fail(|| error.to_string());
+        if let Some(mut send) = send {
+            match &routed {
+                Ok(Routed::Queued) => {}
+                Ok(Routed::Returned(_)) => send.fail(|| "no queue took the request".to_owned()),
+                Ok(Routed::Refused) => send.fail(|| CallError::Refused.to_string()),
+                Err(error) => send.fail(|| error.to_string()),
             }
-        })?;
+        }
+        let routed = routed?;
         match routed {
             Routed::Queued => {}
             Routed::Returned(returned) => {

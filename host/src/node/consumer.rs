@@ -178,6 +178,7 @@ async fn serve(
             warnings: shared.warnings.clone(),
             ack_mode: shared.ack_mode,
             tracer: shared.tracer.clone(),
+            queue: function.queue().to_owned(),
         });
         match session.serve(&handler, &stop).await {
             Ended::Stopped => {

@@ -136,6 +136,8 @@ pub(crate) struct Handler {
     pub(crate) ack_mode: AckMode,
     /// Where each request's spans go, when traces are exported.
     pub(crate) tracer: Tracer,
+    /// The queue the requests come from, which names their spans.
+    pub(crate) queue: String,
 }
 
 impl Handler {
@@ -185,18 +187,20 @@ impl Handler {
         if parent.is_none() && !self.tracer.is_on() {
             return None;
         }
-        let queue = delivery.routing_key.as_str();
+        // Named by the queue the node consumes, not by the routing key a
+        // publisher chose: span names must stay few.
+        let queue = &self.queue;
         let mut span = self.tracer.start(
-            || format!("process {queue}"),
+            || format!("{} {queue}", attr::PROCESS),
             Kind::Consumer,
             parent.as_ref(),
         );
         if span.is_recording() {
             span.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
-            span.set(attr::OPERATION_TYPE, "process");
-            span.set(attr::OPERATION_NAME, "process");
+            span.set(attr::OPERATION_TYPE, attr::PROCESS);
+            span.set(attr::OPERATION_NAME, attr::PROCESS);
             span.set(attr::DESTINATION, delivery.exchange.to_string());
-            span.set(attr::ROUTING_KEY, queue.to_owned());
+            span.set(attr::ROUTING_KEY, delivery.routing_key.to_string());
             span.set(attr::DELIVERY_TAG, delivery.delivery_tag as i64);
             span.set(attr::CONVERSATION_ID, correlation_id.to_owned());
             span.set(attr::BODY_SIZE, delivery.data.len() as i64);
@@ -252,7 +256,7 @@ impl Handler {
                     Some(Ok(pinned)) => Arc::new(pinned),
                     _ => current,
                 };
-                let guest = process
+                let mut guest = process
                     .as_deref()
                     .filter(|span| span.is_recording())
                     .map(|span| {
@@ -274,6 +278,10 @@ impl Handler {
                 } else {
                     self.compute_one(&module, &delivery.data).await
                 };
+                if let (Some(guest), Err((kind, _))) = (&mut guest, &outcome) {
+                    guest.set(attr::ERROR_TYPE, kind.as_str());
+                    guest.fail(|| kind.as_str().to_owned());
+                }
                 drop(guest);
                 match outcome {
                     Ok(body) => (module, body, None),
@@ -303,7 +311,7 @@ impl Handler {
             Some(span) => wire::with_trace(
                 properties,
                 span.context(),
-                wire::trace_state(&delivery.properties).as_deref(),
+                wire::continued_trace_state(&delivery.properties).as_deref(),
             ),
             None => properties,
         };

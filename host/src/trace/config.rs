@@ -2,27 +2,31 @@
 //! environment variables, so a node or a center is configured as any
 //! OpenTelemetry SDK is. Export is off unless an OTLP endpoint is set.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 use url::Url;
 
-/// The port of an OTLP/HTTP collector.
-const DEFAULT_PORT: u16 = 4318;
 /// Spans waiting for export, at most; more are dropped
 /// (`OTEL_BSP_MAX_QUEUE_SIZE`).
 const MAX_QUEUE: usize = 2048;
 /// Spans in one export request, at most (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 const MAX_BATCH: usize = 512;
 /// How long spans wait to be exported (`OTEL_BSP_SCHEDULE_DELAY`).
-const SCHEDULE_DELAY: Duration = Duration::from_secs(5);
+pub const SCHEDULE_DELAY: Duration = Duration::from_secs(5);
 /// How long one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`).
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest queue taken: a bigger one holds more memory than spans
+/// are worth.
+const QUEUE_CEILING: usize = 1 << 20;
+/// The shortest schedule delay taken: none at all would spin.
+const SHORTEST_DELAY: Duration = Duration::from_millis(1);
 
 /// How spans are exported.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExportConfig {
     /// The collector's address and the path spans are posted to.
     pub endpoint: Url,
-    /// Extra request headers, such as an API key.
+    /// Extra request headers, such as an API key: names are HTTP tokens,
+    /// values hold no line breaks.
     pub headers: Vec<(String, String)>,
     /// The resource's attributes, `service.name` first.
     pub resource: Vec<(String, String)>,
@@ -30,6 +34,22 @@ pub struct ExportConfig {
     pub max_batch: usize,
     pub schedule_delay: Duration,
     pub timeout: Duration,
+}
+
+/// Header values hidden: they may hold API keys.
+impl std::fmt::Debug for ExportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("ExportConfig")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("headers", &headers)
+            .field("resource", &self.resource)
+            .field("max_queue", &self.max_queue)
+            .field("max_batch", &self.max_batch)
+            .field("schedule_delay", &self.schedule_delay)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// A setting that cannot be followed. A node or center refuses to start
@@ -56,15 +76,25 @@ pub enum ConfigError {
         variable: &'static str,
         value: String,
     },
+    #[error("{variable}={value:?}: set it to otlp, or to none for no traces")]
+    Exporter {
+        variable: &'static str,
+        value: String,
+    },
     #[error("{variable}={value:?} is not a number")]
     NotANumber {
         variable: &'static str,
         value: String,
     },
-    #[error("{variable}={value:?} is not a list of key=value pairs separated by commas")]
-    NotPairs {
+    // The value is not shown: it may hold an API key.
+    #[error("{variable} is not a list of key=value pairs separated by commas")]
+    NotPairs { variable: &'static str },
+    #[error(
+        "{variable}: header {name:?} is not a name HTTP allows, or its value holds a line break"
+    )]
+    BadHeader {
         variable: &'static str,
-        value: String,
+        name: String,
     },
 }
 
@@ -72,10 +102,9 @@ impl ExportConfig {
     /// The export the process's environment asks for, `None` when it asks
     /// for none.
     pub fn from_env(service: &str) -> Result<Option<Self>, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars()
-            .filter(|(name, _)| name.starts_with("OTEL_"))
-            .collect();
-        Self::from_vars(service, |name| env.get(name).cloned())
+        // Read by name: a variable that is not UTF-8 is as good as unset,
+        // where iterating over them all would panic on one.
+        Self::from_vars(service, |name| std::env::var(name).ok())
     }
 
     /// As [`from_env`](Self::from_env), reading the variables through
@@ -89,10 +118,15 @@ impl ExportConfig {
                 .filter(|value| !value.trim().is_empty())
                 .map(|value| (name, value.trim().to_owned()))
         };
-        if set("OTEL_SDK_DISABLED").is_some_and(|(_, value)| value.eq_ignore_ascii_case("true"))
-            || set("OTEL_TRACES_EXPORTER").is_some_and(|(_, value)| value == "none")
-        {
+        if set("OTEL_SDK_DISABLED").is_some_and(|(_, value)| value.eq_ignore_ascii_case("true")) {
             return Ok(None);
+        }
+        match set("OTEL_TRACES_EXPORTER") {
+            Some((_, value)) if value == "none" => return Ok(None),
+            Some((variable, value)) if value != "otlp" => {
+                return Err(ConfigError::Exporter { variable, value });
+            }
+            _ => {}
         }
         let endpoint = match (
             set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
@@ -108,13 +142,24 @@ impl ExportConfig {
         {
             return Err(ConfigError::Protocol { variable, value });
         }
-        let mut headers = Vec::new();
+        // The traces variable's headers replace the general one's of the
+        // same name.
+        let mut headers: Vec<(String, String)> = Vec::new();
         for name in [
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         ] {
             if let Some((variable, value)) = set(name) {
-                headers.extend(pairs(variable, &value)?);
+                for (key, value) in pairs(variable, &value)? {
+                    if !is_token(&key) || value.contains(['\r', '\n', '\0']) {
+                        return Err(ConfigError::BadHeader {
+                            variable,
+                            name: key,
+                        });
+                    }
+                    headers.retain(|(have, _)| !have.eq_ignore_ascii_case(&key));
+                    headers.push((key, value));
+                }
             }
         }
         let mut resource = vec![("service.name".to_owned(), service.to_owned())];
@@ -134,22 +179,27 @@ impl ExportConfig {
         let millis = |name: &'static str, default: Duration| {
             number(name, default.as_millis() as u64).map(Duration::from_millis)
         };
+        let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE as u64)?
+            .clamp(1, QUEUE_CEILING as u64) as usize;
+        // A batch never waits for more spans than the queue holds.
+        let max_batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_BATCH as u64)?
+            .clamp(1, max_queue as u64) as usize;
+        let general_timeout = millis("OTEL_EXPORTER_OTLP_TIMEOUT", EXPORT_TIMEOUT)?;
         Ok(Some(ExportConfig {
             endpoint,
             headers,
             resource,
-            max_queue: number("OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUE as u64)?.max(1) as usize,
-            max_batch: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", MAX_BATCH as u64)?.max(1) as usize,
-            schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY)?,
-            timeout: millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", EXPORT_TIMEOUT)
-                .and_then(|default| millis("OTEL_EXPORTER_OTLP_TIMEOUT", default))?,
+            max_queue,
+            max_batch,
+            schedule_delay: millis("OTEL_BSP_SCHEDULE_DELAY", SCHEDULE_DELAY)?.max(SHORTEST_DELAY),
+            timeout: millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", general_timeout)?,
         }))
     }
 }
 
 /// The URL spans are posted to. The signal-neutral variable names the
 /// collector, and `/v1/traces` is added to its path; the traces variable
-/// is used as it is.
+/// is used as it is. A URL without a port means port 80, as for any URL.
 fn endpoint(variable: &'static str, value: &str, add_path: bool) -> Result<Url, ConfigError> {
     let mut url = Url::parse(value).map_err(|cause| ConfigError::BadUrl {
         variable,
@@ -162,15 +212,6 @@ fn endpoint(variable: &'static str, value: &str, add_path: bool) -> Result<Url, 
             value: value.to_owned(),
         });
     }
-    // `Url` forgets a port that is the scheme's default (80), so whether
-    // one was given is read from the text.
-    let authority = value
-        .split_once("://")
-        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
-    let host_end = authority.rfind(']').unwrap_or(0);
-    if !authority[host_end..].contains(':') {
-        let _ = url.set_port(Some(DEFAULT_PORT));
-    }
     if add_path {
         let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
         url.set_path(&path);
@@ -178,26 +219,45 @@ fn endpoint(variable: &'static str, value: &str, add_path: bool) -> Result<Url, 
     Ok(url)
 }
 
-/// `key=value,key=value`, each part percent-decoded.
+/// `key=value,key=value`, each part percent-decoded (and only that: a
+/// `+` stays a `+`, as in a base64 key).
 fn pairs(variable: &'static str, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    let refused = || ConfigError::NotPairs {
-        variable,
-        value: value.to_owned(),
-    };
+    let refused = || ConfigError::NotPairs { variable };
     value
         .split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
             let (key, value) = pair.split_once('=').ok_or_else(refused)?;
-            let decode = |text: &str| {
-                url::form_urlencoded::parse(format!("x={}", text.trim()).as_bytes())
-                    .next()
-                    .map(|(_, decoded)| decoded.into_owned())
-                    .ok_or_else(refused)
-            };
+            let decode = |text: &str| percent_decoded(text.trim()).ok_or_else(refused);
             Ok((decode(key)?, decode(value)?))
         })
         .collect()
+}
+
+/// `text` with each `%XX` replaced by its byte; `None` when that is not
+/// UTF-8 or a `%` is not followed by two hex digits.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, after)) = rest.split_first() {
+        if byte == b'%' {
+            let digits = std::str::from_utf8(after.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(digits, 16).ok()?);
+            rest = &after[2..];
+        } else {
+            bytes.push(byte);
+            rest = after;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Whether `name` is an HTTP token, as a header name must be.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
 }
 
 #[cfg(test)]
@@ -228,19 +288,19 @@ mod tests {
         let config = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector/base/"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b, x=1"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b+c%3D, x=1"),
             ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ])
         .unwrap()
         .unwrap();
-        assert_eq!(
-            config.endpoint.as_str(),
-            "http://collector:4318/base/v1/traces"
-        );
+        assert_eq!(config.endpoint.as_str(), "http://collector/base/v1/traces");
         assert_eq!(
             config.headers,
-            [("api-key".into(), "a b".into()), ("x".into(), "1".into())]
+            [
+                ("api-key".into(), "a b+c=".into()),
+                ("x".into(), "1".into())
+            ]
         );
         assert_eq!(
             config.resource[0],
@@ -252,19 +312,63 @@ mod tests {
     }
 
     #[test]
-    fn the_traces_endpoint_is_used_as_it_is_and_the_service_name_wins() {
+    fn the_traces_variables_win_over_the_general_ones() {
         let config = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://ignored:1"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://127.0.0.1:9999/t",
             ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "key=general,other=kept"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Key=traces"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2000"),
             ("OTEL_SERVICE_NAME", "node-7"),
         ])
         .unwrap()
         .unwrap();
         assert_eq!(config.endpoint.as_str(), "http://127.0.0.1:9999/t");
+        assert_eq!(
+            config.headers,
+            [
+                ("other".into(), "kept".into()),
+                ("Key".into(), "traces".into())
+            ]
+        );
+        assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.resource, [("service.name".into(), "node-7".into())]);
+    }
+
+    #[test]
+    fn settings_that_would_spin_or_exhaust_memory_are_bounded() {
+        let config = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "18446744073709551615"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "18446744073709551615"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.schedule_delay, SHORTEST_DELAY);
+        assert_eq!(config.max_queue, QUEUE_CEILING);
+        assert_eq!(config.max_batch, QUEUE_CEILING);
+    }
+
+    #[test]
+    fn a_bad_header_is_named_and_its_value_never_shown() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        let injected = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=secret%0D%0AX: 1"),
+        ]);
+        let err = injected.unwrap_err().to_string();
+        assert!(err.contains("\"k\"") && !err.contains("secret"), "{err}");
+        let unpaired = config(&[endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "secret")]);
+        let err = unpaired.unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+        let config = config(&[endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "k=secret")]);
+        let shown = format!("{:?}", config.unwrap().unwrap());
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]
@@ -274,6 +378,7 @@ mod tests {
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "collector")],
             vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
             vec![endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            vec![endpoint, ("OTEL_TRACES_EXPORTER", "console")],
             vec![endpoint, ("OTEL_BSP_MAX_QUEUE_SIZE", "many")],
             vec![endpoint, ("OTEL_EXPORTER_OTLP_HEADERS", "no-equals")],
         ];

@@ -103,36 +103,60 @@ impl TraceContext {
 /// The `traceparent` header's value.
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = String::with_capacity(55);
-        text.push_str("00-");
-        text.push_str(&hex(&self.trace_id));
-        text.push('-');
-        text.push_str(&hex(&self.span_id));
-        text.push('-');
-        text.push_str(&hex(&[self.flags]));
-        f.write_str(&text)
+        let mut text = [0; 55];
+        text[..3].copy_from_slice(b"00-");
+        write_hex(&self.trace_id, &mut text[3..35]);
+        text[35] = b'-';
+        write_hex(&self.span_id, &mut text[36..52]);
+        text[52] = b'-';
+        write_hex(&[self.flags], &mut text[53..]);
+        // Hex digits and dashes only.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
+/// The most a `tracestate` may hold, by W3C: characters, and list members.
+const MAX_STATE_LEN: usize = 512;
+const MAX_STATE_MEMBERS: usize = 32;
+
+/// Whether `state` is a `tracestate` W3C allows to be passed on: at most
+/// 512 printable ASCII characters in at most 32 members. The members'
+/// keys and values are vendors' business, passed on unread.
+pub fn valid_state(state: &str) -> bool {
+    state.len() <= MAX_STATE_LEN
+        && state.bytes().all(|byte| (0x20..=0x7e).contains(&byte))
+        && state.split(',').count() <= MAX_STATE_MEMBERS
+}
+
+/// A random span id. A version 4 UUID is random but for its version and
+/// variant bits (in its bytes 6 and 8): the span id takes none of those.
 fn new_span_id() -> [u8; 8] {
     loop {
-        let random = uuid::Uuid::new_v4().as_u64_pair().0.to_be_bytes();
-        if random != [0; 8] {
-            return random;
+        let random = uuid::Uuid::new_v4().into_bytes();
+        let mut id = [0; 8];
+        id[..6].copy_from_slice(&random[..6]);
+        id[6..].copy_from_slice(&random[14..]);
+        if id != [0; 8] {
+            return id;
         }
     }
 }
 
-/// Lowercase hex, written digit by digit: this runs several times for
-/// every traced request, where `format!` per byte would allocate for each.
+/// Lowercase hex: this runs several times for every traced request, where
+/// `format!` per byte would allocate for each.
 fn hex(bytes: &[u8]) -> String {
+    let mut text = vec![0; bytes.len() * 2];
+    write_hex(bytes, &mut text);
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// `bytes` in lowercase hex into `out`, two digits for each.
+fn write_hex(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut text = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        text.push(DIGITS[usize::from(byte >> 4)] as char);
-        text.push(DIGITS[usize::from(byte & 0xf)] as char);
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
-    text
 }
 
 /// `digits` is lowercase hex, two digits for each byte of `into`.
@@ -198,6 +222,14 @@ mod tests {
         let context = TraceContext::parse(later).unwrap();
         assert!(!context.sampled());
         assert_eq!(context.span_id_hex(), "00f067aa0ba902b7");
+    }
+
+    #[test]
+    fn only_a_tracestate_w3c_allows_is_passed_on() {
+        assert!(valid_state("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"));
+        assert!(!valid_state(&"a".repeat(513)));
+        assert!(!valid_state("vendor=x\r\ninjected: 1"));
+        assert!(!valid_state(&vec!["k=v"; 33].join(",")));
     }
 
     #[test]

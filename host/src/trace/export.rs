@@ -9,7 +9,7 @@
 //! that is down costs one warning when export starts failing, a reminder
 //! at most every [`REMIND_EVERY`], and a line when it works again.
 
-use super::{ExportConfig, otlp, span::Ended};
+use super::{ExportConfig, otlp, post, span::Ended};
 use std::{
     sync::{
         Arc,
@@ -17,18 +17,13 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    sync::{Notify, mpsc, mpsc::error::TryRecvError, oneshot},
-};
+use tokio::sync::{Notify, mpsc, mpsc::error::TryRecvError, oneshot};
 use tracing::{info, warn};
 
 /// How often a collector that stays down is mentioned again.
 const REMIND_EVERY: Duration = Duration::from_secs(300);
-/// The most of a collector's answer that is read: its status line is
-/// what matters.
-const MAX_ANSWER: u64 = 64 * 1024;
+/// The most spans a batch reserves room for before any arrive.
+const BATCH_RESERVE: usize = 1024;
 
 enum Item {
     Span(Box<Ended>),
@@ -106,14 +101,15 @@ struct ExportTask {
 
 impl ExportTask {
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.config.max_batch);
+        let mut batch = Vec::with_capacity(self.config.max_batch.min(BATCH_RESERVE));
         let mut flushes = Vec::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.schedule_delay) => {}
                 _ = self.wake.notified() => {}
             }
-            // Everything queued now, a batch at a time.
+            // Everything queued now, a batch at a time: while batches come
+            // back full, spans arrive faster than one batch a wake.
             let mut closed = false;
             loop {
                 while batch.len() < self.config.max_batch {
@@ -150,17 +146,17 @@ impl ExportTask {
         let body = otlp::encode(&self.config.resource, batch);
         let count = batch.len() as u64;
         batch.clear();
-        let posted = tokio::time::timeout(self.config.timeout, self.post(&body)).await;
-        let failure = match posted {
+        let posted = tokio::time::timeout(self.config.timeout, post::post(&self.config, &body));
+        let failure = match posted.await {
             Ok(Ok(())) => None,
-            Ok(Err(cause)) => Some(cause),
+            Ok(Err(cause)) => Some(cause.to_string()),
             Err(_) => Some(format!(
                 "no answer within {:?} (OTEL_EXPORTER_OTLP_TIMEOUT)",
                 self.config.timeout
             )),
         };
         match (failure, self.failing_since) {
-            (None, None) => {}
+            (None, None) => self.say_dropped(),
             (None, Some(since)) => {
                 info!(
                     endpoint = %self.config.endpoint,
@@ -173,10 +169,7 @@ impl ExportTask {
             }
             (Some(cause), failing) => {
                 self.dropped.fetch_add(count, Ordering::Relaxed);
-                let remind = failing.is_none()
-                    || self
-                        .reminded
-                        .is_some_and(|reminded| reminded.elapsed() >= REMIND_EVERY);
+                let remind = failing.is_none() || self.may_remind();
                 self.failing_since.get_or_insert_with(Instant::now);
                 if remind {
                     self.reminded = Some(Instant::now());
@@ -192,44 +185,22 @@ impl ExportTask {
         }
     }
 
-    /// One HTTP/1.1 POST of `body`; `Ok` when the collector answers 2xx.
-    async fn post(&self, body: &[u8]) -> Result<(), String> {
-        let url = &self.config.endpoint;
-        let host = url.host_str().unwrap_or_default();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let mut stream = TcpStream::connect((host, port))
-            .await
-            .map_err(|err| format!("cannot connect: {err}"))?;
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n",
-            &url[url::Position::BeforePath..],
-            body.len()
+    /// With a collector that answers, says (at most every
+    /// [`REMIND_EVERY`]) how many spans found the queue full.
+    fn say_dropped(&mut self) {
+        if self.dropped.load(Ordering::Relaxed) == 0 || !self.may_remind() {
+            return;
+        }
+        self.reminded = Some(Instant::now());
+        warn!(
+            dropped = self.dropped.swap(0, Ordering::Relaxed),
+            max_queue = self.config.max_queue,
+            "spans dropped: they came faster than the collector took them (OTEL_BSP_MAX_QUEUE_SIZE)"
         );
-        for (name, value) in &self.config.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        let sent = async {
-            stream.write_all(head.as_bytes()).await?;
-            stream.write_all(body).await?;
-            let mut answer = Vec::new();
-            (&mut stream)
-                .take(MAX_ANSWER)
-                .read_to_end(&mut answer)
-                .await?;
-            Ok::<_, std::io::Error>(answer)
-        };
-        let answer = sent
-            .await
-            .map_err(|err| format!("the request failed: {err}"))?;
-        let status_line = answer
-            .split(|byte| *byte == b'\r')
-            .next()
-            .unwrap_or_default();
-        let status_line = String::from_utf8_lossy(status_line);
-        match status_line.split(' ').nth(1) {
-            Some(code) if code.starts_with('2') => Ok(()),
-            _ => Err(format!("the collector answered {status_line:?}")),
-        }
+    }
+
+    fn may_remind(&self) -> bool {
+        self.reminded
+            .is_none_or(|reminded| reminded.elapsed() >= REMIND_EVERY)
     }
 }

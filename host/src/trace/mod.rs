@@ -19,18 +19,20 @@
 //! - `span`: [`Span`], what it records while it runs; it is exported when
 //!   dropped.
 //! - `config`: [`ExportConfig`] from the `OTEL_*` variables.
-//! - `export`: the bounded queue and the task that posts batches to the
+//! - `export`: the bounded queue and the task that sends batches to the
 //!   collector, and says once when it cannot.
 //! - `otlp`: the protobuf encoding of spans.
+//! - `post`: one export request, an HTTP/1.1 POST.
 
 mod config;
 mod context;
 mod export;
 mod otlp;
+mod post;
 mod span;
 
-pub use config::{ConfigError, ExportConfig};
-pub use context::{ParseError, TraceContext};
+pub use config::{ConfigError, ExportConfig, SCHEDULE_DELAY};
+pub use context::{ParseError, TraceContext, valid_state};
 pub use span::{Kind, Span, Value};
 
 use export::Exporter;
@@ -56,6 +58,13 @@ pub mod attributes {
     pub const INPUT_INDEX: &str = "compute.input.index";
     /// `messaging.system`'s value.
     pub const RABBITMQ: &str = "rabbitmq";
+    /// `messaging.operation.type` of a span that sends a message.
+    pub const SEND: &str = "send";
+    /// `messaging.operation.name` of the AMQP publish.
+    pub const PUBLISH: &str = "publish";
+    /// `messaging.operation.type` and `.name` of a span that processes a
+    /// message received.
+    pub const PROCESS: &str = "process";
 }
 
 /// How long a stopping node or center waits for its last spans to be

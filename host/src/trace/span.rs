@@ -4,6 +4,9 @@
 use super::{TraceContext, export::Exporter};
 use std::time::SystemTime;
 
+/// The longest error description a span keeps, in bytes.
+pub const MAX_DESCRIPTION: usize = 1024;
+
 /// What a span stands for, as OTLP numbers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -114,14 +117,15 @@ impl Span {
         self.recorded.is_some()
     }
 
-    /// Sets an attribute.
+    /// Sets an attribute; nothing when the span is not recorded.
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
         if let Some((ended, _)) = &mut self.recorded {
             ended.attributes.push((key, value.into()));
         }
     }
 
-    /// Records an event now.
+    /// Records an event at this moment: what happened inside the span
+    /// without a span of its own (a failed input of a batch).
     pub fn event(&mut self, name: &'static str, attributes: Vec<(&'static str, Value)>) {
         if let Some((ended, _)) = &mut self.recorded {
             ended.events.push(Event {
@@ -132,10 +136,20 @@ impl Span {
         }
     }
 
-    /// Marks it failed, with `description`.
+    /// Marks it failed, with `description`, cut to [`MAX_DESCRIPTION`]
+    /// bytes: an error message can be as large as a reply, and thousands
+    /// of spans wait in the export queue.
     pub fn fail(&mut self, description: impl FnOnce() -> String) {
         if let Some((ended, _)) = &mut self.recorded {
-            ended.error = Some(description());
+            let mut description = description();
+            if description.len() > MAX_DESCRIPTION {
+                let cut = (0..=MAX_DESCRIPTION)
+                    .rev()
+                    .find(|&at| description.is_char_boundary(at))
+                    .unwrap_or(0);
+                description.truncate(cut);
+            }
+            ended.error = Some(description);
         }
     }
 }

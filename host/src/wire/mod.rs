@@ -31,7 +31,7 @@
 
 pub mod batch;
 
-use crate::trace::{ParseError, TraceContext};
+use crate::trace::{self, ParseError, TraceContext};
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
@@ -276,9 +276,13 @@ pub fn trace_parent(properties: &BasicProperties) -> Option<Result<TraceContext,
     header_text(properties, TRACEPARENT_HEADER).map(|value| TraceContext::parse(&value))
 }
 
-/// A message's `tracestate`, if any.
-pub fn trace_state(properties: &BasicProperties) -> Option<String> {
-    header_text(properties, TRACESTATE_HEADER)
+/// The `tracestate` a reply passes on: the request's, when its
+/// `traceparent` can be read (W3C drops the state of a trace that is not
+/// continued) and the state is one W3C allows. A client's header goes
+/// into the reply's, so its size is bounded here.
+pub fn continued_trace_state(properties: &BasicProperties) -> Option<String> {
+    trace_parent(properties)?.ok()?;
+    header_text(properties, TRACESTATE_HEADER).filter(|state| trace::valid_state(state))
 }
 
 /// A text header value as `pika` writes strings, so Python peers read
