@@ -204,8 +204,8 @@ impl Session {
             properties,
             deadline.saturating_duration_since(Instant::now()),
         );
-        // Its context goes in the request's `traceparent`; it ends once the
-        // broker has taken the request, or did not.
+        // The send span: its context goes in the request's `traceparent`,
+        // and it ends once the broker has taken the request, or did not.
         let send = request
             .call
             .as_ref()

@@ -179,7 +179,7 @@ impl Handler {
         let parent = match wire::trace_parent(&delivery.properties) {
             Some(Ok(parent)) => Some(parent),
             Some(Err(why)) => {
-                debug!(%why, "ignoring the request's traceparent; starting a trace");
+                debug!(%why, "ignoring the request's traceparent, as if it had none");
                 None
             }
             None => None,

@@ -33,7 +33,7 @@ mod span;
 
 pub use config::{ConfigError, ExportConfig, SCHEDULE_DELAY};
 pub use context::{ParseError, TraceContext, valid_state};
-pub use span::{Kind, Span, Value};
+pub use span::{Kind, MAX_DESCRIPTION, Span, Value};
 
 use export::Exporter;
 use std::time::Duration;
