@@ -1,12 +1,13 @@
 //! Traces: one call followed from the center through the broker to the
 //! node and back, as W3C Trace Context and OpenTelemetry describe it.
 //!
-//! The center starts a span for each call and a send span for each
-//! publish, whose context the request carries in its `traceparent`
-//! header. The node continues it (or a pika or amqplib caller's), or
-//! starts a trace when a request carries none, with a process span and a
-//! child span for the guest call, and puts its own context on the reply.
-//! Spans follow the OpenTelemetry conventions for messaging.
+//! A center that exports starts a span for each call and a send span for
+//! each publish, whose context the request carries in its `traceparent`
+//! header. The node continues it (or a pika or amqplib caller's), or,
+//! when it exports, starts a trace for a request that carries none, with
+//! a process span and a child span for the guest call, and puts its own
+//! context on the reply. Spans follow the OpenTelemetry conventions for
+//! messaging.
 //!
 //! Export is OTLP over HTTP with protobuf, off unless the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set. Off,
