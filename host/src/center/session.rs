@@ -211,7 +211,13 @@ impl Session {
             .as_ref()
             .map(|call| super::send_span(shared, call, request));
         let properties = match &send {
-            Some(send) => wire::with_trace(properties, send.context(), None),
+            Some(send) => wire::with_trace(
+                properties,
+                wire::TraceHeaders {
+                    context: send.context(),
+                    state: None,
+                },
+            ),
             None => properties,
         };
         let routed = amqp::publish_mandatory(

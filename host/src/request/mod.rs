@@ -31,7 +31,7 @@ use crate::{
     metrics::RequestMetrics,
     sandbox::ComputeModule,
     throttle::Throttle,
-    trace::{Kind, Span, Tracer, attributes as attr},
+    trace::{Kind, Span, TraceContext, Tracer, attributes as attr},
     wire::{self, ErrorKind},
 };
 use lapin::{
@@ -155,7 +155,10 @@ impl Handler {
         // This request runs on this version to the end, even if another
         // is swapped in meanwhile.
         let current = self.live.current();
-        let mut process = self.process_span(&delivery, correlation_id);
+        let parent = continued_trace(&delivery.properties);
+        // W3C passes `tracestate` on only with the trace it belongs to.
+        let state = parent.and_then(|_| wire::trace_state(&delivery.properties));
+        let mut process = self.process_span(&delivery, correlation_id, parent.as_ref());
         let trace = process.as_ref().map(Span::context);
         let log_span = info_span!(
             "request",
@@ -166,24 +169,21 @@ impl Handler {
         );
         let _in_flight = self.metrics.start();
         let _counted = self.live.count_request();
-        self.answer(delivery, current, process.as_mut())
+        self.answer(delivery, current, process.as_mut(), state.as_deref())
             .instrument(log_span)
             .await
     }
 
-    /// The span of processing `delivery`: continuing the trace its
-    /// `traceparent` names, or, when it names none and traces are
-    /// exported, a new one. `None` when it is not traced at all, so an
-    /// untraced node spends nothing on it.
-    fn process_span(&self, delivery: &Delivery, correlation_id: &str) -> Option<Span> {
-        let parent = match wire::trace_parent(&delivery.properties) {
-            Some(Ok(parent)) => Some(parent),
-            Some(Err(why)) => {
-                debug!(%why, "ignoring the request's traceparent, as if it had none");
-                None
-            }
-            None => None,
-        };
+    /// The span of processing `delivery`: continuing the trace `parent`,
+    /// or, when there is none and traces are exported, a new one. `None`
+    /// when it is not traced at all, so an untraced node spends nothing on
+    /// it.
+    fn process_span(
+        &self,
+        delivery: &Delivery,
+        correlation_id: &str,
+        parent: Option<&TraceContext>,
+    ) -> Option<Span> {
         if parent.is_none() && !self.tracer.is_on() {
             return None;
         }
@@ -193,7 +193,7 @@ impl Handler {
         let mut span = self.tracer.start(
             || format!("{} {queue}", attr::PROCESS),
             Kind::Consumer,
-            parent.as_ref(),
+            parent,
         );
         if span.is_recording() {
             span.set(attr::MESSAGING_SYSTEM, attr::RABBITMQ);
@@ -228,6 +228,7 @@ impl Handler {
         delivery: Delivery,
         current: Arc<ComputeModule>,
         mut process: Option<&mut Span>,
+        trace_state: Option<&str>,
     ) {
         let reply_to = match Rejection::check(&delivery.properties) {
             Ok(reply_to) => reply_to.clone(),
@@ -300,20 +301,21 @@ impl Handler {
             "request"
         );
 
-        let properties =
-            wire::reply_properties(&delivery.properties, module.name(), module.digest(), error);
+        let trace = process.as_deref().map(|span| wire::TraceHeaders {
+            context: span.context(),
+            state: trace_state,
+        });
+        let properties = wire::reply_properties(
+            &delivery.properties,
+            module.name(),
+            module.digest(),
+            error,
+            trace,
+        );
         let properties = if is_batch && error.is_none() {
             properties.with_content_type(wire::batch::CONTENT_TYPE.into())
         } else {
             properties
-        };
-        let properties = match &process {
-            Some(span) => wire::with_trace(
-                properties,
-                span.context(),
-                wire::continued_trace_state(&delivery.properties).as_deref(),
-            ),
-            None => properties,
         };
         if let Some(span) = process.as_deref_mut().filter(|span| span.is_recording()) {
             span.set(attr::FUNCTION, module.name().to_owned());
@@ -464,6 +466,18 @@ impl Handler {
             debug!(attempt, cause = %failure, "reply not delivered; publishing it again");
             tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
+        }
+    }
+}
+
+/// The trace a request's `traceparent` names, if it names one that can
+/// be read; one that cannot is ignored, as W3C asks.
+fn continued_trace(properties: &BasicProperties) -> Option<TraceContext> {
+    match wire::trace_parent(properties)? {
+        Ok(parent) => Some(parent),
+        Err(why) => {
+            debug!(%why, "ignoring the request's traceparent, as if it had none");
+            None
         }
     }
 }

@@ -168,18 +168,31 @@ impl PartialEq<&str> for PeerErrorKind {
     }
 }
 
-/// The properties of the reply to a request with `request` properties.
+/// The W3C Trace Context headers a message carries: its span's context,
+/// and the `tracestate` passed on, if any.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceHeaders<'a> {
+    pub context: &'a TraceContext,
+    pub state: Option<&'a str>,
+}
+
+/// The properties of the reply to a request with `request` properties,
+/// carrying `trace` when the request is traced.
 pub fn reply_properties(
     request: &BasicProperties,
     function: &str,
     module_digest: &str,
     error: Option<ErrorKind>,
+    trace: Option<TraceHeaders<'_>>,
 ) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(FUNCTION_HEADER.into(), text_value(function));
     headers.insert(MODULE_HEADER.into(), text_value(module_digest));
     if let Some(kind) = error {
         headers.insert(ERROR_HEADER.into(), text_value(kind.as_str()));
+    }
+    if let Some(trace) = trace {
+        insert_trace(&mut headers, trace);
     }
     let properties = BasicProperties::default().with_headers(headers);
     match request.correlation_id() {
@@ -255,19 +268,21 @@ pub fn requested_version(properties: &BasicProperties) -> Option<String> {
     header_text(properties, MODULE_HEADER)
 }
 
-/// `properties` carrying `context` (and `state`, the `tracestate` it
-/// came with) in W3C Trace Context headers.
-pub fn with_trace(
-    properties: BasicProperties,
-    context: &TraceContext,
-    state: Option<&str>,
-) -> BasicProperties {
+/// `properties` carrying `trace` in W3C Trace Context headers.
+pub fn with_trace(properties: BasicProperties, trace: TraceHeaders<'_>) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert(TRACEPARENT_HEADER.into(), text_value(&context.to_string()));
-    if let Some(state) = state {
+    insert_trace(&mut headers, trace);
+    properties.with_headers(headers)
+}
+
+fn insert_trace(headers: &mut FieldTable, trace: TraceHeaders<'_>) {
+    headers.insert(
+        TRACEPARENT_HEADER.into(),
+        text_value(&trace.context.to_string()),
+    );
+    if let Some(state) = trace.state {
         headers.insert(TRACESTATE_HEADER.into(), text_value(state));
     }
-    properties.with_headers(headers)
 }
 
 /// The trace a message continues: `None` without a `traceparent` header,
@@ -276,12 +291,11 @@ pub fn trace_parent(properties: &BasicProperties) -> Option<Result<TraceContext,
     header_text(properties, TRACEPARENT_HEADER).map(|value| TraceContext::parse(&value))
 }
 
-/// The `tracestate` a reply passes on: the request's, when its
-/// `traceparent` can be read (W3C drops the state of a trace that is not
-/// continued) and the state is one W3C allows. A client's header goes
-/// into the reply's, so its size is bounded here.
-pub fn continued_trace_state(properties: &BasicProperties) -> Option<String> {
-    trace_parent(properties)?.ok()?;
+/// A message's `tracestate`, when it is one W3C allows: a client's header
+/// goes into the reply's, so its size is bounded here. W3C passes it on
+/// only with a `traceparent` that could be read: that is the caller's to
+/// check.
+pub fn trace_state(properties: &BasicProperties) -> Option<String> {
     header_text(properties, TRACESTATE_HEADER).filter(|state| trace::valid_state(state))
 }
 
@@ -313,6 +327,7 @@ mod tests {
             "increase",
             "sha256:00",
             Some(ErrorKind::BadRequest),
+            None,
         );
         assert_eq!(reply.correlation_id().as_ref().unwrap().as_str(), "abc");
         assert_eq!(
@@ -391,7 +406,13 @@ mod tests {
 
     #[test]
     fn reply_to_a_request_without_correlation_id_has_none() {
-        let reply = reply_properties(&BasicProperties::default(), "increase", "sha256:00", None);
+        let reply = reply_properties(
+            &BasicProperties::default(),
+            "increase",
+            "sha256:00",
+            None,
+            None,
+        );
         assert!(reply.correlation_id().is_none());
         assert_eq!(header_text(&reply, ERROR_HEADER), None);
     }
