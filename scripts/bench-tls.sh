@@ -7,8 +7,8 @@
 #   scripts/bench-tls.sh [CALLS] [ROUNDS]     defaults: 20000 calls, 3 rounds of each
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib/node-ready.sh
-. scripts/lib/node-ready.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 calls=${1:-20000}
 rounds=${2:-3}
 target="${CARGO_TARGET_DIR:-target}/release"

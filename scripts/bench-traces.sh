@@ -13,8 +13,8 @@
 #   scripts/bench-traces.sh BASELINE [CALLS] [ROUNDS]   defaults: 20000 calls, 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/lib/node-ready.sh
-. scripts/lib/node-ready.sh
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 baseline=${1:?give the commit to compare with, say 0ebf204 (the last before traces)}
 calls=${2:-20000}
 rounds=${3:-3}
@@ -70,9 +70,6 @@ for _ in $(seq 1 50); do
 done
 endpoint="http://127.0.0.1:$(head -1 "$sink_log")"
 
-# CPU seconds ×100 (clock ticks) that process $1 has used.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
 # One round of variant $1: prints "calls/s node-cpu-µs/call sink-cpu-µs/call".
 round() {
     local variant=$1 queue="bench.traces.$1.$$.$RANDOM" bin=$here
@@ -85,14 +82,14 @@ round() {
     local node=$!
     wait_for_node "$node" "$log"
     local before rate after sink_before sink_after
-    before=$(ticks "$node")
-    sink_before=$(ticks "$sink")
+    before=$(cpu_ticks "$node")
+    sink_before=$(cpu_ticks "$sink")
     rate=$(seq 1 "$calls" | "${env[@]}" "$bin/center" --queue "$queue" \
         --concurrency 128 --stats 2>&1 >/dev/null | grep -o '^[0-9]* calls/s' | cut -d' ' -f1)
-    after=$(ticks "$node")
+    after=$(cpu_ticks "$node")
     # The node sends its last spans up to OTEL_BSP_SCHEDULE_DELAY later.
     [ "$variant" = on ] && sleep 5.5
-    sink_after=$(ticks "$sink")
+    sink_after=$(cpu_ticks "$sink")
     kill "$node"
     wait "$node" || true
     rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true

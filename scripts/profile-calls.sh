@@ -11,6 +11,8 @@
 # new one under /tmp). Needs `perf` (Debian's linux-perf) and the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/bench.sh
+. scripts/lib/bench.sh
 
 calls="${1:-100000}"
 shift || true
@@ -34,8 +36,6 @@ grep -q "waiting for requests" "$out/node.log" || { cat "$out/node.log"; exit 2;
 # Warm the node's code paths and the broker's queue first.
 seq 1 5000 | "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
 
-# utime + stime of a process, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 ticks=$(getconf CLK_TCK)
 
 # First without perf, for the CPU each side spends per call...

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Sourced by the bench scripts: waiting for a `compute` node they started.
+# Sourced by the bench and profile scripts: what they do to the `compute`
+# nodes they start.
 
 # Waits (up to 30 s) until the node with process id $1, logging to file
 # $2, says it is waiting for requests; if it exits or the time runs out,
@@ -18,3 +19,6 @@ wait_for_node() {
     kill "$node" 2>/dev/null || true
     exit 1
 }
+
+# The CPU time (utime + stime) process $1 has used, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
