@@ -1,6 +1,23 @@
 //! The arguments and `run` functions behind the `compute` and `center`
 //! binaries, kept in the library so tests can drive them without a
 //! process.
+//!
+//! # Layout
+//!
+//! - this file: logging, the shutdown signal, and how a program reports
+//!   a fatal error ([`exit_status`]), one way for both binaries.
+//! - [`compute`]: `compute`'s arguments, and running a node.
+//! - [`call`]: `compute call`, a module run on inputs with no broker.
+//! - [`registry`]: `compute deploy`, `promote`, `rollback`, `remove`,
+//!   `status`, `versions`, `keygen`.
+//! - [`center`]: `center`'s arguments, and running its calls.
+//! - [`broker`]: the broker arguments every command shares.
+//! - [`sandbox`]: the limits and compile-cache arguments a node shares
+//!   with `compute call` and `compute deploy`.
+//! - `results` (private): one line per call, as `center` and `compute
+//!   call` print it.
+//! - `inputs` (private): inputs from the arguments or standard input.
+//! - [`stats`]: `center --stats`.
 
 pub mod broker;
 pub mod call;
@@ -8,9 +25,15 @@ pub mod center;
 pub mod compute;
 mod inputs;
 pub mod registry;
+mod results;
+pub mod sandbox;
 pub mod stats;
 
-use std::{io::IsTerminal as _, time::Duration};
+use std::{
+    io::{IsTerminal as _, Write as _},
+    process::ExitCode,
+    time::Duration,
+};
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -80,6 +103,32 @@ pub fn explain(err: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
+}
+
+/// How a program ends: with the status it chose, or after an error with
+/// the error on one line (`PROGRAM: ...`) and status 2. Output cut short
+/// by its reader (`... | head`) is not an error.
+pub fn exit_status(program: &str, ran: anyhow::Result<ExitCode>) -> ExitCode {
+    match ran {
+        Ok(status) => status,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            say(&format!("{program}: {}", explain(&err)));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A line on stderr for a person. Not `eprintln!`, which panics when
+/// stderr is a closed pipe.
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// A duration given in seconds, fractions allowed (`0.5`).

@@ -4,7 +4,7 @@
 //! refused the rest.
 
 use crate::broker::{TlsBroker, rabbitmqctl, rabbitmqctl_to_clean_up};
-use compute_host::amqp;
+use compute_host::shared::amqp;
 use lapin::{
     BasicProperties, ErrorKind,
     options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
@@ -227,7 +227,7 @@ async fn each_role_does_its_job_and_no_more() {
     ])
     .arg("--trusted-key")
     .arg(key.with_extension("key.pub"));
-    let node = ServerProcess::start(&mut node, "waiting for requests").await;
+    let node = ServerProcess::compute(&mut node).await;
     assert_call(&caller_url, "41", "increase(41) = 42\n").await;
 
     let second = deploy(&deployer_url, &built_module("double"), &key).await;

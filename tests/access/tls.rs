@@ -6,7 +6,7 @@
 //! the queues made here are not deleted one by one.
 
 use crate::broker::{TlsBroker, rabbitmqctl, rabbitmqctl_to_clean_up};
-use compute_host::{Center, CenterOptions, amqp::TlsOptions};
+use compute_host::{Center, CenterOptions, shared::amqp::TlsOptions};
 use std::time::Duration;
 use testkit::{
     ServerProcess, center_command, compute_command, increase_module, run_to_end, unique_queue,
@@ -27,7 +27,7 @@ async fn node(queue: &str, args: &[&str]) -> ServerProcess {
         .args(["--queue", queue, "--module"])
         .arg(increase_module())
         .args(args);
-    ServerProcess::start(&mut command, "waiting for requests").await
+    ServerProcess::compute(&mut command).await
 }
 
 /// A node serving increase on `queue`, trusting the run's CA.

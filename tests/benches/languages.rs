@@ -11,7 +11,7 @@
 //! builds). Prints figures and the goals; asserts only that every
 //! call was answered right. `-- in-process` skips the broker part.
 
-use compute_host::sandbox::{CacheSettings, CompileCache, Limits, Sandbox};
+use compute_host::shared::sandbox::{CacheSettings, CompileCache, Limits, Sandbox};
 use std::time::{Duration, Instant};
 use testkit::{
     ModuleDir, ServerProcess, built_module, center, minor_faults, peak_rss_mib, print_goal,
@@ -38,7 +38,7 @@ async fn main() {
         let size = std::fs::metadata(&module)
             .unwrap_or_else(|_| {
                 panic!(
-                    "{} is missing: run scripts/build-modules.sh",
+                    "{} is missing: run scripts/build-modules.sh --all",
                     module.display()
                 )
             })

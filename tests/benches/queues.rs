@@ -41,13 +41,12 @@ struct Variant {
 impl Variant {
     async fn start(name: &'static str, url: &str, queue_type: &str) -> Variant {
         let queue = unique_queue("bench-queues");
-        let node = ServerProcess::start(
+        let node = ServerProcess::compute(
             compute_command()
                 .args(["--queue", &queue, "--amqp-url", url])
                 .args(["--queue-type", queue_type])
                 .arg("--module")
                 .arg(increase_module()),
-            "waiting for requests",
         )
         .await;
         let options = CenterOptions {
@@ -102,7 +101,7 @@ impl Variant {
     async fn stop(mut self) {
         self.center.close().await;
         self.node.kill().await;
-        if let Ok(connection) = compute_host::amqp::connect(&self.url).await {
+        if let Ok(connection) = compute_host::shared::amqp::connect(&self.url).await {
             if let Ok(channel) = connection.create_channel().await {
                 let _ = channel
                     .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())

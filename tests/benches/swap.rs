@@ -5,7 +5,7 @@
 //! Run with `cargo bench -p integration --bench swap` (needs the broker,
 //! like the tests). Prints figures; asserts only that nothing failed.
 
-use compute_host::{Center, sandbox::digest};
+use compute_host::{Center, shared::sandbox::digest};
 use std::{
     sync::{
         Arc,

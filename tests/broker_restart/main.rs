@@ -138,14 +138,9 @@ async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
     let nosy = testkit::nosy_module();
     let wall = 2;
     let wall_arg = wall.to_string();
-    let args = [
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--guest-wall-timeout",
-        &wall_arg,
-    ];
+    let args = ["--guest-wall-timeout", &wall_arg];
     let mut node = ServerProcess::node(&queue, &nosy, &args).await;
-    let metrics = node.metrics_addr().await;
+    let metrics = node.metrics_addr();
     let client = RawClient::connect().await;
     let asleep = lapin::BasicProperties::default()
         .with_reply_to(client.reply_queue.as_str().into())

@@ -85,7 +85,7 @@ async fn node(queue: &str, urls: &[&str]) -> ServerProcess {
         command.args(["--amqp-url", url]);
     }
     command.arg("--module").arg(increase_module());
-    ServerProcess::start(&mut command, "waiting for requests").await
+    ServerProcess::compute(&mut command).await
 }
 
 /// A batch through a center on `url`, with `strike` done once a fifth of

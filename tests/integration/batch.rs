@@ -2,7 +2,7 @@
 
 use compute_host::{
     CallError, Limits, NodeConfig,
-    wire::{ERROR_HEADER, batch},
+    shared::wire::{ERROR_HEADER, batch},
 };
 use lapin::BasicProperties;
 use std::time::Duration;
@@ -75,7 +75,7 @@ async fn an_unreadable_batch_is_a_bad_request_and_single_calls_are_unchanged() {
         .with_content_type(batch::CONTENT_TYPE.into());
     client.publish(&node.queue, &cut, properties).await;
     let reply = client.next_reply().await;
-    let error = compute_host::wire::header_text(&reply.properties, ERROR_HEADER);
+    let error = compute_host::shared::wire::header_text(&reply.properties, ERROR_HEADER);
     assert_eq!(error.as_deref(), Some("bad-request"));
     let message = String::from_utf8_lossy(&reply.data);
     assert!(message.contains("cannot read the batch"), "{message}");

@@ -86,7 +86,7 @@ async fn center_json_prints_one_object_per_input() {
 
     let (summary, output) =
         run_center(&["--queue", &node.queue, "--json", "--stats", "1", "x"]).await;
-    let digest = compute_host::sandbox::digest(&std::fs::read(increase_module()).unwrap());
+    let digest = compute_host::shared::sandbox::digest(&std::fs::read(increase_module()).unwrap());
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(
         lines[0],

@@ -1,32 +1,36 @@
-//! The compile cache, as a node's operator meets it.
+//! The compile cache, as a node meets it across restarts.
 
-use testkit::{ModuleDir, RawClient, ServerProcess, increase_module, unique_queue};
+use compute_host::{NodeConfig, shared::sandbox::CacheSettings};
+use testkit::{ModuleDir, RawClient, RunningNode, increase_module, unique_queue};
 
 /// A node restarted on the same compile cache loads its module from the
 /// cache instead of compiling it, and serves as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_loads_its_module_from_the_cache() {
     let cache = ModuleDir::empty();
-    let cache_dir = cache.path.to_string_lossy().into_owned();
     let queue = unique_queue("compile-cache");
-    let args = ["--compile-cache", cache_dir.as_str()];
+    let config = || NodeConfig {
+        compile_cache: Some(CacheSettings {
+            dir: cache.path.clone(),
+            max_bytes: CacheSettings::DEFAULT_MAX_BYTES,
+            required: true,
+        }),
+        ..NodeConfig::module(increase_module(), &queue)
+    };
     let mut client = RawClient::connect().await;
 
-    let mut first = ServerProcess::node(&queue, &increase_module(), &args).await;
+    let first = RunningNode::start_with(config()).await;
     assert_eq!(client.request(&queue, b"1", None).await.data, b"2");
-    first.terminate();
-    assert!(first.wait().await.success());
-    let log = first.log();
-    assert!(log.contains("module=compiled in "), "{log}");
-
-    let mut second = ServerProcess::node(&queue, &increase_module(), &args).await;
-    assert_eq!(client.request(&queue, b"41", None).await.data, b"42");
-    let log = second.log();
+    let loaded = first.live.current().loaded();
     assert!(
-        log.contains("module=loaded from the compile cache in "),
-        "{log}"
+        !loaded.from_cache,
+        "a new cache has nothing to load: {loaded}"
     );
-    assert!(!log.contains("compiled in"), "{log}");
-    second.terminate();
-    assert!(second.wait().await.success());
+    first.stop().await;
+
+    let second = RunningNode::start_with(config()).await;
+    assert_eq!(client.request(&queue, b"41", None).await.data, b"42");
+    let loaded = second.live.current().loaded();
+    assert!(loaded.from_cache, "the restarted node {loaded}");
+    second.stop().await;
 }

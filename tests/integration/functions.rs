@@ -182,7 +182,7 @@ async fn many_functions_share_one_connection_and_one_engine() {
         .args(["--queue-prefix", &prefix, "--amqp-url", &amqp_url()])
         .arg("--modules")
         .arg(&dir.path);
-    let node = ServerProcess::start(&mut command, "waiting for requests").await;
+    let node = ServerProcess::compute(&mut command).await;
 
     for i in 0..FUNCTIONS {
         let center = center(&format!("{prefix}.f{i}"), Duration::from_secs(10)).await;

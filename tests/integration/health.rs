@@ -12,7 +12,7 @@ use testkit::{
 /// Whether the node's metrics say it is connected, and what `/health`
 /// answers.
 async fn standing(node: &ServerProcess) -> (bool, u16) {
-    let address = node.metrics_addr().await;
+    let address = node.metrics_addr();
     let connected = scrape(address)
         .await
         .lines()
@@ -31,10 +31,10 @@ async fn a_node_waits_for_its_broker_and_says_where_it_stands() {
     let mut command = compute_command();
     command
         .args(["--queue", &queue, "--amqp-url", &proxy.url()])
-        .args(["--metrics-addr", "127.0.0.1:0"])
         .arg("--module")
         .arg(increase_module());
-    let node = ServerProcess::start(&mut command, "RabbitMQ does not answer yet").await;
+    let node =
+        ServerProcess::compute_until_logged(&mut command, "RabbitMQ does not answer yet").await;
     assert_eq!(standing(&node).await, (false, 503));
 
     proxy.start().await;
@@ -100,7 +100,8 @@ async fn a_node_waiting_for_its_broker_stops_when_asked() {
         .args(["--amqp-url", &nobody.url()])
         .arg("--module")
         .arg(increase_module());
-    let mut node = ServerProcess::start(&mut command, "RabbitMQ does not answer yet").await;
+    let mut node =
+        ServerProcess::compute_until_logged(&mut command, "RabbitMQ does not answer yet").await;
     node.terminate();
     let status = node.wait_up_to(Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0), "{}", node.log());
@@ -121,11 +122,11 @@ async fn a_node_given_several_brokers_fails_over_to_another() {
     let queue = unique_queue("failover");
     let mut command = compute_command();
     command
-        .args(["--queue", &queue, "--metrics-addr", "127.0.0.1:0"])
+        .args(["--queue", &queue])
         .args(["--amqp-url", &first.url(), "--amqp-url", &second.url()])
         .arg("--module")
         .arg(increase_module());
-    let node = ServerProcess::start(&mut command, "waiting for requests").await;
+    let node = ServerProcess::compute(&mut command).await;
     assert_eq!(standing(&node).await, (true, 200));
 
     let options = CenterOptions {

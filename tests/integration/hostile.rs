@@ -9,7 +9,7 @@ use clap::Parser as _;
 use compute_host::{
     CallError, Center, CenterOptions, ReplyMode,
     cli::center::{self as center_cli, CenterArgs},
-    wire::{ERROR_HEADER, header_text},
+    shared::wire::{ERROR_HEADER, header_text},
 };
 use lapin::{
     BasicProperties,
@@ -23,7 +23,8 @@ use std::{
 };
 use testkit::{
     Load, ModuleDir, RawClient, ServerProcess, amqp_url, built_module, center, eventually,
-    increase_module, python, python_output, scrape, unique_queue, wait_for_metric,
+    increase_module, python, python_output, requests_settled, scrape, unique_queue,
+    wait_for_metric,
 };
 
 /// A node process under attack, with a client for normal requests.
@@ -35,18 +36,15 @@ struct Target {
 }
 
 impl Target {
-    /// `compute --module MODULE --metrics-addr 127.0.0.1:0 ARGS...` on a
-    /// queue of its own.
+    /// `compute --module MODULE ARGS...` on a queue of its own.
     async fn start(test: &str, module: &Path, args: &[&str]) -> Self {
         Self::on_queue(unique_queue(test), module, args).await
     }
 
     /// The same, on `queue`.
     async fn on_queue(queue: String, module: &Path, args: &[&str]) -> Self {
-        let mut all = vec!["--metrics-addr", "127.0.0.1:0"];
-        all.extend_from_slice(args);
-        let node = ServerProcess::node(&queue, module, &all).await;
-        let metrics = node.metrics_addr().await;
+        let node = ServerProcess::node(&queue, module, args).await;
+        let metrics = node.metrics_addr();
         Target {
             node,
             queue,
@@ -293,12 +291,11 @@ async fn a_module_named_too_long_for_a_queue_is_skipped() {
     let long = "f".repeat(250);
     std::fs::copy(built_module("double"), dir.join(format!("{long}.wasm"))).unwrap();
     let prefix = unique_queue("long-name");
-    let mut node = ServerProcess::start(
+    let mut node = ServerProcess::compute(
         testkit::compute_command()
             .args(["--amqp-url", &amqp_url(), "--queue-prefix", &prefix])
             .arg("--modules")
             .arg(&dir.path),
-        "waiting for requests",
     )
     .await;
     let mut client = RawClient::connect().await;
@@ -470,11 +467,6 @@ async fn a_fuzzed_stream_of_requests_stops_no_node() {
     tally.assert_all_answered();
     center.close().await;
     target.assert_unharmed(b"41", Some(b"42")).await;
-    let metrics = scrape(target.metrics).await;
-    let settled: u64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("compute_requests_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    assert_eq!(settled as usize, sent + NORMAL + 1, "{metrics}");
+    let settled = requests_settled(target.metrics).await;
+    assert_eq!(settled as usize, sent + NORMAL + 1);
 }

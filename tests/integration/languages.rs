@@ -2,7 +2,7 @@
 //! (`guest-js/`), built by `scripts/build-modules.sh`, served by the same
 //! node as the Rust ones.
 
-use compute_host::{CallError, Center, NodeConfig, sandbox::digest};
+use compute_host::{CallError, Center, NodeConfig, shared::sandbox::digest};
 use std::time::Duration;
 use testkit::{
     DirNode, Load, ModuleDir, RunningNode, built_module, center, eventually, test_compile_cache,

@@ -1,7 +1,7 @@
 //! A function's own limits, from `NAME.toml` beside its module, within the
 //! node's.
 
-use compute_host::{CallError, Center, live::Rejected, sandbox::FunctionLimits};
+use compute_host::{CallError, Center, node::live::Rejected, shared::sandbox::FunctionLimits};
 use std::time::{Duration, Instant};
 use testkit::{DirNode, ModuleDir, RunningNode, center, eventually, nosy_module, unique_queue};
 

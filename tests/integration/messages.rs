@@ -143,7 +143,7 @@ async fn a_transient_queue_the_broker_refuses_is_said_once() {
         &amqp_url(),
     ];
     if !refuses_transient_queues().await {
-        let node = ServerProcess::start(compute_command().args(args), "waiting for requests").await;
+        let node = ServerProcess::compute(compute_command().args(args)).await;
         let center = testkit::center(&queue, Duration::from_secs(10)).await;
         assert_eq!(center.call("41").await.unwrap().body, b"42");
         center.close().await;

@@ -1,6 +1,6 @@
 //! `compute --metrics-addr`: Prometheus metrics that match what happened.
 
-use compute_host::{NodeConfig, sandbox::digest};
+use compute_host::{NodeConfig, shared::sandbox::digest};
 use lapin::BasicProperties;
 use std::time::Duration;
 use testkit::{

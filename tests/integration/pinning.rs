@@ -1,7 +1,10 @@
 //! Version pinning: a request that names a module digest in
 //! `x-module-digest` runs exactly that version, or gets `unknown-version`.
 
-use compute_host::{CallError, Center, CenterOptions, sandbox::digest, wire::ErrorKind};
+use compute_host::{
+    CallError, Center, CenterOptions,
+    shared::{sandbox::digest, wire::ErrorKind},
+};
 use std::time::Duration;
 use testkit::{ModuleDir, RunningNode, amqp_url, built_module, center, eventually, unique_queue};
 

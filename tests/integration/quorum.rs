@@ -1,12 +1,12 @@
 //! Quorum queues (`--queue-type quorum`): durable, replicated, with a
 //! delivery limit past which a request is dead-lettered.
 
-use compute_host::amqp;
+use compute_host::shared::amqp;
 use lapin::{BasicProperties, options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;
 use testkit::{
     QueueGuard, RawClient, ServerProcess, amqp_url, compute_command, eventually, nosy_module,
-    scrape, unique_queue,
+    requests_settled, scrape, unique_queue,
 };
 
 /// A request that takes down every node that computes it (here each is
@@ -24,8 +24,6 @@ async fn a_request_that_kills_its_nodes_is_dead_lettered_after_the_limit() {
         "quorum",
         "--delivery-limit",
         "1",
-        "--metrics-addr",
-        "127.0.0.1:0",
         "--guest-wall-timeout",
         "60",
     ];
@@ -33,7 +31,7 @@ async fn a_request_that_kills_its_nodes_is_dead_lettered_after_the_limit() {
     // Each node takes the request and is killed computing it, until the
     // broker stops delivering it.
     let mut deliveries = 0;
-    let node = loop {
+    let mut node = loop {
         // Not `ServerProcess::node`, which deletes the queue when the
         // killed node is dropped.
         let mut command = compute_command();
@@ -42,14 +40,14 @@ async fn a_request_that_kills_its_nodes_is_dead_lettered_after_the_limit() {
             .arg("--module")
             .arg(&module)
             .args(args);
-        let mut node = ServerProcess::start(&mut command, "waiting for requests").await;
+        let mut node = ServerProcess::compute(&mut command).await;
         if deliveries == 0 {
             let poison = BasicProperties::default()
                 .with_reply_to(client.reply_queue.as_str().into())
                 .with_correlation_id("poison".into());
             client.publish(&queue, b"sleep", poison).await;
         }
-        let metrics = node.metrics_addr().await;
+        let metrics = node.metrics_addr();
         let limit = Duration::from_secs(30);
         let delivered = eventually(
             "the request is delivered or dead-lettered",
@@ -80,7 +78,20 @@ async fn a_request_that_kills_its_nodes_is_dead_lettered_after_the_limit() {
         reply.data
     );
     assert_eq!(waiting(&queue).await, 0);
-    assert!(node.log().contains("waiting for requests"));
+    assert_eq!(waiting(&dead).await, 1, "the request waits in {dead}");
+    // The node that lived computed the one normal request: the broker
+    // never gave it the dead-lettered one.
+    let settled = eventually(
+        "the node counts the request it answered",
+        Duration::from_secs(10),
+        || async {
+            let settled = requests_settled(node.metrics_addr()).await;
+            (settled > 0).then_some(settled)
+        },
+    )
+    .await;
+    assert_eq!(settled, 1);
+    assert!(node.is_running());
 }
 
 /// How many messages wait in `queue`.

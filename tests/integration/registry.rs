@@ -11,7 +11,7 @@ use compute_host::{
         message::{Action, Message, Role},
         signing::{DeployKey, Trust},
     },
-    sandbox::digest,
+    shared::sandbox::digest,
 };
 use std::{
     path::{Path, PathBuf},
@@ -58,7 +58,7 @@ impl TestRegistry {
             .args(["--registry", &self.stream, "--queue-prefix", &self.prefix])
             .args(["--amqp-url", &amqp_url()])
             .args(args);
-        ServerProcess::start(&mut command, "waiting for requests").await
+        ServerProcess::compute(&mut command).await
     }
 
     /// Runs `compute COMMAND ARGS...` against this registry.
@@ -613,7 +613,9 @@ fn leb128(mut value: usize) -> Vec<u8> {
 async fn first_offset(stream: &str) -> i64 {
     use futures_util::StreamExt as _;
     use lapin::{options::BasicQosOptions, types::AMQPValue};
-    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let connection = compute_host::shared::amqp::connect(&amqp_url())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(1, BasicQosOptions::default())
@@ -667,12 +669,7 @@ async fn no_replayed_or_copied_message_moves_a_node() {
     registry.deploy(&increase, &signed).await;
     registry.deploy(&built_module("double"), &signed).await;
     staging.deploy(&built_module("triple"), &signed).await;
-    let trusting = [
-        "--trusted-key",
-        trusted.as_str(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-    ];
+    let trusting = ["--trusted-key", trusted.as_str()];
     let node = registry.node(&trusting).await;
     let staging_node = staging.node(&trusting).await;
     let caller = center(&registry.queue(), Duration::from_secs(10)).await;
@@ -687,12 +684,12 @@ async fn no_replayed_or_copied_message_moves_a_node() {
         .expect("the stream holds the first version's publish");
     append_raw(&registry.stream, std::slice::from_ref(&old_publish)).await;
     let replayed = "compute_registry_messages_refused_total{cause=\"replayed\"} 1";
-    testkit::wait_for_metric(node.metrics_addr().await, replayed).await;
+    testkit::wait_for_metric(node.metrics_addr(), replayed).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"14");
 
     append_raw(&staging.stream, std::slice::from_ref(&old_publish)).await;
     let elsewhere = "compute_registry_messages_refused_total{cause=\"other-registry\"} 1";
-    testkit::wait_for_metric(staging_node.metrics_addr().await, elsewhere).await;
+    testkit::wait_for_metric(staging_node.metrics_addr(), elsewhere).await;
     assert_eq!(staging_caller.call("7").await.unwrap().body, b"21");
 
     let late = registry.node(&["--trusted-key", &trusted]).await;
@@ -779,13 +776,11 @@ async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
     const JUNK: usize = 2000;
     let registry = TestRegistry::new("junk");
     registry.deploy(&built_module("increase"), &[]).await;
-    let node = registry
-        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
-        .await;
+    let node = registry.node(&["--allow-unsigned"]).await;
     let junk = (lapin::BasicProperties::default(), b"junk".to_vec());
     append_raw(&registry.stream, &vec![junk; JUNK]).await;
     let counted = format!("compute_registry_messages_refused_total{{cause=\"unreadable\"}} {JUNK}");
-    testkit::wait_for_metric(node.metrics_addr().await, &counted).await;
+    testkit::wait_for_metric(node.metrics_addr(), &counted).await;
     let warnings = node.log().matches("ignoring a registry message").count();
     assert!((1..=3).contains(&warnings), "{warnings}:\n{}", node.log());
 
@@ -793,10 +788,8 @@ async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
     // pauses; on a loaded machine a pause can come before the end, and
     // the rest is then read live: counted all the same, and logged as
     // few lines.
-    let late = registry
-        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
-        .await;
-    testkit::wait_for_metric(late.metrics_addr().await, &counted).await;
+    let late = registry.node(&["--allow-unsigned"]).await;
+    testkit::wait_for_metric(late.metrics_addr(), &counted).await;
     let log = late.log();
     let history = log.matches("skipped registry messages").count();
     let live = log.matches("ignoring a registry message").count();
@@ -818,12 +811,10 @@ async fn a_flood_of_junk_in_the_registry_is_counted_not_logged_line_by_line() {
 async fn the_alerts_and_the_dashboard_read_metrics_a_node_serves() {
     let registry = TestRegistry::new("deploy-files");
     registry.deploy(&built_module("increase"), &[]).await;
-    let node = registry
-        .node(&["--allow-unsigned", "--metrics-addr", "127.0.0.1:0"])
-        .await;
+    let node = registry.node(&["--allow-unsigned"]).await;
     let junk = (lapin::BasicProperties::default(), b"junk".to_vec());
     append_raw(&registry.stream, &[junk]).await;
-    let address = node.metrics_addr().await;
+    let address = node.metrics_addr();
     testkit::wait_for_metric(
         address,
         "compute_registry_messages_refused_total{cause=\"unreadable\"} 1",
@@ -885,7 +876,9 @@ async fn stream_messages(stream: &str) -> Vec<RawMessage> {
     let marker = uuid::Uuid::new_v4().to_string();
     let sync = Message::sync().properties(&marker);
     append_raw(stream, &[(sync, Vec::new())]).await;
-    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let connection = compute_host::shared::amqp::connect(&amqp_url())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .basic_qos(64, lapin::options::BasicQosOptions::default())
@@ -923,7 +916,9 @@ async fn stream_messages(stream: &str) -> Vec<RawMessage> {
 /// Writes `messages` to the end of `stream` as they are: what anyone
 /// allowed to write there could do, with no key.
 async fn append_raw(stream: &str, messages: &[RawMessage]) {
-    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let connection = compute_host::shared::amqp::connect(&amqp_url())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
         .confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -950,7 +945,7 @@ async fn append_raw(stream: &str, messages: &[RawMessage]) {
 
 /// The text of header `name` of a message, if it has one.
 fn header(properties: &lapin::BasicProperties, name: &str) -> Option<String> {
-    compute_host::wire::header_text(properties, name)
+    compute_host::shared::wire::header_text(properties, name)
 }
 
 /// `compute status` only reads: a registry named wrong is an error that
@@ -963,7 +958,9 @@ async fn status_of_a_registry_that_does_not_exist_creates_nothing() {
     assert_eq!(output.status.code(), Some(2), "{said}");
     assert!(said.contains("there is no registry"), "{said}");
 
-    let connection = compute_host::amqp::connect(&amqp_url()).await.unwrap();
+    let connection = compute_host::shared::amqp::connect(&amqp_url())
+        .await
+        .unwrap();
     let passive_queue = lapin::options::QueueDeclareOptions {
         passive: true,
         ..Default::default()

@@ -2,7 +2,7 @@
 
 use compute_host::{
     CallError, Center, CenterOptions, ReplyMode,
-    wire::{ErrorKind, PeerErrorKind},
+    shared::wire::{ErrorKind, PeerErrorKind},
 };
 use futures_util::{StreamExt as _, stream};
 use lapin::BasicProperties;

@@ -2,7 +2,7 @@
 //! instances nor for its compile.
 
 use crate::limits::stopped_sleeper;
-use compute_host::{Center, NodeConfig, sandbox::Limits};
+use compute_host::{Center, NodeConfig, shared::sandbox::Limits};
 use std::time::{Duration, Instant};
 use testkit::{
     DirNode, ModuleDir, built_module, center, eventually, increase_module, nosy_module, print_goal,

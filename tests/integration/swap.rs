@@ -1,6 +1,6 @@
 //! Live code swaps: replacing the module file of a running node.
 
-use compute_host::{Center, Reply, live::Rejected, sandbox::digest};
+use compute_host::{Center, Reply, node::live::Rejected, shared::sandbox::digest};
 use std::{io::Write as _, time::Duration};
 use testkit::{Load, ModuleDir, RunningNode, built_module, center, eventually, unique_queue};
 use tokio::time::sleep;

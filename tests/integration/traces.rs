@@ -1,7 +1,7 @@
 //! One call followed end to end: W3C Trace Context through the broker,
 //! spans exported over OTLP/HTTP by a real `center` and a real `compute`.
 
-use compute_host::trace::TraceContext;
+use compute_host::shared::trace::TraceContext;
 use std::{collections::BTreeSet, time::Duration};
 use testkit::{
     OtlpReceiver, ReceivedSpan, ServerProcess, amqp_url, center_command, increase_module, python,
@@ -28,7 +28,7 @@ async fn traced_node(queue: &str, endpoint: &str, args: &[&str]) -> ServerProces
     let mut env = exporting_to(endpoint).to_vec();
     env.push((
         "RUST_LOG",
-        "info,lapin=off,compute_host::request=debug".into(),
+        "info,lapin=off,compute_host::node::request=debug".into(),
     ));
     let env: Vec<(&str, &str)> = env
         .iter()
@@ -68,12 +68,7 @@ fn span<'a>(spans: &'a [ReceivedSpan], trace_id: &str, name: &str) -> &'a Receiv
 async fn a_call_is_one_trace_from_the_center_through_the_node() {
     let collector = OtlpReceiver::start().await;
     let queue = unique_queue("traced");
-    let node = traced_node(
-        &queue,
-        &collector.endpoint(),
-        &["--metrics-addr", "127.0.0.1:0"],
-    )
-    .await;
+    let node = traced_node(&queue, &collector.endpoint(), &[]).await;
 
     let printed = traced_center(&collector.endpoint(), &["--queue", &queue, "7"]).await;
     assert_eq!(printed, "increase(7) = 8\n");
@@ -145,7 +140,7 @@ async fn a_call_is_one_trace_from_the_center_through_the_node() {
     );
 
     let exemplar = format!("# {{trace_id=\"{trace}\"}}");
-    let metrics = testkit::scrape(node.metrics_addr().await).await;
+    let metrics = testkit::scrape(node.metrics_addr()).await;
     let bucket = metrics.lines().find(|line| {
         line.starts_with("compute_request_seconds_bucket{") && line.contains(&exemplar)
     });

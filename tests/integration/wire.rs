@@ -2,7 +2,7 @@
 
 use compute_host::{
     Limits, NodeConfig,
-    wire::{ERROR_HEADER, FUNCTION_HEADER, header_text},
+    shared::wire::{ERROR_HEADER, FUNCTION_HEADER, header_text},
 };
 use lapin::{BasicProperties, options::QueueDeclareOptions, types::FieldTable};
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The broker the tests talk to, and the queues they leave behind none of.
 
-use compute_host::{Center, CenterOptions, amqp};
+use compute_host::{Center, CenterOptions, shared::amqp};
 use lapin::{
     Connection,
     options::{QueueDeclareOptions, QueueDeleteOptions},

@@ -39,7 +39,7 @@ pub use broker::{
 pub use eventually::eventually;
 pub use figures::{broker_pid, cpu_seconds, minor_faults, peak_rss_mib, print_goal};
 pub use load::{Call, Calls, Load, Tally};
-pub use metrics::{get, scrape, wait_for_metric};
+pub use metrics::{get, requests_settled, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
 pub use node::{DirNode, RunningNode, queue_of, test_compile_cache};
 pub use otlp::{OtlpReceiver, ReceivedSpan};

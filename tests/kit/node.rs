@@ -5,7 +5,7 @@ use crate::{
     broker::{QueueGuard, amqp_url, delete_now, delete_queue},
     modules::increase_module,
 };
-use compute_host::{ComputeNode, LiveModule, NodeConfig, Source, sandbox::CacheSettings};
+use compute_host::{ComputeNode, LiveModule, NodeConfig, Source, shared::sandbox::CacheSettings};
 use std::{net::SocketAddr, path::Path, sync::Arc};
 use tokio::{sync::oneshot, task::JoinHandle};
 use uuid::Uuid;

@@ -3,10 +3,10 @@
 
 use crate::{
     broker::{QueueGuard, amqp_url},
-    eventually::eventually,
+    metrics::try_get,
 };
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -15,7 +15,7 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::{Child, Command},
-    sync::oneshot,
+    sync::watch,
 };
 
 /// The real `compute` binary, built by Cargo beside the tests (as
@@ -55,12 +55,19 @@ fn package_binary(name: &str) -> PathBuf {
     profile.join(name)
 }
 
+/// How long a server may take to start.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
 /// A server running as a process of its own (the `compute` binary, or the
 /// bench's bare echo server), so a test can kill it or stop it with a
 /// signal. Its stderr is kept as its log.
 pub struct ServerProcess {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// How many lines the server has logged, for a wait on the next.
+    seen: watch::Receiver<usize>,
+    /// Where a `compute` node serves its metrics and `/health`.
+    metrics_addr: Option<SocketAddr>,
     /// The queues deleted when the server is dropped, after it is killed.
     queues: QueueGuard,
 }
@@ -89,13 +96,99 @@ impl ServerProcess {
             .arg("--module")
             .arg(module)
             .args(args);
-        let mut node = Self::start(&mut command, "waiting for requests").await;
+        let mut node = Self::compute(&mut command).await;
         node.queues.add(queue);
         node
     }
 
-    /// Starts `command` and waits until a line of its stderr holds `ready`.
+    /// Starts the `compute` node `command` (from [`compute_command`])
+    /// with `--metrics-addr` on a free loopback port, and waits until its
+    /// `GET /health` says it serves: connected, consuming every queue.
+    /// Panics with its log if it exits first or takes over 30 s.
+    pub async fn compute(command: &mut Command) -> Self {
+        let mut node = Self::spawn_compute(command);
+        let address = node.metrics_addr();
+        let started = tokio::time::Instant::now();
+        loop {
+            node.assert_running("start serving");
+            if let Ok(Ok((200, _))) =
+                tokio::time::timeout(Duration::from_secs(1), try_get(address, "/health")).await
+            {
+                return node;
+            }
+            if started.elapsed() > START_LIMIT {
+                panic!(
+                    "the node did not serve within {START_LIMIT:?}:\n{}",
+                    node.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the `compute` node `command` as [`compute`](Self::compute)
+    /// does, but waits only until it logs `ready`: a state before it
+    /// serves, such as waiting for its broker.
+    pub async fn compute_until_logged(command: &mut Command, ready: &str) -> Self {
+        let node = Self::spawn_compute(command);
+        node.wait_for_line(ready).await
+    }
+
+    /// Starts `command` and waits until a line of its stderr holds
+    /// `ready`. Panics with its log if it exits first or takes over 30 s.
     pub async fn start(command: &mut Command, ready: &str) -> Self {
+        Self::spawn(command).wait_for_line(ready).await
+    }
+
+    async fn wait_for_line(self, ready: &str) -> Self {
+        let mut server = self;
+        let mut seen = server.seen.clone();
+        let started = tokio::time::Instant::now();
+        loop {
+            server.assert_running(&format!("log {ready:?}"));
+            seen.borrow_and_update();
+            if server.log().contains(ready) {
+                return server;
+            }
+            if started.elapsed() > START_LIMIT {
+                panic!(
+                    "the server did not log {ready:?} within {START_LIMIT:?}:\n{}",
+                    server.log()
+                );
+            }
+            // A new line, or a look at the process again.
+            let _ = tokio::time::timeout(Duration::from_millis(50), seen.changed()).await;
+        }
+    }
+
+    /// Panics with the log if the server has exited, saying what it was
+    /// expected to `do` first.
+    fn assert_running(&mut self, then: &str) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the server exited ({status}) before it could {then}:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Starts the `compute` node `command` with `--metrics-addr` on a
+    /// free loopback port.
+    fn spawn_compute(command: &mut Command) -> Self {
+        let taken = command
+            .as_std()
+            .get_args()
+            .any(|arg| arg == "--metrics-addr");
+        assert!(!taken, "the kit chooses the node's --metrics-addr");
+        let address = free_loopback_address();
+        command.arg("--metrics-addr").arg(address.to_string());
+        let mut node = Self::spawn(command);
+        node.metrics_addr = Some(address);
+        node
+    }
+
+    /// Starts `command`, its stderr kept as its log.
+    fn spawn(command: &mut Command) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -104,34 +197,34 @@ impl ServerProcess {
             .spawn()
             .expect("the server starts");
         let log = Arc::new(Mutex::new(String::new()));
-        let (started, running) = oneshot::channel();
+        let (seen_tx, seen) = watch::channel(0);
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         tokio::spawn({
-            let (log, ready) = (log.clone(), ready.to_owned());
+            let log = log.clone();
             async move {
-                let mut started = Some(started);
                 while let Ok(Some(line)) = lines.next_line().await {
-                    if line.contains(&ready) {
-                        started.take().map(|started| started.send(()));
-                    }
                     let mut log = log.lock().unwrap();
                     log.push_str(&line);
                     log.push('\n');
+                    seen_tx.send_modify(|lines| *lines += 1);
                 }
             }
         });
-        let server = ServerProcess {
+        ServerProcess {
             child,
             log,
+            seen,
+            metrics_addr: None,
             queues: QueueGuard::default(),
-        };
-        if tokio::time::timeout(Duration::from_secs(30), running)
-            .await
-            .is_err()
-        {
-            panic!("the server did not start:\n{}", server.log());
         }
-        server
+    }
+
+    /// How many requests a node that stopped cleanly says it settled
+    /// (its `stopped requests=N` line), or `None` if it has not said so.
+    pub fn requests_when_stopped(&self) -> Option<u64> {
+        let log = self.log();
+        let (_, after) = log.rsplit_once(" stopped requests=")?;
+        after.lines().next()?.trim().parse().ok()
     }
 
     /// The process id.
@@ -149,19 +242,12 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Where a node started with `--metrics-addr` serves its metrics, as
-    /// its log says (for at most 10 s).
-    pub async fn metrics_addr(&self) -> SocketAddr {
-        eventually(
-            "the node says where it serves metrics",
-            Duration::from_secs(10),
-            || async {
-                let log = self.log();
-                log.split_once("serving metrics on http://")
-                    .and_then(|(_, after)| after.split('/').next()?.parse().ok())
-            },
-        )
-        .await
+    /// Where a node started by [`compute`](Self::compute) (or
+    /// [`compute_until_logged`](Self::compute_until_logged)) serves its
+    /// metrics and `/health`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+            .expect("a node started by ServerProcess::compute serves metrics")
     }
 
     /// SIGKILL: the server gets no chance to finish anything.
@@ -194,4 +280,12 @@ impl ServerProcess {
             ),
         }
     }
+}
+
+/// A loopback address with a port nobody listens on now: the kernel's
+/// pick, released for the node to bind.
+fn free_loopback_address() -> SocketAddr {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
 }

@@ -36,9 +36,10 @@ impl RawClient {
             .unwrap()
             .name()
             .to_string();
-        let replies = compute_host::amqp::consume_no_ack(&channel, reply_queue.as_str().into())
-            .await
-            .unwrap();
+        let replies =
+            compute_host::shared::amqp::consume_no_ack(&channel, reply_queue.as_str().into())
+                .await
+                .unwrap();
         RawClient {
             _connection: connection,
             channel,

@@ -4,7 +4,7 @@
 //! node and a center export, without running a collector; the README's
 //! trace comes from it.
 
-use compute_host::trace::SCHEDULE_DELAY;
+use compute_host::shared::trace::SCHEDULE_DELAY;
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,

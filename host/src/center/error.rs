@@ -1,7 +1,7 @@
 //! Why a call produced no result, and why a center could not start.
 
 use super::Origin;
-use crate::{amqp, amqp::PublishError, wire};
+use crate::shared::{amqp, amqp::PublishError, wire};
 use std::time::Duration;
 
 /// Why a call produced no result.

@@ -82,7 +82,7 @@ pub use error::{CallError, ConsumerCountError, StartError};
 pub use options::{CenterOptions, DEFAULT_MAX_BODY, DEFAULT_NO_CONSUMER_GRACE, ReplyMode};
 pub use reply::{Origin, Reply};
 
-use crate::{
+use crate::shared::{
     amqp,
     backoff::{self, Backoff},
     trace::{Kind, Span, TraceContext, Tracer, attributes as attr},
@@ -217,7 +217,7 @@ impl Center {
         Ok(answered.reply)
     }
 
-    /// Sends `inputs` as one batch request (see [`wire::batch`](crate::wire::batch)) and waits
+    /// Sends `inputs` as one batch request (see [`wire::batch`](crate::shared::wire::batch)) and waits
     /// for the reply that holds their results: one for each input, in
     /// order, each its own success or error
     /// ([`CallError::Remote`] with the node's error kind). The call as a

@@ -1,6 +1,6 @@
 //! What a caller chooses about how a [`Center`](super::Center) calls.
 
-use crate::trace::Tracer;
+use crate::shared::trace::Tracer;
 use std::time::Duration;
 
 /// RabbitMQ's default `max_message_size` (128 MiB): a larger message
@@ -53,7 +53,7 @@ pub struct CenterOptions {
     /// the center work on every call.
     pub confirms: bool,
     /// The TLS files for `amqps://` URLs that name none in their query.
-    pub tls: crate::amqp::TlsOptions,
+    pub tls: crate::shared::amqp::TlsOptions,
     /// How long the queue may have no consumer, while calls wait on it,
     /// before they fail with
     /// [`CallError::NoConsumer`](super::CallError::NoConsumer); new calls
@@ -69,7 +69,7 @@ pub struct CenterOptions {
 impl Default for CenterOptions {
     fn default() -> Self {
         CenterOptions {
-            queue: crate::queues::DEFAULT_QUEUE.into(),
+            queue: crate::shared::queues::DEFAULT_QUEUE.into(),
             timeout: Duration::from_secs(30),
             retries: 3,
             reply_mode: ReplyMode::Queue,
@@ -78,7 +78,7 @@ impl Default for CenterOptions {
             connect_timeout: None,
             persistent: false,
             confirms: false,
-            tls: crate::amqp::TlsOptions::default(),
+            tls: crate::shared::amqp::TlsOptions::default(),
             no_consumer_grace: Some(DEFAULT_NO_CONSUMER_GRACE),
             tracer: Tracer::off(),
         }

@@ -1,7 +1,7 @@
 //! What a successful call returns, and how a reply delivery becomes one.
 
 use super::CallError;
-use crate::wire::{self, batch};
+use crate::shared::wire::{self, batch};
 use lapin::message::Delivery;
 
 /// A successful reply.

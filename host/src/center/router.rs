@@ -2,7 +2,7 @@
 //! hands each reply to its call, and each returned request to its call
 //! when the channel has no confirms to carry it.
 
-use crate::{amqp, lock::lock};
+use crate::shared::{amqp, lock::lock};
 use futures_util::StreamExt as _;
 use lapin::{
     Channel, Consumer,

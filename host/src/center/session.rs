@@ -6,7 +6,7 @@ use super::{
     reply::{Answered, into_reply},
     router::{Answer, Pending, Waiting, returned_id, route_replies, wake_returned},
 };
-use crate::{
+use crate::shared::{
     amqp::{self, DIRECT_REPLY_TO, PublishError, Routed},
     lock::lock,
     trace::TraceContext,

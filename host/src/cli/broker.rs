@@ -1,7 +1,7 @@
 //! Which broker to connect to and how: the arguments `compute`, `center`
 //! and the registry commands share.
 
-use crate::amqp::{self, TlsOptions};
+use crate::shared::amqp::{self, TlsOptions};
 use clap::Args;
 use std::path::PathBuf;
 

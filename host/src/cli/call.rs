@@ -3,14 +3,11 @@
 //! writing a function is a fast loop.
 
 use super::{
-    center::result_line,
-    compute::{CacheArgs, LimitArgs},
     inputs::inputs,
+    results::Outcome,
+    sandbox::{CacheArgs, LimitArgs},
 };
-use crate::{
-    center::{CallError, Origin, Reply},
-    sandbox::Sandbox,
-};
+use crate::shared::sandbox::Sandbox;
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use std::{io::Write as _, path::PathBuf, process::ExitCode};
@@ -50,28 +47,15 @@ pub async fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     let module = sandbox
         .load(&args.module)
         .with_context(|| format!("{} is not a usable compute module", args.module.display()))?;
-    let origin = Origin {
-        function: Some(module.name().to_owned()),
-        module: Some(module.digest().to_owned()),
-    };
     let mut inputs = inputs(args.inputs, BufReader::new(tokio::io::stdin()));
     let mut failed = false;
     let mut output = std::io::stdout().lock();
     while let Some(input) = inputs.next().await {
         let input = input.context("cannot read standard input")?;
-        let result = match module.compute(&input).await {
-            Ok(body) => Ok(Reply {
-                body,
-                origin: origin.clone(),
-            }),
-            Err(error) => Err(CallError::Remote {
-                kind: error.kind().as_str().into(),
-                message: error.to_string(),
-                origin: origin.clone(),
-            }),
-        };
-        failed |= result.is_err();
-        let line = result_line(args.json, &input, &result);
+        let result = module.compute(&input).await;
+        let outcome = Outcome::of_compute(&module, &result);
+        failed |= outcome.failed();
+        let line = outcome.line(args.json, &input);
         writeln!(output, "{line}").context("cannot write the results")?;
     }
     Ok(if failed {

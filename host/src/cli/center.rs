@@ -2,14 +2,13 @@
 //! order.
 
 use crate::{
-    amqp,
-    center::{self, CallError, Center, CenterOptions, Origin, Reply, ReplyMode},
+    center::{self, Center, CenterOptions, ReplyMode},
     cli::{
         broker::BrokerArgs,
+        results::Outcome,
         stats::{Progress, Stats},
     },
-    queues::QueueKind,
-    trace::Tracer,
+    shared::{amqp, queues::QueueType, trace::Tracer},
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -33,7 +32,7 @@ pub struct CenterArgs {
     pub inputs: Vec<String>,
 
     /// The queue the compute nodes consume.
-    #[arg(long, value_name = "NAME", default_value = crate::queues::DEFAULT_QUEUE)]
+    #[arg(long, value_name = "NAME", default_value = crate::shared::queues::DEFAULT_QUEUE)]
     pub queue: String,
 
     /// Call function NAME of a node serving `--modules`: the queue
@@ -63,8 +62,8 @@ pub struct CenterArgs {
     /// are published persistent, so a request waiting in the queue
     /// survives a broker restart; with `classic` and `transient` they are
     /// not, which is cheaper for the broker.
-    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
-    pub queue_type: QueueKind,
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
 
     /// How long, in seconds, the queue may have no compute node consuming
     /// it while calls wait, before they fail with `no-consumer`; later
@@ -184,45 +183,26 @@ pub async fn main(args: CenterArgs) -> ExitCode {
     let (stats, json) = (args.stats, args.json);
     let input = tokio::io::stdin();
     if args.inputs.is_empty() && std::io::stdin().is_terminal() {
-        eprintln_or_ignore(format_args!(
-            "center: reading inputs from standard input, one per line; end with Ctrl-D"
-        ));
+        super::say("center: reading inputs from standard input, one per line; end with Ctrl-D");
     }
     let output = std::io::BufWriter::new(std::io::stdout().lock());
-    match run(args, BufReader::new(input), output).await {
-        Ok(summary) => {
+    let ran = run(args, BufReader::new(input), output)
+        .await
+        .map(|summary| {
             if stats {
-                let text = if json {
+                super::say(&if json {
                     summary.to_json()
                 } else {
                     summary.to_text()
-                };
-                eprintln_or_ignore(format_args!("{text}"));
+                });
             }
             if summary.failed() == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
             }
-        }
-        // `center ... | head` closing the pipe early is not an error.
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln_or_ignore(format_args!("center: {}", super::explain(&err)));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `eprintln!` without its panic when stderr is a closed pipe.
-fn eprintln_or_ignore(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
-
-fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain()
-        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
-        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+    super::exit_status("center", ran)
 }
 
 /// Sends every input (from the arguments, or else one per line of
@@ -249,7 +229,7 @@ pub async fn run(
         max_body: args.max_body,
         version: args.pin.clone(),
         connect_timeout: args.connect_timeout,
-        persistent: args.queue_type == QueueKind::Quorum,
+        persistent: args.queue_type.is_quorum(),
         confirms: args.confirm,
         tls: args.broker.tls(),
         no_consumer_grace: Some(args.no_consumer_grace).filter(|grace| !grace.is_zero()),
@@ -306,7 +286,7 @@ pub async fn run(
             let result = failed.as_ref().unwrap_or_else(|| &results[index]);
             stats.record(result, latency);
             progress.update(&stats);
-            let line = result_line(args.json, input, result);
+            let line = Outcome::of_call(result).line(args.json, input);
             writeln!(output, "{line}").context("cannot write the results")?;
         }
         // Each answer is shown as it comes; a batch's lines in one write.
@@ -315,59 +295,6 @@ pub async fn run(
     progress.finish();
     center.close().await;
     Ok(stats)
-}
-
-/// The line printed for `input`, as `compute call` prints it too: JSON
-/// with `--json`, else text.
-pub(super) fn result_line(json: bool, input: &[u8], result: &Result<Reply, CallError>) -> String {
-    let input = String::from_utf8_lossy(input);
-    if json {
-        json_line(&input, result)
-    } else {
-        text_line(&input, result)
-    }
-}
-
-/// What answered `result`, when anything did.
-fn origin(result: &Result<Reply, CallError>) -> Option<&Origin> {
-    match result {
-        Ok(reply) => Some(&reply.origin),
-        Err(CallError::Remote { origin, .. }) => Some(origin),
-        Err(_) => None,
-    }
-}
-
-/// `increase(10) = 11`, or `increase(x) failed: bad-request: ...`. The
-/// function's name comes from the reply; without one (a timeout, or a
-/// node that does not send `x-function`) it reads `compute`.
-fn text_line(input: &str, result: &Result<Reply, CallError>) -> String {
-    let function = origin(result)
-        .and_then(|origin| origin.function.as_deref())
-        .unwrap_or("compute");
-    match result {
-        Ok(reply) => format!(
-            "{function}({input}) = {}",
-            String::from_utf8_lossy(&reply.body)
-        ),
-        Err(err) => format!("{function}({input}) failed: {err}"),
-    }
-}
-
-/// `{"input":"10","output":"11","module":"sha256:..."}` or
-/// `{"input":"x","error":"bad-request: ...","module":"sha256:..."}`;
-/// `module` only when the node named its module version.
-fn json_line(input: &str, result: &Result<Reply, CallError>) -> String {
-    let mut value = match result {
-        Ok(reply) => serde_json::json!({
-            "input": input,
-            "output": String::from_utf8_lossy(&reply.body),
-        }),
-        Err(err) => serde_json::json!({ "input": input, "error": err.to_string() }),
-    };
-    if let Some(module) = origin(result).and_then(|origin| origin.module.as_deref()) {
-        value["module"] = module.into();
-    }
-    value.to_string()
 }
 
 #[cfg(test)]
@@ -421,57 +348,5 @@ mod tests {
     fn negative_numbers_are_inputs_not_flags() {
         let args = CenterArgs::try_parse_from(["center", "-5", "10"]).unwrap();
         assert_eq!(args.inputs, ["-5", "10"]);
-    }
-
-    #[test]
-    fn lines_name_the_function_and_the_error() {
-        let origin = Origin {
-            function: Some("increase".into()),
-            module: Some("sha256:ab".into()),
-        };
-        let ok = Ok(Reply {
-            body: b"11".to_vec(),
-            origin: origin.clone(),
-        });
-        assert_eq!(text_line("10", &ok), "increase(10) = 11");
-        assert_eq!(
-            json_line("10", &ok),
-            r#"{"input":"10","output":"11","module":"sha256:ab"}"#
-        );
-
-        let failed = Err(CallError::Remote {
-            kind: "bad-request".into(),
-            message: "not a number".into(),
-            origin,
-        });
-        assert_eq!(
-            text_line("x", &failed),
-            "increase(x) failed: bad-request: not a number"
-        );
-        assert_eq!(
-            json_line("x", &failed),
-            r#"{"input":"x","error":"bad-request: not a number","module":"sha256:ab"}"#
-        );
-
-        let timeout = Err(CallError::Timeout(Duration::from_secs(2)));
-        assert_eq!(
-            text_line("1", &timeout),
-            "compute(1) failed: timeout: no reply within 2 s"
-        );
-        assert_eq!(
-            json_line("1", &timeout),
-            r#"{"input":"1","error":"timeout: no reply within 2 s"}"#
-        );
-    }
-
-    /// A Python node names neither function nor module.
-    #[test]
-    fn lines_from_a_silent_node_use_generic_names() {
-        let reply = Ok(Reply {
-            body: b"11".to_vec(),
-            origin: Origin::default(),
-        });
-        assert_eq!(text_line("10", &reply), "compute(10) = 11");
-        assert_eq!(json_line("10", &reply), r#"{"input":"10","output":"11"}"#);
     }
 }

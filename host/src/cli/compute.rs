@@ -1,16 +1,19 @@
 //! `compute`: serve compute functions, from a module file, a directory or
 //! the registry; and the registry's commands (`compute deploy`, ...).
 
-use super::{broker::BrokerArgs, registry::RegistryCommand};
+use super::{
+    broker::BrokerArgs,
+    registry::RegistryCommand,
+    sandbox::{CacheArgs, LimitArgs},
+};
 use crate::{
-    ack_mode::AckMode,
-    amqp,
-    node::{self, NodeConfig, Source},
-    queues::{self, QueueKind, QueueType},
-    registry,
-    registry::signing::Trust,
-    sandbox::{CacheError, CacheSettings, CompileCache, Limits},
-    trace::Tracer,
+    node::{self, NodeConfig, Source, ack_mode::AckMode},
+    registry::{self, signing::Trust},
+    shared::{
+        amqp,
+        queues::{self, QueueType},
+        trace::Tracer,
+    },
 };
 use anyhow::Context as _;
 use clap::Parser;
@@ -93,8 +96,8 @@ pub struct ComputeArgs {
     /// with a delivery limit and a dead-letter queue; or `transient`, not
     /// durable, exactly as the Python examples declare it (refused by
     /// RabbitMQ 4.3 and later unless their operator permits it).
-    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueKind::Classic)]
-    pub queue_type: QueueKind,
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
 
     /// With `--queue-type quorum`: a request delivered this many times
     /// more (its node died each time) goes to the dead-letter queue
@@ -150,99 +153,6 @@ pub struct ComputeArgs {
     pub log_format: super::LogFormat,
 }
 
-/// What one request may use in the guest: the node's limits, which
-/// `compute call` applies too.
-#[derive(Debug, clap::Args)]
-pub struct LimitArgs {
-    /// CPU time one request may use in the guest, in seconds; past it the
-    /// request gets a `timeout` error reply.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::parse_seconds)]
-    pub guest_timeout: Duration,
-
-    /// Wall-clock time one request may take in the guest, in seconds,
-    /// including time blocked in host calls (a WASI sleep) that
-    /// --guest-timeout does not count; past it the request gets a
-    /// `timeout` error reply and its instance is dropped.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = super::parse_seconds)]
-    pub guest_wall_timeout: Duration,
-
-    /// Memory one request may use in the guest, in MiB; past it the request
-    /// gets a `compute-failed` error reply.
-    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub guest_memory: u32,
-
-    /// The largest request body the node computes, and the largest reply it
-    /// sends, in bytes; larger ones get a `too-large` error reply.
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
-    pub max_body: usize,
-}
-
-/// Where compiled code is kept between runs: the node's setting, which
-/// `compute call` shares.
-#[derive(Debug, clap::Args)]
-pub struct CacheArgs {
-    /// Keep compiled modules in DIR, so that a restart, a rollback or
-    /// another node on this host loads them instead of compiling again
-    /// [default: $XDG_CACHE_HOME/compute-node/compiled, or
-    /// ~/.cache/compute-node/compiled].
-    #[arg(long, value_name = "DIR")]
-    pub compile_cache: Option<PathBuf>,
-
-    /// Compile every module, keeping nothing on disk.
-    #[arg(long, conflicts_with = "compile_cache")]
-    pub no_compile_cache: bool,
-
-    /// The most the compile cache holds, in MiB; the oldest entries are
-    /// removed first.
-    #[arg(long, value_name = "MIB", default_value_t = CacheSettings::DEFAULT_MAX_BYTES >> 20)]
-    pub compile_cache_max: u64,
-}
-
-impl CacheArgs {
-    /// The cache these arguments ask for, if any: none with
-    /// `--no-compile-cache`, or when there is no home directory to keep
-    /// one in and none is given.
-    pub fn settings(&self) -> Option<CacheSettings> {
-        if self.no_compile_cache {
-            return None;
-        }
-        let dir = self
-            .compile_cache
-            .clone()
-            .or_else(CacheSettings::default_dir)?;
-        Some(CacheSettings {
-            dir,
-            max_bytes: self.compile_cache_max.saturating_mul(1 << 20),
-            required: self.compile_cache.is_some(),
-        })
-    }
-
-    /// The cache these arguments ask for, opened; `None` when none is
-    /// asked for, or when the default one cannot be used (which is said).
-    ///
-    /// # Errors
-    ///
-    /// When a cache given with `--compile-cache` cannot be used.
-    pub fn open(&self) -> Result<Option<CompileCache>, CacheError> {
-        match self.settings() {
-            Some(settings) => settings.open_if_usable(),
-            None => Ok(None),
-        }
-    }
-}
-
-impl LimitArgs {
-    /// The sandbox's limits these arguments describe.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            timeout: self.guest_timeout,
-            wall_timeout: self.guest_wall_timeout,
-            memory: (self.guest_memory as usize) << 20,
-            max_body: self.max_body,
-        }
-    }
-}
-
 impl ComputeArgs {
     /// The node configuration these arguments describe.
     ///
@@ -285,22 +195,19 @@ impl ComputeArgs {
     }
 
     fn queue_type(&self) -> anyhow::Result<QueueType> {
-        if self.queue_type != QueueKind::Quorum {
+        if !self.queue_type.is_quorum() {
             anyhow::ensure!(
                 self.delivery_limit.is_none() && self.dead_letter_queue.is_none(),
                 "--delivery-limit and --dead-letter-queue are for quorum queues: add --queue-type quorum"
             );
+            return Ok(self.queue_type.clone());
         }
-        match self.queue_type {
-            QueueKind::Classic => Ok(QueueType::Classic),
-            QueueKind::Transient => Ok(QueueType::Transient),
-            QueueKind::Quorum => Ok(QueueType::Quorum {
-                delivery_limit: self
-                    .delivery_limit
-                    .unwrap_or(queues::DEFAULT_DELIVERY_LIMIT),
-                dead_letter_queue: self.dead_letter_queue.clone(),
-            }),
-        }
+        Ok(QueueType::Quorum {
+            delivery_limit: self
+                .delivery_limit
+                .unwrap_or(queues::DEFAULT_DELIVERY_LIMIT),
+            dead_letter_queue: self.dead_letter_queue.clone(),
+        })
     }
 
     fn trust(&self) -> anyhow::Result<Trust> {

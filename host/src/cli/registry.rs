@@ -1,16 +1,14 @@
 //! `compute deploy | promote | rollback | remove | status | keygen`: the
 //! registry's commands.
 
-use super::{broker::BrokerArgs, compute::CacheArgs};
-use crate::{
-    registry::{
-        self, Retention,
-        deploy::{self, Registry, Rollout},
-        message::Role,
-        report::NodeStatus,
-        signing::{self, DeployKey, Trust},
-    },
-    sandbox::{FunctionLimits, Limits, LimitsError, LimitsFile, Sandbox},
+use super::{broker::BrokerArgs, sandbox::CacheArgs};
+use crate::registry::{
+    self, Retention,
+    candidate::Candidate,
+    deploy::{self, Registry, Rollout},
+    message::Role,
+    report::NodeStatus,
+    signing::{self, DeployKey, Trust},
 };
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -160,34 +158,15 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             rollout,
             cache,
         } => {
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let function = match function {
-                Some(function) => function,
-                None => path
-                    .file_stem()
-                    .map(|stem| stem.to_string_lossy().into_owned())
-                    .context("the module's path has no file name: give --function")?,
-            };
-            // Refused here, before any node sees it: a limits file no node
-            // can parse would be rejected by every one of them.
-            let limits = LimitsFile::read_beside(&path)
-                .map_err(|source| LimitsError::unreadable_beside(&path, source))?;
-            FunctionLimits::of(limits.as_ref())
-                .context("not a usable limits file; nothing was deployed")?;
-            Sandbox::with_capacity(Limits::default(), 1)?
-                .with_compile_cache(cache.open()?)
-                .load_bytes(&function, &bytes)
-                .with_context(|| {
-                    format!(
-                        "{} is not a usable compute module; nothing was deployed",
-                        path.display()
-                    )
-                })?;
-            let digest = crate::sandbox::digest(&bytes);
-            let limits = limits.map(|file| file.text);
-            let message = deploy::publish(&function, &digest, stage, limits);
+            let candidate = Candidate::check(&path, function, cache.open()?)?;
+            let message = candidate.publish(stage);
             let role = message.role.unwrap_or(Role::Current);
+            let Candidate {
+                function,
+                bytes,
+                digest,
+                ..
+            } = candidate;
             roll_out(&rollout, &function, |_| {
                 Ok((digest, role, vec![(message, bytes)]))
             })
@@ -214,21 +193,11 @@ pub async fn run(command: RegistryCommand) -> anyhow::Result<ExitCode> {
             .await
         }
         RegistryCommand::Remove { function, rollout } => {
+            let (key, trust) = (sign_key(&rollout)?, trust(&rollout)?);
             let registry = rollout.registry.connect().await?;
-            let state = registry.read(&trust(&rollout)?).await?;
-            anyhow::ensure!(
-                state.functions.contains_key(&function),
-                "the registry holds no function {function}"
-            );
-            let key = sign_key(&rollout)?;
-            registry
-                .append(
-                    &state,
-                    vec![(deploy::remove(&function), Vec::new())],
-                    key.as_ref(),
-                )
-                .await?;
+            let removed = registry.remove(&function, &trust, key.as_ref()).await;
             registry.close().await;
+            removed?;
             println!("removed {function}");
             Ok(ExitCode::SUCCESS)
         }

@@ -186,7 +186,7 @@ mod tests {
         let mut stats = Stats::default();
         for n in 0..1000 {
             let invented = Err(CallError::Remote {
-                kind: crate::wire::PeerErrorKind::Other(format!("kind-{n}")),
+                kind: crate::shared::wire::PeerErrorKind::Other(format!("kind-{n}")),
                 message: String::new(),
                 origin: Origin::default(),
             });

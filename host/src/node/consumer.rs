@@ -13,17 +13,21 @@
 //! When a removed function's consumer has stopped, its queue is deleted
 //! unless another node still consumes it.
 
-use super::link::Link;
+use crate::node::link::Link;
 use crate::{
-    ack_mode::AckMode,
-    amqp::{self, Refusal},
-    backoff::{self, Backoff},
-    functions::Function,
-    metrics::RequestMetrics,
-    queues::QueueType,
-    request::{self, Handler},
-    throttle::Throttle,
-    trace::Tracer,
+    node::{
+        ack_mode::AckMode,
+        functions::Function,
+        metrics::RequestMetrics,
+        request::{self, Handler},
+        throttle::Throttle,
+    },
+    shared::{
+        amqp::{self, Refusal},
+        backoff::{self, Backoff},
+        queues::QueueType,
+        trace::Tracer,
+    },
 };
 use futures_util::StreamExt as _;
 use lapin::{

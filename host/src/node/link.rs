@@ -6,10 +6,14 @@
 //! connection to every consumer.
 
 use crate::{
-    amqp::{self, Refusal},
-    backoff::{self, Backoff},
-    metrics::{self, NodeMetrics},
-    node::NodeConfig,
+    node::{
+        NodeConfig,
+        metrics::{self, NodeMetrics},
+    },
+    shared::{
+        amqp::{self, Refusal},
+        backoff::{self, Backoff},
+    },
 };
 use futures_util::StreamExt as _;
 use lapin::{Connection, Event};

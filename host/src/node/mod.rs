@@ -16,34 +16,68 @@
 //! # Layout
 //!
 //! - this file: [`NodeConfig`], starting and running a [`ComputeNode`].
-//! - `link`: the one connection, opened again when lost.
-//! - `consumer`: one function's channel, consumer and requests in flight.
+//! - [`functions`]: the table of functions a node serves. Compiles the
+//!   bytes its sources offer, off the request path, and swaps each usable
+//!   version in without failing a request.
+//! - [`live`]: one function's versions: the current one that requests
+//!   read without a lock, and the recent ones kept compiled.
+//! - `source` (private): where functions come from: a module file, a
+//!   directory of them, or the registry's stream.
+//! - `link` (private): the one connection, opened again when lost.
+//! - `consumer` (private): one function's channel, consumer and requests
+//!   in flight.
+//! - `request` (private): what happens to one delivery: compute (each
+//!   input of a batch on its own), reply, then ack, or reject when there
+//!   is nobody to reply to.
+//! - [`ack_mode`]: when a request is acked, relative to its reply, and
+//!   what each choice guarantees.
+//! - `metrics` (private): the node's Prometheus metrics and the small
+//!   HTTP endpoint that serves them and `/health` (`--metrics-addr`).
+//! - `throttle` (private): warnings that a client could repeat per
+//!   request, logged at most once per interval.
 
+pub mod ack_mode;
 mod consumer;
-pub(crate) mod link;
+pub mod functions;
+mod link;
+pub mod live;
+mod metrics;
+mod request;
+mod source;
+mod throttle;
 
 use crate::{
-    ack_mode::AckMode,
-    amqp::{self, Redacted},
-    functions::{Change, Function, Served, Table},
-    live::LiveModule,
-    lock::lock,
-    metrics::{self, NodeMetrics},
-    queues::{self, QueueType, Queues},
-    registry::{follow::Follower, report::Identity, signing::Trust},
-    sandbox::{
-        CacheError, CacheSettings, Limits, LimitsError, LimitsFile, LoadError, Sandbox,
-        SandboxError,
+    node::{
+        ack_mode::AckMode,
+        functions::{Change, Function, Served, Table},
+        link::{Link, LinkFor},
+        live::LiveModule,
+        metrics::NodeMetrics,
+        source::{Update, dir::DirSource, registry::Follower},
+        throttle::Throttle,
     },
-    source::{self, Update, dir::DirSource},
-    throttle::Throttle,
-    trace::Tracer,
+    registry::{report::Identity, signing::Trust},
+    shared::{
+        amqp::{self, Redacted},
+        lock::lock,
+        queues::{self, QueueType, Queues},
+        sandbox::{
+            CacheError, CacheSettings, Limits, LimitsError, LimitsFile, LoadError, Sandbox,
+            SandboxError,
+        },
+        trace::Tracer,
+    },
 };
 use consumer::{Running, Shared};
-use link::{Link, LinkFor};
 use std::{
-    collections::BTreeMap, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc,
-    sync::atomic::Ordering, time::Duration,
+    collections::BTreeMap,
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    sync::atomic::Ordering,
+    time::Duration,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -225,9 +259,10 @@ pub enum StartError {
     /// A queue's name is not a valid AMQP queue name.
     #[error(transparent)]
     QueueName(#[from] amqp::QueueNameError),
-    /// The broker could not be reached.
+    /// The broker could not be reached. Boxed: the error of every start
+    /// is this big otherwise.
     #[error(transparent)]
-    Broker(#[from] amqp::ConnectError),
+    Broker(Box<amqp::ConnectError>),
     /// The broker would not let the node consume a function's queue.
     #[error("cannot consume queue {queue:?}: {cause}")]
     Queue {
@@ -245,6 +280,12 @@ pub enum StartError {
     /// The metrics address could not be bound.
     #[error(transparent)]
     Metrics(#[from] metrics::BindError),
+}
+
+impl From<amqp::ConnectError> for StartError {
+    fn from(err: amqp::ConnectError) -> Self {
+        StartError::Broker(Box::new(err))
+    }
 }
 
 /// A node that is connected and consuming, ready to [`run`](Self::run).
@@ -304,93 +345,25 @@ impl ComputeNode {
             None => None,
         };
         let sandbox = sandbox.with_compile_cache(cache);
-        let (changed, changes) = mpsc::unbounded_channel();
-        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
-
-        let mut link = None;
-        let mut registry_link = None;
-        let mut first_scan = Vec::new();
-        let (table, source) = match &config.source {
-            Source::Module { path, queue } => {
-                // Checked before compiling: a name that can never work is
-                // the cheapest fault to report.
-                let queues = Queues::One(queue.clone());
-                queues.of("")?;
-                let module_error = |source| StartError::Module {
-                    path: path.display().to_string(),
-                    source,
-                };
-                // Read once: the limits the module is loaded under are
-                // those the source then watches for a change.
-                let limits = LimitsFile::read_beside(path).map_err(|source| {
-                    module_error(LimitsError::unreadable_beside(path, source).into())
-                })?;
-                let module = sandbox
-                    .load_limited(path, limits.as_ref())
-                    .map_err(module_error)?;
-                let mut table = Table::new(sandbox, queues, changed);
-                let source =
-                    source::file::watch(path, module.name(), module.digest(), limits, updates);
-                table.add(module)?;
-                (spawn_table(table, updated), source)
-            }
-            Source::Dir { path, queue_prefix } => {
-                let mut dir = DirSource::open(path).map_err(|source| StartError::Dir {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
-                // Compiled once the node is connected, each consumed as
-                // soon as it is compiled: a function whose module compiles
-                // in a second does not wait for one that takes ten.
-                let mut first = dir.scan().await;
-                for update in &mut first {
-                    let (verdict, learned) = oneshot::channel();
-                    update.verdict = Some(verdict);
-                    first_scan.push(learned);
-                }
-                (spawn_table(table, updated), dir.follow(first, updates))
-            }
+        let sourced = match &config.source {
+            Source::Module { path, queue } => Sourced::module(sandbox, path, queue)?,
+            Source::Dir { path, queue_prefix } => Sourced::dir(sandbox, path, queue_prefix).await?,
             Source::Registry {
                 stream,
                 queue_prefix,
                 trust,
                 url,
             } => {
-                let connected =
-                    Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?;
-                if let Some(url) = url {
-                    registry_link = Some(Link::connect(url, config, LinkFor::Registry).await?);
-                }
-                let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.clone()), changed);
-                let follower = Follower {
-                    stream: stream.clone(),
-                    trust: trust.clone(),
-                    link: registry_link
-                        .as_ref()
-                        .map_or(&connected.0, |link| &link.0)
-                        .clone(),
-                    updates,
-                    served: table.served(),
-                    identity: Identity::new(),
-                    metrics: metrics.clone(),
-                    warnings: Throttle::default(),
+                let registry = Registry {
+                    stream,
+                    queue_prefix,
+                    trust,
+                    url: url.as_deref(),
                 };
-                link = Some(connected);
-                let table = spawn_table(table, updated);
-                let (caught_up, catching_up) = oneshot::channel();
-                let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
-                if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
-                    .await
-                    .is_err()
-                {
-                    warn!(%stream, "the registry is not read to its end yet; its functions are served as they are read");
-                }
-                (table, source)
+                Sourced::registry(sandbox, registry, config, &metrics).await?
             }
         };
-        let served = table.0.clone();
-        let (link, link_keeper) = match link {
+        let (link, link_keeper) = match sourced.link {
             Some(link) => link,
             None => Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?,
         };
@@ -405,9 +378,10 @@ impl ComputeNode {
             drain_limit: config.limits.wall_timeout + DRAIN_GRACE,
             tracer: config.tracer.clone(),
         });
+        let (served, table) = sourced.table;
         let mut node = ComputeNode {
             served,
-            changes,
+            changes: sourced.changes,
             consumers: BTreeMap::new(),
             retiring: TaskTracker::new(),
             shared,
@@ -415,18 +389,18 @@ impl ComputeNode {
             metrics_addr,
             _metrics_server: metrics_server,
             _link_keeper: link_keeper,
-            registry_link,
+            registry_link: sourced.registry_link,
             on_removal: match config.source {
                 Source::Registry { .. } => consumer::OnRemoval::DropWaiting,
                 Source::Module { .. } | Source::Dir { .. } => consumer::OnRemoval::KeepWaiting,
             },
-            _table: table.1,
-            _source: source,
+            _table: table,
+            _source: sourced.source,
             metrics,
         };
         node.consume_added(matches!(config.source, Source::Module { .. }))
             .await?;
-        for applied in first_scan {
+        for applied in sourced.first_scan {
             // Served or turned down (and logged), it is the next one's turn.
             let _ = applied.await;
             node.consume_added(false).await?;
@@ -437,7 +411,14 @@ impl ComputeNode {
             warn!(dir = %path.display(), "no usable module (NAME.wasm) in the directory yet; each is served as it appears");
         }
         node.metrics.serving.store(true, Ordering::Release);
-        let functions: Vec<Arc<Function>> = lock(&node.served).values().cloned().collect();
+        node.say_ready(config);
+        Ok(node)
+    }
+
+    /// The line that says the node serves, and what: for a node of one
+    /// module, the module, its limits and its queue.
+    fn say_ready(&self, config: &NodeConfig) {
+        let functions: Vec<Arc<Function>> = lock(&self.served).values().cloned().collect();
         let only = match (&config.source, functions.as_slice()) {
             (Source::Module { .. }, [only]) => Some(only.live().current()),
             _ => None,
@@ -454,7 +435,6 @@ impl ComputeNode {
             ack_mode = config.ack_mode().as_str(),
             "waiting for requests"
         );
-        Ok(node)
     }
 
     /// Starts consuming the queue of every function added so far, and
@@ -584,7 +564,154 @@ impl ComputeNode {
             link.close().await;
         }
         self.shared.tracer.flush().await;
-        info!("stopped");
+        info!(requests = self.metrics.requests.settled_total(), "stopped");
+    }
+}
+
+/// A node's functions as its source first gives them: the table they
+/// are in, the task that applies the source's updates to it, and what
+/// the source connected on the way.
+struct Sourced {
+    table: (Served, AbortOnDropHandle<()>),
+    /// The table's changes, which the node applies to its consumers.
+    changes: mpsc::UnboundedReceiver<Change>,
+    /// The source's own task: watching a file or a directory, or
+    /// following the registry.
+    source: AbortOnDropHandle<()>,
+    /// The node's connection, when the source needed it first.
+    link: Option<(Arc<Link>, AbortOnDropHandle<()>)>,
+    /// The registry's own connection (`--registry-url`).
+    registry_link: Option<(Arc<Link>, AbortOnDropHandle<()>)>,
+    /// A directory's first modules, each served in turn as it is judged.
+    first_scan: Vec<oneshot::Receiver<source::Verdict>>,
+}
+
+/// Where a node following the registry reads it.
+struct Registry<'a> {
+    stream: &'a str,
+    queue_prefix: &'a str,
+    trust: &'a Trust,
+    /// The registry's broker, when not the node's.
+    url: Option<&'a str>,
+}
+
+impl Sourced {
+    /// One module file (`--module`), loaded now: a node whose only module
+    /// is not usable does not start.
+    fn module(sandbox: Sandbox, path: &Path, queue: &str) -> Result<Self, StartError> {
+        // Checked before compiling: a name that can never work is the
+        // cheapest fault to report.
+        let queues = Queues::One(queue.to_owned());
+        queues.of("")?;
+        let module_error = |source| StartError::Module {
+            path: path.display().to_string(),
+            source,
+        };
+        // Read once: the limits the module is loaded under are those the
+        // source then watches for a change.
+        let limits = LimitsFile::read_beside(path)
+            .map_err(|source| module_error(LimitsError::unreadable_beside(path, source).into()))?;
+        let module = sandbox
+            .load_limited(path, limits.as_ref())
+            .map_err(module_error)?;
+        let (changed, changes) = mpsc::unbounded_channel();
+        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
+        let mut table = Table::new(sandbox, queues, changed);
+        let source = source::file::watch(path, module.name(), module.digest(), limits, updates);
+        table.add(module)?;
+        Ok(Sourced {
+            table: spawn_table(table, updated),
+            changes,
+            source,
+            link: None,
+            registry_link: None,
+            first_scan: Vec::new(),
+        })
+    }
+
+    /// Every module of a directory (`--modules`), compiled once the node
+    /// is connected, each consumed as soon as it is compiled: a function
+    /// whose module compiles in a second does not wait for one that takes
+    /// ten.
+    async fn dir(sandbox: Sandbox, path: &Path, queue_prefix: &str) -> Result<Self, StartError> {
+        let mut dir = DirSource::open(path).map_err(|source| StartError::Dir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (changed, changes) = mpsc::unbounded_channel();
+        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
+        let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.to_owned()), changed);
+        let mut first = dir.scan().await;
+        let mut first_scan = Vec::new();
+        for update in &mut first {
+            let (verdict, learned) = oneshot::channel();
+            update.verdict = Some(verdict);
+            first_scan.push(learned);
+        }
+        Ok(Sourced {
+            table: spawn_table(table, updated),
+            changes,
+            source: dir.follow(first, updates),
+            link: None,
+            registry_link: None,
+            first_scan,
+        })
+    }
+
+    /// The registry's stream (`--registry`), read to its end (or for
+    /// [`REGISTRY_CATCH_UP`]) before the node serves, so that it starts
+    /// with what the registry serves now.
+    async fn registry(
+        sandbox: Sandbox,
+        registry: Registry<'_>,
+        config: &NodeConfig,
+        metrics: &Arc<NodeMetrics>,
+    ) -> Result<Self, StartError> {
+        let link = Link::connect(&config.amqp_url, config, LinkFor::requests(metrics)).await?;
+        let registry_link = match registry.url {
+            Some(url) => Some(Link::connect(url, config, LinkFor::Registry).await?),
+            None => None,
+        };
+        let (changed, changes) = mpsc::unbounded_channel();
+        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
+        let table = Table::new(
+            sandbox,
+            Queues::Prefixed(registry.queue_prefix.to_owned()),
+            changed,
+        );
+        let follower = Follower {
+            stream: registry.stream.to_owned(),
+            trust: registry.trust.clone(),
+            link: registry_link
+                .as_ref()
+                .map_or(&link.0, |link| &link.0)
+                .clone(),
+            updates,
+            served: table.served(),
+            identity: Identity::new(),
+            metrics: metrics.clone(),
+            warnings: Throttle::default(),
+        };
+        let table = spawn_table(table, updated);
+        let (caught_up, catching_up) = oneshot::channel();
+        let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
+        if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
+            .await
+            .is_err()
+        {
+            warn!(
+                stream = registry.stream,
+                "the registry is not read to its end yet; its functions are served as they are read"
+            );
+        }
+        Ok(Sourced {
+            table,
+            changes,
+            source,
+            link: Some(link),
+            registry_link,
+            first_scan: Vec::new(),
+        })
     }
 }
 

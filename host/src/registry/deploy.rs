@@ -4,14 +4,13 @@
 //! reports.
 
 use super::{
-    Retention,
-    follow::{channel_for_exchanges, declare_exchanges},
+    Retention, channel_for_exchanges, declare_exchanges,
     message::{Action, Message, Role},
     report::{NodeStatus, Report, STATUS_TYPE},
     signing::{DeployKey, Trust},
     state::{MESSAGE_OVERHEAD, State},
 };
-use crate::amqp::{self, ConnectError};
+use crate::shared::amqp::{self, ConnectError};
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties, Channel, Connection, Consumer,
@@ -266,6 +265,23 @@ impl Registry {
         let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, channel.close(200, "OK".into())).await;
         nodes.sort_by(|a, b| (&a.host, &a.node).cmp(&(&b.host, &b.node)));
         Ok(nodes)
+    }
+
+    /// Removes `function` (as `trust` reads the registry), in a message
+    /// signed with `key` if given: nodes stop serving it, and the last to
+    /// stop deletes its queue.
+    pub async fn remove(
+        &self,
+        function: &str,
+        trust: &Trust,
+        key: Option<&DeployKey>,
+    ) -> Result<(), DeployError> {
+        let state = self.read(trust).await?;
+        if !state.functions.contains_key(function) {
+            return Err(DeployError::UnknownFunction(function.to_owned()));
+        }
+        self.append(&state, vec![(remove(function), Vec::new())], key)
+            .await
     }
 
     /// Appends `messages` (with their bodies), signed with `key` if given,

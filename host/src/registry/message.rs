@@ -1,7 +1,7 @@
 //! One message of the registry stream: what it does to one function, and
 //! the headers that carry it.
 
-use crate::wire;
+use crate::shared::wire;
 use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
@@ -221,7 +221,7 @@ impl Message {
             _ => None,
         };
         if matches!(action, Action::Publish | Action::Keep) {
-            let actual = crate::sandbox::digest(body);
+            let actual = crate::shared::sandbox::digest(body);
             if actual != digest {
                 return Err(BadMessage::DigestMismatch {
                     claimed: digest,
@@ -318,7 +318,7 @@ mod tests {
             registry: "compute.modules".into(),
             sequence: 7,
             function: "increase".into(),
-            digest: crate::sandbox::digest(body),
+            digest: crate::shared::sandbox::digest(body),
             role: Some(Role::Staged),
             limits: Some("instances = 2\n".into()),
             signature: Some(("ab".into(), "cd".into())),

@@ -16,26 +16,25 @@
 //! - [`signing`]: ed25519 keys; who may deploy.
 //! - [`report`]: what nodes tell deployers (`serving`, `rejected`) and
 //!   their status.
-//! - `follow` (private): a node following the stream.
-//! - `status` (private): a node answering status requests, on a task of
-//!   its own.
+//! - [`candidate`]: a module file checked before it is deployed, as every
+//!   node would check it.
 //! - [`deploy`]: the deployer's side: `compute deploy`, `promote`,
 //!   `rollback`, `remove`, `status`.
 //! - [`versions`]: a function's versions as `compute versions` lists
 //!   them.
 
+pub mod candidate;
 pub mod deploy;
-pub(crate) mod follow;
 pub mod message;
 pub mod report;
 pub mod signing;
 pub mod state;
-mod status;
 pub mod versions;
 
+use crate::shared::amqp;
 use lapin::{
-    Channel, Consumer,
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    Channel, Connection, Consumer, ExchangeKind,
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 
@@ -101,6 +100,35 @@ pub fn status_exchange(stream: &str) -> String {
     format!("{stream}.status")
 }
 
+/// A channel on which the events and status exchanges are declared.
+pub async fn channel_for_exchanges(
+    connection: &Connection,
+    stream: &str,
+) -> Result<Channel, lapin::Error> {
+    declare_exchanges(connection, stream, ExchangeDeclareOptions::default()).await
+}
+
+/// A channel on which the events and status exchanges are declared with
+/// `options` (passive: they must exist already).
+pub async fn declare_exchanges(
+    connection: &Connection,
+    stream: &str,
+    options: ExchangeDeclareOptions,
+) -> Result<Channel, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    for exchange in [events_exchange(stream), status_exchange(stream)] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Fanout,
+                options,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(channel)
+}
+
 /// Consumes `stream` on `channel` from its first message (the channel's
 /// prefetch must be set: streams require it).
 pub async fn consume_from_first(channel: &Channel, stream: &str) -> Result<Consumer, lapin::Error> {
@@ -139,5 +167,5 @@ pub(crate) async fn listen(channel: &Channel, exchange: &str) -> Result<Consumer
             FieldTable::default(),
         )
         .await?;
-    crate::amqp::consume_no_ack(channel, queue.name().clone()).await
+    amqp::consume_no_ack(channel, queue.name().clone()).await
 }
