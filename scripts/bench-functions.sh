@@ -10,6 +10,8 @@
 # instead of building them (to compare with another version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/node.sh
+. scripts/lib/node.sh
 
 many="${1:-50}"
 if [ -z "${COMPUTE_BIN_DIR:-}" ]; then
@@ -25,20 +27,19 @@ now_ms() { date +%s%3N; }
 
 # measure COUNT: prints one line of figures for a node serving COUNT copies.
 measure() {
-    local count="$1" dir log prefix pid started ready
+    local count="$1" dir log prefix pid started ready metrics
     dir="$(mktemp -d)"
     log="$dir.log"
     prefix="bench.functions.$$.$count"
     for i in $(seq 1 "$count"); do cp modules/increase.wasm "$dir/f$i.wasm"; done
+    metrics="$(free_metrics_addr)"
     started="$(now_ms)"
-    "$COMPUTE_BIN_DIR/compute" --modules "$dir" --queue-prefix "$prefix" --amqp-url "$amqp_url" 2>"$log" &
+    "$COMPUTE_BIN_DIR/compute" --modules "$dir" --queue-prefix "$prefix" --amqp-url "$amqp_url" \
+        --metrics-addr "$metrics" 2>"$log" &
     pid=$!
     node_pid="$pid"
     trap 'kill "${node_pid:-}" 2>/dev/null || true' EXIT
-    until grep -q "waiting for requests" "$log"; do
-        kill -0 "$pid" || { cat "$log"; exit 1; }
-        sleep 0.002
-    done
+    wait_until_serving "$pid" "$metrics" "$log"
     ready="$(now_ms)"
     # Every function answers, so every function's consumer is live.
     for i in $(seq 1 "$count"); do

@@ -9,6 +9,8 @@
 #   scripts/bench-rollout.sh [N]     (default 20)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/node.sh
+. scripts/lib/node.sh
 
 deploys="${1:-20}"
 if [ -z "${COMPUTE_BIN_DIR:-}" ]; then
@@ -38,13 +40,15 @@ trap cleanup EXIT
 
 registry=(--registry "$stream" --amqp-url "$amqp_url")
 "$COMPUTE_BIN_DIR/compute" deploy modules/increase.wasm --function bench "${registry[@]}" >/dev/null
+metrics=()
 for i in 1 2 3; do
+    metrics+=("$(free_metrics_addr)")
     "$COMPUTE_BIN_DIR/compute" --registry "$stream" --queue-prefix "$prefix" --allow-unsigned \
-        --amqp-url "$amqp_url" 2>"$work/node$i.log" &
+        --amqp-url "$amqp_url" --metrics-addr "${metrics[i - 1]}" 2>"$work/node$i.log" &
     nodes+=($!)
 done
 for i in 1 2 3; do
-    until grep -q "waiting for requests" "$work/node$i.log"; do sleep 0.05; done
+    wait_until_serving "${nodes[i - 1]}" "${metrics[i - 1]}" "$work/node$i.log"
 done
 
 # Module variants: increase.wasm plus a custom section naming the version.

@@ -33,9 +33,12 @@ round() {
     else
         broker=$plain_url
     fi
-    "$target/compute" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} 2>"$log" &
+    local metrics
+    metrics=$(free_metrics_addr)
+    "$target/compute" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} \
+        --metrics-addr "$metrics" 2>"$log" &
     local node=$!
-    wait_for_node "$node" "$log"
+    wait_until_serving "$node" "$metrics" "$log"
     seq 1 "$calls" | "$target/center" --queue "$queue" --amqp-url "$broker" ${ca[@]+"${ca[@]}"} \
         --concurrency 128 --stats 2>&1 >/dev/null | grep -o '^[0-9]* calls/s' | cut -d' ' -f1
     kill "$node"

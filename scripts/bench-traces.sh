@@ -78,9 +78,11 @@ round() {
         previous) bin=$previous ;;
         on) env=(env "OTEL_EXPORTER_OTLP_ENDPOINT=$endpoint") ;;
     esac
-    "${env[@]}" "$bin/compute" --queue "$queue" 2>"$log" &
+    local metrics
+    metrics=$(free_metrics_addr)
+    "${env[@]}" "$bin/compute" --queue "$queue" --metrics-addr "$metrics" 2>"$log" &
     local node=$!
-    wait_for_node "$node" "$log"
+    wait_until_serving "$node" "$metrics" "$log"
     local before rate after sink_before sink_after
     before=$(cpu_ticks "$node")
     sink_before=$(cpu_ticks "$sink")

@@ -23,15 +23,12 @@ mkdir -p "$out"
 queue="profile.$$"
 amqp_url="${AMQP_URL:-amqp://127.0.0.1:5672/%2f}"
 
+metrics=$(free_metrics_addr)
 "$compute" --amqp-url "$amqp_url" --queue "$queue" --module modules/increase.wasm \
-    2>"$out/node.log" &
+    --metrics-addr "$metrics" 2>"$out/node.log" &
 node=$!
 trap 'kill "$node" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-    grep -q "waiting for requests" "$out/node.log" && break
-    sleep 0.1
-done
-grep -q "waiting for requests" "$out/node.log" || { cat "$out/node.log"; exit 2; }
+wait_until_serving "$node" "$metrics" "$out/node.log" || exit 2
 
 # Warm the node's code paths and the broker's queue first.
 seq 1 5000 | "$center" --amqp-url "$amqp_url" --queue "$queue" --concurrency 128 "$@" >/dev/null
