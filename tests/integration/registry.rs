@@ -822,22 +822,6 @@ async fn the_alerts_and_the_dashboard_read_metrics_a_node_serves() {
     .await;
     let caller = center(&registry.queue(), Duration::from_secs(10)).await;
     assert_eq!(caller.call("7").await.unwrap().body, b"8");
-    // The node counts a request and its time once it has acked it, which
-    // may come after the caller has its reply; the time comes last.
-    let served = eventually("the call is counted", Duration::from_secs(10), || async {
-        let served = testkit::scrape(address).await;
-        served
-            .lines()
-            .any(|line| line.starts_with("compute_request_seconds_count{"))
-            .then_some(served)
-    })
-    .await;
-    let families: Vec<&str> = served
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| line.split(' ').next())
-        .collect();
-
     let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
     let mut read = Vec::new();
     for file in ["prometheus/rules.yml", "grafana/compute.json"] {
@@ -851,16 +835,43 @@ async fn the_alerts_and_the_dashboard_read_metrics_a_node_serves() {
         );
     }
     assert!(read.len() >= 10, "{read:?}");
-    for (file, metric) in &read {
-        let family = ["_total", "_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|suffix| metric.strip_suffix(suffix))
-            .unwrap_or(metric);
-        assert!(
-            families.contains(&family),
-            "{file} reads {metric}, which no node serves; it serves {families:?}"
-        );
-    }
+    // The node counts a request and its time once it has acked it, which
+    // may come after the caller has its reply: its metrics are read until
+    // every family the files read has a sample, or 10 s have passed.
+    let unserved = |served: &str| -> Vec<String> {
+        let families: Vec<&str> = served
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        read.iter()
+            .filter(|(_, metric)| {
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| metric.strip_suffix(suffix))
+                    .unwrap_or(metric);
+                !families.contains(&family)
+            })
+            .map(|(file, metric)| format!("{file} reads {metric}"))
+            .collect()
+    };
+    let limit = Duration::from_secs(10);
+    let mut served = String::new();
+    let all = tokio::time::timeout(limit, async {
+        loop {
+            served = testkit::scrape(address).await;
+            if unserved(&served).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        all.is_ok(),
+        "metrics no node serves: {:?}; it serves\n{served}",
+        unserved(&served)
+    );
     caller.close().await;
     drop(node);
     registry.remove().await;
