@@ -1,4 +1,4 @@
-//! `triple(n) = 3n`: the README's "write your own compute function".
+//! `triple(n) = 3n`: the book's "Write your own compute function" (docs/src/guests.md).
 
 #![cfg_attr(target_arch = "wasm32", no_std)]
 

@@ -1,4 +1,4 @@
-//! Least privilege: the users of the README's "Users and permissions",
+//! Least privilege: the users of the book's "Users and permissions",
 //! made by running its own `rabbitmqctl` lines (in vhosts and with names
 //! of this test's own, removed afterwards), each doing its job and
 //! refused the rest.
@@ -15,12 +15,12 @@ use testkit::{
     ModuleDir, ServerProcess, built_module, center_command, compute_command, run_to_end,
 };
 
-const README: &str = include_str!("../../README.md");
+const CHAPTER: &str = include_str!("../../docs/src/security.md");
 
-/// The first line of the README's block of users.
+/// The first line of the book's block of users.
 const BLOCK: &str = "# Users for a node, a caller and a deployer";
 
-/// The vhosts, users and passwords of one run, by the names the README
+/// The vhosts, users and passwords of one run, by the names the book
 /// gives them; removed when dropped, however the test ends.
 struct Users {
     names: HashMap<&'static str, String>,
@@ -28,7 +28,7 @@ struct Users {
 }
 
 impl Users {
-    /// Runs the README's lines, with this run's names.
+    /// Runs the book's lines, with this run's names.
     fn make() -> Users {
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let names: HashMap<&'static str, String> = [
@@ -47,8 +47,8 @@ impl Users {
                 .map(|variable| (variable, uuid::Uuid::new_v4().to_string()))
                 .collect();
         let users = Users { names, passwords };
-        let lines = readme_lines();
-        assert!(lines.len() >= 8, "the README's block of users: {lines:?}");
+        let lines = book_lines();
+        assert!(lines.len() >= 8, "the book's block of users: {lines:?}");
         for line in lines {
             let words: Vec<String> = shell_words(&line)
                 .into_iter()
@@ -61,7 +61,7 @@ impl Users {
         users
     }
 
-    /// A word of the README's lines, as this run has it.
+    /// A word of the book's lines, as this run has it.
     fn substitute(&self, word: String) -> String {
         if let Some(name) = self.names.get(word.as_str()) {
             return name.clone();
@@ -69,7 +69,7 @@ impl Users {
         self.passwords.get(word.as_str()).cloned().unwrap_or(word)
     }
 
-    /// The URL for `user` (a README name) on `vhost`, on the broker's
+    /// The URL for `user` (a name of the book's) on `vhost`, on the broker's
     /// plain listener.
     fn url(&self, broker: &TlsBroker, user: &str, vhost: &str) -> String {
         let password = match user {
@@ -101,9 +101,9 @@ impl Drop for Users {
     }
 }
 
-/// The `rabbitmqctl` lines of the README's block of users.
-fn readme_lines() -> Vec<String> {
-    README
+/// The `rabbitmqctl` lines of the book's block of users.
+fn book_lines() -> Vec<String> {
+    CHAPTER
         .lines()
         .skip_while(|line| !line.starts_with(BLOCK))
         .take_while(|line| !line.starts_with("```"))
@@ -186,7 +186,7 @@ fn reply_code(error: &lapin::Error) -> Option<u16> {
     }
 }
 
-/// With the README's users: a deployer deploys to a node in the registry's
+/// With the book's users: a deployer deploys to a node in the registry's
 /// vhost; the node serves it in the requests' vhost; a caller calls it.
 /// The node cannot write to the stream, the caller can neither consume a
 /// compute queue nor reach the registry, and a node or center refused

@@ -3,6 +3,7 @@
 //! parallel.
 
 mod batch;
+mod book;
 mod call;
 mod center_cli;
 mod compile_cache;

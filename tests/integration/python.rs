@@ -121,7 +121,7 @@ async fn a_python_node_and_ours_share_a_queue_whichever_declares_it_first() {
 /// Starts the seed's Python compute node on `queue` and waits until it
 /// consumes. Its queue is declared as the seed declares it, or, where the
 /// broker refuses that (RabbitMQ 4.3 and later), with the one change the
-/// README gives: `durable=True`.
+/// book gives (its chapter "Clusters, queues and broker versions"): `durable=True`.
 async fn python_node(queue: &str) -> Child {
     let mut command = python("seed_compute.py");
     command.args([queue, &amqp_url()]);
@@ -141,19 +141,23 @@ async fn python_node(queue: &str) -> Child {
     node
 }
 
-/// The Python client in the README, run as it is printed there (with the
-/// test's queue and broker), gets its answer from our node.
+/// The Python client of the book's wire format chapter, run as it is
+/// printed there (with the test's queue and broker), gets its answer from
+/// our node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_python_client_calls_our_node() {
-    let node = RunningNode::start(&unique_queue("py-readme")).await;
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let block = readme
+async fn the_book_s_python_client_calls_our_node() {
+    let node = RunningNode::start(&unique_queue("py-book")).await;
+    let chapter = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/src/wire-format.md"
+    ))
+    .unwrap();
+    let block = chapter
         .split("<!-- python-client")
         .nth(1)
         .and_then(|rest| rest.split("```python\n").nth(1))
         .and_then(|rest| rest.split("```").next())
-        .expect("the README has the Python client block");
+        .expect("the wire format chapter has the Python client block");
     let script = block
         .replace("\"compute_queue\"", &format!("{:?}", node.queue))
         .replace(

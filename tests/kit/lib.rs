@@ -18,6 +18,7 @@
 //! - `metrics`: scraping a node's Prometheus metrics.
 //! - `otlp`: a collector that keeps the spans posted to it.
 //! - `eventually`: waiting for a condition, never for a fixed time.
+//! - `transcript`: the book's `console` blocks, run as written.
 
 mod broker;
 mod eventually;
@@ -31,6 +32,7 @@ mod process;
 mod proxy;
 mod python;
 mod raw;
+mod transcript;
 
 pub use broker::{
     QueueGuard, amqp_url, center, declare_queue, delete_queue, ready_messages,
@@ -47,3 +49,4 @@ pub use process::{ServerProcess, center_command, compute_command, run_to_end};
 pub use proxy::BrokerProxy;
 pub use python::{python, python_command, python_output};
 pub use raw::RawClient;
+pub use transcript::run_chapter;

@@ -1,8 +1,8 @@
 //! `otlp-tree [ADDRESS]`: an OTLP/HTTP receiver (default
 //! `127.0.0.1:4318`) that prints each trace it gets as a tree of spans,
 //! once no span has arrived for a while. For a look at what a
-//! node and a center export, without running a collector; the README's
-//! trace comes from it.
+//! node and a center export, without running a collector; the book's
+//! trace (docs/src/operations.md) comes from it.
 
 use compute_host::shared::trace::SCHEDULE_DELAY;
 use std::{

@@ -1,5 +1,5 @@
 //! `center 10 20 30`: call compute nodes and print the results. See
-//! `center --help` and the README.
+//! `center --help`, the README and the book in docs/.
 
 use clap::Parser as _;
 use compute_host::cli::{self, center::CenterArgs};

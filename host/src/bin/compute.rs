@@ -1,5 +1,5 @@
 //! `compute --module modules/increase.wasm`: a compute node. See
-//! `compute --help` and the README.
+//! `compute --help`, the README and the book in docs/.
 
 use clap::Parser as _;
 use compute_host::cli::{self, compute::ComputeArgs};

@@ -113,7 +113,7 @@ pub struct ComputeArgs {
     /// When to ack a request: `on-confirm`, once the broker confirmed its
     /// reply, or `on-publish`, once the reply is written. Default:
     /// `on-confirm` for quorum queues, `on-publish` for classic ones (the
-    /// README's "Ack modes" says what each guarantees).
+    /// book's "Ack modes", in docs/src/wire-format.md, says what each guarantees).
     #[arg(long, value_name = "MODE", value_enum)]
     pub ack_mode: Option<AckMode>,
 
