@@ -177,3 +177,13 @@ async fn a_node_whose_broker_stops_fails_over() {
     );
     rabbitmqctl(&a.0, &["delete_queue", &queue]);
 }
+
+/// The book's "Across machines": the cluster's nodes as
+/// `scripts/cluster.sh status` lists them, and a call through a node on
+/// quorum queues, run as the chapter shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs scripts/cluster.sh start; scripts/test.sh runs it"]
+async fn the_book_s_cluster_chapter_runs_as_written() {
+    let chapter = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/src/cluster.md");
+    testkit::run_chapter(std::path::Path::new(chapter)).await;
+}

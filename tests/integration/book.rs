@@ -36,3 +36,18 @@ async fn the_book_s_registry_chapter_runs_as_written() {
 async fn the_book_s_guests_chapter_runs_as_written() {
     testkit::run_chapter(&chapter("guests.md")).await;
 }
+
+/// "Operations": a call and a batch traced through a center and a node,
+/// exported to `otlp-tree`, which prints them as trees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_book_s_operations_chapter_runs_as_written() {
+    testkit::run_chapter(&chapter("operations.md")).await;
+}
+
+/// "Queues and broker versions": RabbitMQ 4.3 refuses the Python
+/// examples' transient queue, and the node says what to do (its block
+/// runs only against 4.3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_book_s_broker_versions_chapter_runs_as_written() {
+    testkit::run_chapter(&chapter("broker-versions.md")).await;
+}

@@ -2,23 +2,31 @@
 //! against the real broker, so that what the book shows is what the
 //! programs print.
 //!
-//! In a `console` block, each `$ command` line (continued by a trailing
-//! `\`) is run by bash, and what it prints (stdout and stderr) must match
-//! the lines under it: `[..]` in a line matches any text, and a line
-//! `...` any number of lines. A command that ends in `&` runs in the
-//! background until the chapter ends, its output not compared; a
-//! `compute` node started so is waited for until its `/health` says it
-//! serves. A `center` call whose output differs is run again for up to
-//! 10 s: a swap lands a moment after the file is written, as for a
-//! person typing. `$?` is the exit status of the command before.
+//! A chapter's commands run in one bash, as a person would type them in
+//! one terminal: variables, `export`s, `$?` and background jobs carry from
+//! one command to the next. In a `console` block, each `$ command` line
+//! (continued by a trailing `\`) is one command, and what it prints
+//! (stdout and stderr) must match the lines under it: `[..]` in a line
+//! matches any text, and a line `...` any number of lines. A command that
+//! ends in `&` runs in the background until the chapter ends, its output
+//! (what it does not redirect itself) kept in a log, out of the
+//! comparison; a `compute` node started so is waited for
+//! until its `/health` says it serves. A `center` call whose output
+//! differs is run again for up to 10 s: a swap lands a moment after the
+//! file is written, as for a person typing.
+//!
+//! A block whose info string is `console 4.3` runs only against a broker
+//! that refuses transient queues, as RabbitMQ 4.3 and later do; against
+//! an older one it is skipped, and says so.
 //!
 //! Each chapter runs in a vhost of its own (made with `rabbitmqctl`, so
 //! the default queue names of the commands collide with no other test),
-//! in a scratch directory where `modules/` is the repository's, with
-//! `compute` and `center` the binaries built beside the tests.
+//! in a scratch directory where `modules/` and `scripts/` are the
+//! repository's, with `compute`, `center` and `otlp-tree` the binaries
+//! built beside the tests.
 
 use crate::{
-    broker::amqp_url,
+    broker::{amqp_url, refuses_transient_queues},
     metrics::try_get,
     process::{center_command, compute_command},
 };
@@ -28,7 +36,10 @@ use std::{
     process::Stdio,
     time::Duration,
 };
-use tokio::process::{Child, Command};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines},
+    process::{Child, ChildStdin, ChildStdout, Command},
+};
 use uuid::Uuid;
 
 /// How long one command may run.
@@ -45,6 +56,8 @@ struct Step {
     expected: Vec<String>,
     /// Where in the chapter: its first line, 1-based.
     line: usize,
+    /// Only against a broker that refuses transient queues (`console 4.3`).
+    on_4_3: bool,
 }
 
 /// Runs every `console` block of the chapter at `path`, in order, and
@@ -56,7 +69,15 @@ pub async fn run_chapter(path: &Path) {
     let steps = steps(&text);
     assert!(!steps.is_empty(), "{} has no console block", path.display());
     let mut chapter = Chapter::open(path).await;
+    let on_4_3 = refuses_transient_queues().await;
     for step in &steps {
+        if step.on_4_3 && !on_4_3 {
+            println!(
+                "{}:{}: skipped: it needs RabbitMQ 4.3 or later",
+                chapter.name, step.line
+            );
+            continue;
+        }
         chapter.run(step).await;
     }
     chapter.close().await;
@@ -66,10 +87,14 @@ pub async fn run_chapter(path: &Path) {
 fn steps(text: &str) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     let mut in_console = false;
+    let mut in_block = false;
+    let mut on_4_3 = false;
     let mut continued = false;
     for (index, line) in text.lines().enumerate() {
         if let Some(info) = line.strip_prefix("```") {
-            in_console = !in_console && info.trim() == "console";
+            in_block = !in_block;
+            in_console = in_block && matches!(info.trim(), "console" | "console 4.3");
+            on_4_3 = info.trim() == "console 4.3";
             continue;
         }
         if !in_console {
@@ -85,6 +110,7 @@ fn steps(text: &str) -> Vec<Step> {
                 command: command.to_owned(),
                 expected: Vec::new(),
                 line: index + 1,
+                on_4_3,
             });
             continued = line.ends_with('\\');
         } else {
@@ -129,16 +155,20 @@ fn line_matches(pattern: &str, line: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// A chapter being run: its vhost, its scratch directory, and what runs
-/// in the background.
+/// Ends what a command printed: a line of its own, with the status.
+const MARK: &str = "__book_command_done__";
+
+/// A chapter being run: its vhost, its scratch directory, and the bash
+/// that runs its commands.
 struct Chapter {
     name: String,
     vhost: String,
-    url: String,
     scratch: PathBuf,
-    background: Vec<(String, Child)>,
-    /// The exit status of the last command run, for `$?`.
-    status: i32,
+    bash: Child,
+    input: ChildStdin,
+    output: Lines<BufReader<ChildStdout>>,
+    /// The commands run in the background, and their process ids.
+    background: Vec<(String, u32)>,
 }
 
 impl Chapter {
@@ -151,37 +181,50 @@ impl Chapter {
         let bin = scratch.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        std::os::unix::fs::symlink(repository.join("modules"), scratch.join("modules")).unwrap();
-        for (name, command) in [("compute", compute_command()), ("center", center_command())] {
-            std::os::unix::fs::symlink(command.as_std().get_program(), bin.join(name)).unwrap();
+        for shared in ["modules", "scripts"] {
+            std::os::unix::fs::symlink(repository.join(shared), scratch.join(shared)).unwrap();
         }
-        Chapter {
-            name,
-            url: with_vhost(&amqp_url(), &vhost),
-            vhost,
-            scratch,
-            background: Vec::new(),
-            status: 0,
+        let compute = compute_command().as_std().get_program().to_owned();
+        let profile = Path::new(&compute).parent().unwrap().to_owned();
+        for (name, built) in [
+            ("compute", compute),
+            ("center", center_command().as_std().get_program().to_owned()),
+            ("otlp-tree", profile.join("otlp-tree").into_os_string()),
+        ] {
+            std::os::unix::fs::symlink(built, bin.join(name)).unwrap();
         }
-    }
-
-    /// A bash running `command` in the chapter's directory and vhost.
-    fn bash(&self, command: &str) -> Command {
         let path = format!(
             "{}:{}",
-            self.scratch.join("bin").display(),
+            bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let mut bash = Command::new("bash");
-        bash.args(["-c", command])
-            .current_dir(&self.scratch)
+        let mut bash = Command::new("bash")
+            .args(["--noprofile", "--norc"])
+            .current_dir(&scratch)
             .env("PATH", path)
-            .env("AMQP_URL", &self.url)
+            .env("AMQP_URL", with_vhost(&amqp_url(), &vhost))
             .env_remove("RUST_LOG")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        bash
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("bash starts");
+        let input = bash.stdin.take().unwrap();
+        let output = BufReader::new(bash.stdout.take().unwrap()).lines();
+        let mut chapter = Chapter {
+            name,
+            vhost,
+            scratch,
+            bash,
+            input,
+            output,
+            background: Vec::new(),
+        };
+        // Everything a command prints, on the one stream, in its order.
+        chapter.output_of("exec 2>&1").await;
+        chapter
     }
 
     async fn run(&mut self, step: &Step) {
@@ -191,17 +234,18 @@ impl Chapter {
         }
         let started = tokio::time::Instant::now();
         loop {
-            let printed = self.output(&command).await;
-            let lines: Vec<&str> = printed.lines().collect();
+            let printed = self.output_of(&command).await;
+            let lines: Vec<&str> = printed.iter().map(String::as_str).collect();
             if lines_match(&step.expected, &lines) {
                 return;
             }
-            if !command.starts_with("center") || started.elapsed() > SETTLE_LIMIT {
+            if program(&command) != Some("center") || started.elapsed() > SETTLE_LIMIT {
                 panic!(
-                    "{}:{}: `{}` printed\n{printed}\nwhere the book shows\n{}\n{}",
+                    "{}:{}: `{}` printed\n{}\nwhere the book shows\n{}\n{}",
                     self.name,
                     step.line,
                     step.command,
+                    printed.join("\n"),
                     step.expected.join("\n"),
                     self.background_logs(),
                 );
@@ -210,43 +254,77 @@ impl Chapter {
         }
     }
 
-    /// What `command` prints, stdout and stderr as they interleave.
-    async fn output(&mut self, command: &str) -> String {
-        let merged = format!("(exit {}); {{ {command}\n}} 2>&1", self.status);
-        let output = tokio::time::timeout(COMMAND_LIMIT, self.bash(&merged).output())
-            .await
-            .unwrap_or_else(|_| panic!("{}: `{command}` ran over {COMMAND_LIMIT:?}", self.name))
-            .expect("bash runs");
-        self.status = output.status.code().unwrap_or(-1);
-        String::from_utf8_lossy(&output.stdout).into_owned()
+    /// Runs `command` in the chapter's bash and returns the lines it
+    /// printed; `$?` stays its exit status for the next command.
+    async fn output_of(&mut self, command: &str) -> Vec<String> {
+        // Standard input is the runner's script: a command that read it
+        // would take the lines after it.
+        let script = format!(
+            "{{ {command}\n}} </dev/null\n__book_status=$?; printf '\\n{MARK} %s\\n' \"$__book_status\"; (exit $__book_status)\n"
+        );
+        self.input.write_all(script.as_bytes()).await.unwrap();
+        self.input.flush().await.unwrap();
+        let mut lines = Vec::new();
+        let read = async {
+            while let Some(line) = self.output.next_line().await.expect("bash's output") {
+                if line.starts_with(MARK) {
+                    // The newline before the mark is the runner's: the
+                    // command's last line, if it ended in one, is empty.
+                    if lines.last().is_some_and(String::is_empty) {
+                        lines.pop();
+                    }
+                    return;
+                }
+                lines.push(line);
+            }
+            panic!("bash ended");
+        };
+        if tokio::time::timeout(COMMAND_LIMIT, read).await.is_err() {
+            panic!(
+                "{}: `{command}` ran over {COMMAND_LIMIT:?}; it printed\n{}\n{}",
+                self.name,
+                lines.join("\n"),
+                self.background_logs()
+            );
+        }
+        lines
     }
 
-    /// Starts `command` in the background; a `compute` node is waited for
-    /// until it serves.
+    /// Starts `command` in the background, its output in a log file; a
+    /// `compute` node is waited for until it serves.
     async fn start(&mut self, step: &Step, command: &str) {
-        let index = self.background.len();
-        let log = self.scratch.join(format!("background-{index}.log"));
-        let node = command.starts_with("compute ") && !command.contains("--metrics-addr");
+        let log = self
+            .scratch
+            .join(format!("background-{}.log", self.background.len()));
+        let node = program(command) == Some("compute") && !command.contains("--metrics-addr");
         let metrics = free_loopback_address();
         let command = if node {
             format!("{command} --metrics-addr {metrics}")
         } else {
             command.to_owned()
         };
-        let child = self
-            .bash(&format!("exec {command} >{} 2>&1", log.display()))
-            .spawn()
-            .expect("bash starts");
-        self.background.push((command, child));
+        // Into the log, but for what the command sends elsewhere itself.
+        let redirect = if command.contains('>') {
+            format!("2>{}", log.display())
+        } else {
+            format!(">{} 2>&1", log.display())
+        };
+        let printed = self
+            .output_of(&format!("{command} {redirect} &\necho $!"))
+            .await;
+        let pid: u32 = printed
+            .last()
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("{}: no process id for `{command}`: {printed:?}", self.name));
+        self.background.push((command, pid));
         if !node {
             return;
         }
         let started = tokio::time::Instant::now();
         loop {
-            let (_, child) = self.background.last_mut().unwrap();
-            if let Ok(Some(status)) = child.try_wait() {
+            if !running(pid) {
                 panic!(
-                    "{}:{}: `{}` exited ({status}) before it served:\n{}",
+                    "{}:{}: `{}` exited before it served:\n{}",
                     self.name,
                     step.line,
                     step.command,
@@ -284,25 +362,54 @@ impl Chapter {
             .join("\n")
     }
 
-    /// Stops what runs in the background (SIGINT, as Ctrl-C would), then
+    /// Stops what runs in the background (SIGTERM: a script's background
+    /// jobs ignore SIGINT) and waits for it, then ends the bash and
     /// deletes the vhost and the scratch directory.
     async fn close(mut self) {
-        for (_, child) in &mut self.background {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-INT", &pid.to_string()])
-                    .status();
-            }
-            if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        let pids: Vec<String> = self
+            .background
+            .iter()
+            .map(|(_, pid)| pid.to_string())
+            .collect();
+        if !pids.is_empty() {
+            self.output_of(&format!("kill -TERM {} 2>/dev/null; wait", pids.join(" ")))
+                .await;
         }
+        let _ = self.input.write_all(b"exit\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.bash.wait()).await;
         rabbitmqctl(&["delete_vhost", &self.vhost]).await;
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
+}
+
+/// A chapter that failed leaves nothing running: what runs in the
+/// background is not the bash's to stop once the bash is killed.
+impl Drop for Chapter {
+    fn drop(&mut self) {
+        for (_, pid) in &self.background {
+            if running(*pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether process `pid` runs (not exited, nor a zombie not yet reaped).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z')
+        })
+        .unwrap_or(false)
+}
+
+/// The program `command` runs: its first word that sets no variable.
+fn program(command: &str) -> Option<&str> {
+    command.split_whitespace().find(|word| !word.contains('='))
 }
 
 /// `command` without its trailing `# comment`, if it has one (a `#` after
@@ -363,7 +470,7 @@ mod tests {
 
     #[test]
     fn blocks_become_steps() {
-        let text = "text\n```console\n$ center 1 \\\n  2\nincrease(1) = 2\n...\n$ true\n```\n```sh\n$ no\n```\n";
+        let text = "text\n```console\n$ center 1 \\\n  2\nincrease(1) = 2\n...\n$ true\n```\n```sh\n$ no\n```\n```console 4.3\n$ compute --queue-type transient\ncompute: [..]\n```\n";
         assert_eq!(
             steps(text),
             [
@@ -371,11 +478,19 @@ mod tests {
                     command: "center 1 \\\n  2".into(),
                     expected: vec!["increase(1) = 2".into(), "...".into()],
                     line: 3,
+                    on_4_3: false,
                 },
                 Step {
                     command: "true".into(),
                     expected: vec![],
                     line: 7,
+                    on_4_3: false,
+                },
+                Step {
+                    command: "compute --queue-type transient".into(),
+                    expected: vec!["compute: [..]".into()],
+                    line: 13,
+                    on_4_3: true,
                 },
             ]
         );
@@ -400,6 +515,7 @@ mod tests {
         );
         assert_eq!(with_vhost("amqp://h:1", "v"), "amqp://h:1/v");
         assert_eq!(without_comment("compute &   # a node"), "compute &   ");
+        assert_eq!(program("AMQP_URL=$urls center 10"), Some("center"));
         assert_eq!(
             without_comment("echo '# not' \"#\" a#b"),
             "echo '# not' \"#\" a#b"

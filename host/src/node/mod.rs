@@ -339,30 +339,8 @@ impl ComputeNode {
             }
             None => (None, None),
         };
-        let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
-        let cache = match &config.compile_cache {
-            Some(settings) => settings.open_if_usable()?,
-            None => None,
-        };
-        let sandbox = sandbox.with_compile_cache(cache);
-        let sourced = match &config.source {
-            Source::Module { path, queue } => Sourced::module(sandbox, path, queue)?,
-            Source::Dir { path, queue_prefix } => Sourced::dir(sandbox, path, queue_prefix).await?,
-            Source::Registry {
-                stream,
-                queue_prefix,
-                trust,
-                url,
-            } => {
-                let registry = Registry {
-                    stream,
-                    queue_prefix,
-                    trust,
-                    url: url.as_deref(),
-                };
-                Sourced::registry(sandbox, registry, config, &metrics).await?
-            }
-        };
+        let sandbox = sandbox(config)?;
+        let sourced = Sourced::start(sandbox, config, &metrics).await?;
         let (link, link_keeper) = match sourced.link {
             Some(link) => link,
             None => Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?,
@@ -568,6 +546,17 @@ impl ComputeNode {
     }
 }
 
+/// The node's one sandbox: its limits, an instance pool of `--prefetch`
+/// instances, and the compile cache if there is one.
+fn sandbox(config: &NodeConfig) -> Result<Sandbox, StartError> {
+    let sandbox = Sandbox::with_capacity(config.limits, config.prefetch.into())?;
+    let cache = match &config.compile_cache {
+        Some(settings) => settings.open_if_usable()?,
+        None => None,
+    };
+    Ok(sandbox.with_compile_cache(cache))
+}
+
 /// A node's functions as its source first gives them: the table they
 /// are in, the task that applies the source's updates to it, and what
 /// the source connected on the way.
@@ -587,7 +576,7 @@ struct Sourced {
 }
 
 /// Where a node following the registry reads it.
-struct Registry<'a> {
+struct FollowedRegistry<'a> {
     stream: &'a str,
     queue_prefix: &'a str,
     trust: &'a Trust,
@@ -596,6 +585,33 @@ struct Registry<'a> {
 }
 
 impl Sourced {
+    /// The functions `config.source` gives, loaded into a table run by
+    /// the `sandbox`.
+    async fn start(
+        sandbox: Sandbox,
+        config: &NodeConfig,
+        metrics: &Arc<NodeMetrics>,
+    ) -> Result<Self, StartError> {
+        match &config.source {
+            Source::Module { path, queue } => Sourced::module(sandbox, path, queue),
+            Source::Dir { path, queue_prefix } => Sourced::dir(sandbox, path, queue_prefix).await,
+            Source::Registry {
+                stream,
+                queue_prefix,
+                trust,
+                url,
+            } => {
+                let registry = FollowedRegistry {
+                    stream,
+                    queue_prefix,
+                    trust,
+                    url: url.as_deref(),
+                };
+                Sourced::registry(sandbox, registry, config, metrics).await
+            }
+        }
+    }
+
     /// One module file (`--module`), loaded now: a node whose only module
     /// is not usable does not start.
     fn module(sandbox: Sandbox, path: &Path, queue: &str) -> Result<Self, StartError> {
@@ -663,7 +679,7 @@ impl Sourced {
     /// with what the registry serves now.
     async fn registry(
         sandbox: Sandbox,
-        registry: Registry<'_>,
+        registry: FollowedRegistry<'_>,
         config: &NodeConfig,
         metrics: &Arc<NodeMetrics>,
     ) -> Result<Self, StartError> {
