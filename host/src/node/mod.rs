@@ -53,7 +53,7 @@ use crate::{
         link::{Link, LinkFor},
         live::LiveModule,
         metrics::NodeMetrics,
-        source::{Update, dir::DirSource, registry::Follower},
+        source::{Update, Updates, dir::DirSource, registry::Follower},
         throttle::Throttle,
     },
     registry::{report::Identity, signing::Trust},
@@ -340,7 +340,14 @@ impl ComputeNode {
             None => (None, None),
         };
         let sandbox = sandbox(config)?;
-        let sourced = Sourced::start(sandbox, config, &metrics).await?;
+        let (changed, changes) = mpsc::unbounded_channel();
+        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
+        let wiring = Wiring {
+            changed,
+            updates,
+            updated,
+        };
+        let sourced = Sourced::start(sandbox, wiring, config, &metrics).await?;
         let (link, link_keeper) = match sourced.link {
             Some(link) => link,
             None => Link::connect(&config.amqp_url, config, LinkFor::requests(&metrics)).await?,
@@ -359,7 +366,7 @@ impl ComputeNode {
         let (served, table) = sourced.table;
         let mut node = ComputeNode {
             served,
-            changes: sourced.changes,
+            changes,
             consumers: BTreeMap::new(),
             retiring: TaskTracker::new(),
             shared,
@@ -562,8 +569,6 @@ fn sandbox(config: &NodeConfig) -> Result<Sandbox, StartError> {
 /// the source connected on the way.
 struct Sourced {
     table: (Served, AbortOnDropHandle<()>),
-    /// The table's changes, which the node applies to its consumers.
-    changes: mpsc::UnboundedReceiver<Change>,
     /// The source's own task: watching a file or a directory, or
     /// following the registry.
     source: AbortOnDropHandle<()>,
@@ -573,6 +578,15 @@ struct Sourced {
     registry_link: Option<(Arc<Link>, AbortOnDropHandle<()>)>,
     /// A directory's first modules, each served in turn as it is judged.
     first_scan: Vec<oneshot::Receiver<source::Verdict>>,
+}
+
+/// The channels between a node's table and its source: the source's
+/// updates in, the table's changes out (to the node, which consumes or
+/// stops consuming their queues).
+struct Wiring {
+    changed: mpsc::UnboundedSender<Change>,
+    updates: Updates,
+    updated: mpsc::Receiver<Update>,
 }
 
 /// Where a node following the registry reads it.
@@ -586,15 +600,18 @@ struct FollowedRegistry<'a> {
 
 impl Sourced {
     /// The functions `config.source` gives, loaded into a table run by
-    /// the `sandbox`.
+    /// the `sandbox` and `wiring`ed to the source.
     async fn start(
         sandbox: Sandbox,
+        wiring: Wiring,
         config: &NodeConfig,
         metrics: &Arc<NodeMetrics>,
     ) -> Result<Self, StartError> {
         match &config.source {
-            Source::Module { path, queue } => Sourced::module(sandbox, path, queue),
-            Source::Dir { path, queue_prefix } => Sourced::dir(sandbox, path, queue_prefix).await,
+            Source::Module { path, queue } => Sourced::module(sandbox, wiring, path, queue),
+            Source::Dir { path, queue_prefix } => {
+                Sourced::dir(sandbox, wiring, path, queue_prefix).await
+            }
             Source::Registry {
                 stream,
                 queue_prefix,
@@ -607,14 +624,19 @@ impl Sourced {
                     trust,
                     url: url.as_deref(),
                 };
-                Sourced::registry(sandbox, registry, config, metrics).await
+                Sourced::registry(sandbox, wiring, registry, config, metrics).await
             }
         }
     }
 
     /// One module file (`--module`), loaded now: a node whose only module
     /// is not usable does not start.
-    fn module(sandbox: Sandbox, path: &Path, queue: &str) -> Result<Self, StartError> {
+    fn module(
+        sandbox: Sandbox,
+        wiring: Wiring,
+        path: &Path,
+        queue: &str,
+    ) -> Result<Self, StartError> {
         // Checked before compiling: a name that can never work is the
         // cheapest fault to report.
         let queues = Queues::One(queue.to_owned());
@@ -630,14 +652,12 @@ impl Sourced {
         let module = sandbox
             .load_limited(path, limits.as_ref())
             .map_err(module_error)?;
-        let (changed, changes) = mpsc::unbounded_channel();
-        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
-        let mut table = Table::new(sandbox, queues, changed);
-        let source = source::file::watch(path, module.name(), module.digest(), limits, updates);
+        let mut table = Table::new(sandbox, queues, wiring.changed);
+        let source =
+            source::file::watch(path, module.name(), module.digest(), limits, wiring.updates);
         table.add(module)?;
         Ok(Sourced {
-            table: spawn_table(table, updated),
-            changes,
+            table: spawn_table(table, wiring.updated),
             source,
             link: None,
             registry_link: None,
@@ -649,14 +669,18 @@ impl Sourced {
     /// is connected, each consumed as soon as it is compiled: a function
     /// whose module compiles in a second does not wait for one that takes
     /// ten.
-    async fn dir(sandbox: Sandbox, path: &Path, queue_prefix: &str) -> Result<Self, StartError> {
+    async fn dir(
+        sandbox: Sandbox,
+        wiring: Wiring,
+        path: &Path,
+        queue_prefix: &str,
+    ) -> Result<Self, StartError> {
         let mut dir = DirSource::open(path).map_err(|source| StartError::Dir {
             path: path.display().to_string(),
             source,
         })?;
-        let (changed, changes) = mpsc::unbounded_channel();
-        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
-        let table = Table::new(sandbox, Queues::Prefixed(queue_prefix.to_owned()), changed);
+        let queues = Queues::Prefixed(queue_prefix.to_owned());
+        let table = Table::new(sandbox, queues, wiring.changed);
         let mut first = dir.scan().await;
         let mut first_scan = Vec::new();
         for update in &mut first {
@@ -665,9 +689,8 @@ impl Sourced {
             first_scan.push(learned);
         }
         Ok(Sourced {
-            table: spawn_table(table, updated),
-            changes,
-            source: dir.follow(first, updates),
+            table: spawn_table(table, wiring.updated),
+            source: dir.follow(first, wiring.updates),
             link: None,
             registry_link: None,
             first_scan,
@@ -679,6 +702,7 @@ impl Sourced {
     /// with what the registry serves now.
     async fn registry(
         sandbox: Sandbox,
+        wiring: Wiring,
         registry: FollowedRegistry<'_>,
         config: &NodeConfig,
         metrics: &Arc<NodeMetrics>,
@@ -688,13 +712,8 @@ impl Sourced {
             Some(url) => Some(Link::connect(url, config, LinkFor::Registry).await?),
             None => None,
         };
-        let (changed, changes) = mpsc::unbounded_channel();
-        let (updates, updated) = mpsc::channel::<Update>(source::QUEUED_UPDATES);
-        let table = Table::new(
-            sandbox,
-            Queues::Prefixed(registry.queue_prefix.to_owned()),
-            changed,
-        );
+        let queues = Queues::Prefixed(registry.queue_prefix.to_owned());
+        let table = Table::new(sandbox, queues, wiring.changed);
         let follower = Follower {
             stream: registry.stream.to_owned(),
             trust: registry.trust.clone(),
@@ -702,13 +721,13 @@ impl Sourced {
                 .as_ref()
                 .map_or(&link.0, |link| &link.0)
                 .clone(),
-            updates,
+            updates: wiring.updates,
             served: table.served(),
             identity: Identity::new(),
             metrics: metrics.clone(),
             warnings: Throttle::default(),
         };
-        let table = spawn_table(table, updated);
+        let table = spawn_table(table, wiring.updated);
         let (caught_up, catching_up) = oneshot::channel();
         let source = AbortOnDropHandle::new(tokio::spawn(follower.run(caught_up)));
         if tokio::time::timeout(REGISTRY_CATCH_UP, catching_up)
@@ -722,7 +741,6 @@ impl Sourced {
         }
         Ok(Sourced {
             table,
-            changes,
             source,
             link: Some(link),
             registry_link,
