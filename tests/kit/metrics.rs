@@ -1,7 +1,10 @@
 //! A node's Prometheus metrics, scraped as Prometheus would.
 
 use crate::eventually::eventually;
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener},
+    time::Duration,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Scrapes until the metrics hold `line` (for at most 10 s).
@@ -58,4 +61,48 @@ pub(crate) async fn try_get(address: SocketAddr, path: &str) -> std::io::Result<
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
     Ok((status, body.to_owned()))
+}
+
+/// How long a node may take to serve once started.
+pub(crate) const START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Why a node never served.
+pub(crate) enum NotServing {
+    /// It exited first, as this says.
+    Exited(String),
+    /// It was still not serving after [`START_LIMIT`].
+    TooSlow,
+}
+
+/// Waits until `GET /health` at `address` answers 200: the node is
+/// connected and consumes every queue. Each time round, `exited` says
+/// whether the node has exited (and how), so a node that dies is seen at
+/// once.
+pub(crate) async fn until_serving(
+    address: SocketAddr,
+    mut exited: impl FnMut() -> Option<String>,
+) -> Result<(), NotServing> {
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Some(how) = exited() {
+            return Err(NotServing::Exited(how));
+        }
+        if let Ok(Ok((200, _))) =
+            tokio::time::timeout(Duration::from_secs(1), try_get(address, "/health")).await
+        {
+            return Ok(());
+        }
+        if started.elapsed() > START_LIMIT {
+            return Err(NotServing::TooSlow);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback address with a port nobody listens on now: the kernel's
+/// pick, released for a server to bind.
+pub(crate) fn free_loopback_address() -> SocketAddr {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
 }

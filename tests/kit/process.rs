@@ -3,10 +3,10 @@
 
 use crate::{
     broker::{QueueGuard, amqp_url},
-    metrics::try_get,
+    metrics::{NotServing, START_LIMIT, free_loopback_address, until_serving},
 };
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
@@ -54,9 +54,6 @@ fn package_binary(name: &str) -> PathBuf {
         .expect("a test runs from target/<profile>/deps");
     profile.join(name)
 }
-
-/// How long a server may take to start.
-const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// A server running as a process of its own (the `compute` binary, or the
 /// bench's bare echo server), so a test can kill it or stop it with a
@@ -108,21 +105,25 @@ impl ServerProcess {
     pub async fn compute(command: &mut Command) -> Self {
         let mut node = Self::spawn_compute(command);
         let address = node.metrics_addr();
-        let started = tokio::time::Instant::now();
-        loop {
-            node.assert_running("start serving");
-            if let Ok(Ok((200, _))) =
-                tokio::time::timeout(Duration::from_secs(1), try_get(address, "/health")).await
-            {
-                return node;
-            }
-            if started.elapsed() > START_LIMIT {
-                panic!(
-                    "the node did not serve within {START_LIMIT:?}:\n{}",
-                    node.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let child = &mut node.child;
+        let served = until_serving(address, || {
+            child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| status.to_string())
+        })
+        .await;
+        match served {
+            Ok(()) => node,
+            Err(NotServing::Exited(status)) => panic!(
+                "the server exited ({status}) before it could start serving:\n{}",
+                node.log()
+            ),
+            Err(NotServing::TooSlow) => panic!(
+                "the node did not serve within {START_LIMIT:?}:\n{}",
+                node.log()
+            ),
         }
     }
 
@@ -280,12 +281,4 @@ impl ServerProcess {
             ),
         }
     }
-}
-
-/// A loopback address with a port nobody listens on now: the kernel's
-/// pick, released for the node to bind.
-fn free_loopback_address() -> SocketAddr {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
 }

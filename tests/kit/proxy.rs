@@ -2,7 +2,7 @@
 //! when it likes: a broker that is not there yet, or goes away, for one
 //! node, while the broker every other test uses runs on.
 
-use crate::broker::amqp_url;
+use crate::{broker::amqp_url, metrics::free_loopback_address};
 use lapin::uri::AMQPUri;
 use std::net::SocketAddr;
 use tokio::{
@@ -22,10 +22,7 @@ impl BrokerProxy {
     /// A free port for the proxy, on which nothing listens until
     /// [`start`](Self::start).
     pub fn reserve() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_loopback_address().port();
         let uri: AMQPUri = amqp_url().parse().expect("the test broker's URL");
         let broker = std::net::ToSocketAddrs::to_socket_addrs(&(
             uri.authority.host.as_str(),

@@ -27,11 +27,10 @@
 
 use crate::{
     broker::{amqp_url, refuses_transient_queues},
-    metrics::try_get,
+    metrics::{NotServing, START_LIMIT, free_loopback_address, until_serving},
     process::{center_command, compute_command},
 };
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -46,8 +45,6 @@ use uuid::Uuid;
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 /// How long a `center` call is tried again until its output matches.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
-/// How long a node started in the background may take to serve.
-const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// One command of a block, and the lines it must print.
 #[derive(Debug, PartialEq)]
@@ -320,30 +317,20 @@ impl Chapter {
         if !node {
             return;
         }
-        let started = tokio::time::Instant::now();
-        loop {
-            if !running(pid) {
-                panic!(
-                    "{}:{}: `{}` exited before it served:\n{}",
-                    self.name,
-                    step.line,
-                    step.command,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if let Ok(Ok((200, _))) =
-                tokio::time::timeout(Duration::from_secs(1), try_get(metrics, "/health")).await
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < START_LIMIT,
-                "{}:{}: `{}` did not serve within {START_LIMIT:?}",
+        let served = until_serving(metrics, || (!running(pid)).then(|| "exited".to_owned())).await;
+        match served {
+            Ok(()) => {}
+            Err(NotServing::Exited(_)) => panic!(
+                "{}:{}: `{}` exited before it served:\n{}",
                 self.name,
                 step.line,
-                step.command
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+                step.command,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+            Err(NotServing::TooSlow) => panic!(
+                "{}:{}: `{}` did not serve within {START_LIMIT:?}",
+                self.name, step.line, step.command
+            ),
         }
     }
 
@@ -455,13 +442,6 @@ async fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-/// A loopback address with a port nobody listens on now.
-fn free_loopback_address() -> SocketAddr {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
 }
 
 #[cfg(test)]
