@@ -8,7 +8,7 @@
 
 use futures_util::StreamExt as _;
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
+    BasicProperties,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         QueueDeclareOptions,
@@ -26,7 +26,9 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
 
-    let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    // Through the node's own connect, so that an `amqps://` URL uses the
+    // same TLS stack and the CA its query names.
+    let connection = compute_host::shared::amqp::connect(&url).await?;
     let channel = connection.create_channel().await?;
     channel
         .queue_declare(

@@ -10,7 +10,10 @@
 //! time is its own. For K = 1, 16 and 128 calls in flight, the variants
 //! alternate (A B C D A B C D ...) for several rounds, and the table gives
 //! the median round of each: calls/s, p50 and p99 latency, CPU seconds of
-//! the server, the client and the broker, and ours/bare.
+//! the server, the client and the broker, and ours/bare; then, per call,
+//! each server's CPU time, wakeups (voluntary context switches), times
+//! preempted and moves to another CPU, which `perf stat -e
+//! context-switches,cpu-migrations -p PID` counts the same way.
 //!
 //! Then batches: `Center::call_batch` of 100 inputs, 16 batches in flight,
 //! alternating with the bare echo's single calls at K = 128, every result
@@ -22,12 +25,14 @@
 //!
 //! Run with `cargo bench -p integration --bench rpc` (needs the broker);
 //! `cargo bench -p integration --bench rpc -- guest` runs only the guest
-//! call.
+//! call. `RPC_ROUNDS` sets the rounds (3 by default). Over TLS, give an
+//! `amqps://` `AMQP_URL` whose query names the CA (`cacertfile=`): every
+//! server and client here connects through it.
 
 use compute_host::{Center, CenterOptions, Limits, ReplyMode, Sandbox};
 use futures_util::{StreamExt as _, stream};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection,
     options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions},
     types::{FieldTable, ShortString},
 };
@@ -38,7 +43,8 @@ use std::{
     time::{Duration, Instant},
 };
 use testkit::{
-    ServerProcess, amqp_url, center_command, cpu_seconds, increase_module, print_goal, unique_queue,
+    ServerProcess, Switches, ThreadSwitches, amqp_url, center_command, cpu_seconds,
+    increase_module, print_goal, unique_queue,
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
@@ -46,6 +52,7 @@ use tokio::{
     sync::oneshot,
 };
 
+/// Rounds of each load, unless `RPC_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 /// (calls in flight, calls per round)
 const LOADS: [(usize, usize); 3] = [(1, 2000), (16, 20_000), (128, 20_000)];
@@ -92,8 +99,32 @@ async fn main() {
         .await
         .unwrap();
     let direct = center(&our_queue, ReplyMode::Direct, false).await.unwrap();
+    // Another build of the node, to measure a change against in the same
+    // run, by turns.
+    let baseline_queue = unique_queue("bench-baseline");
+    let mut baseline_server = match std::env::var_os("RPC_BASELINE_NODE") {
+        Some(binary) => Some(
+            ServerProcess::compute(
+                Command::new(binary)
+                    .kill_on_drop(true)
+                    .args(["--queue", &baseline_queue, "--amqp-url", &url])
+                    .arg("--module")
+                    .arg(increase_module()),
+            )
+            .await,
+        ),
+        None => None,
+    };
+    let baseline_center = match &baseline_server {
+        Some(_) => Some(
+            center(&baseline_queue, ReplyMode::Queue, false)
+                .await
+                .unwrap(),
+        ),
+        None => None,
+    };
 
-    let variants: [(&str, &ServerProcess, Client); 4] = [
+    let mut variants: Vec<(&str, &ServerProcess, Client)> = vec![
         ("bare lapin echo", &bare_server, Client::Bare(&bare)),
         (
             "ours, on-publish (default)",
@@ -107,19 +138,27 @@ async fn main() {
         ),
         ("ours, direct reply-to", &our_server, Client::Ours(&direct)),
     ];
+    if let (Some(server), Some(center)) = (&baseline_server, &baseline_center) {
+        variants.push(("RPC_BASELINE_NODE", server, Client::Ours(center)));
+    }
     // Warm up: connections, the node's code paths, the broker's queues.
     for (_, _, client) in &variants {
         client.run(16, 2000).await;
     }
 
     let broker = testkit::broker_pid(&url).map(|pid| pid.to_string());
+    let rounds = std::env::var("RPC_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(ROUNDS);
     println!(
-        "{ROUNDS} rounds, the variants alternating within each; each figure is the median round"
+        "{rounds} rounds, the variants alternating within each; each figure is the median round"
     );
     let mut ratios_summary = Vec::new();
+    let mut cpu_summary = Vec::new();
     for (in_flight, calls) in LOADS {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             for (index, (_, server, client)) in variants.iter().enumerate() {
                 let run = Run::measure(server, broker.as_deref(), calls, || {
                     client.run(in_flight, calls)
@@ -135,18 +174,28 @@ async fn main() {
         for ((name, _, _), runs) in variants.iter().zip(&runs) {
             median_run(runs).print(name, &baseline);
         }
+        println!("per call, each server:");
+        print_per_call_header();
+        for ((name, _, _), runs) in variants.iter().zip(&runs) {
+            median_per_call(runs, calls).print(name);
+        }
         let ours = median_run(&runs[1]);
         ratios_summary.push((
             in_flight,
             ours.rate / baseline.rate,
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
+        cpu_summary.push((
+            in_flight,
+            median_per_call(&runs[1], calls).cpu_micros,
+            median_per_call(&runs[0], calls).cpu_micros,
+        ));
     }
 
     let (size, batches_in_flight, inputs) = BATCH;
     let mut bare_runs = Vec::new();
     let mut batch_runs = Vec::new();
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let bare_client = Client::Bare(&bare);
         bare_runs.push(
             Run::measure(&bare_server, broker.as_deref(), 20_000, || {
@@ -186,12 +235,23 @@ async fn main() {
             _ => print_goal("K=1 p50 latency, ours/bare", latency, "<=", 1.1),
         }
     }
+    for (in_flight, ours, bare) in cpu_summary {
+        if in_flight > 1 {
+            print_goal(
+                &format!("K={in_flight} node CPU per call - bare's - guest call, us"),
+                ours - bare - per_call,
+                "<=",
+                5.0,
+            );
+        }
+    }
     print_goal(
         "batches of 100: inputs/s over bare single calls/s",
         batched.rate / bare_single.rate,
         ">=",
         5.0,
     );
+    print_goal("batches of 100: inputs/s", batched.rate, ">=", 150_000.0);
     print_goal(
         "seq 1 1000000 | center --batch 100: calls/s",
         big.rate,
@@ -208,17 +268,23 @@ async fn main() {
         "guest call through a fresh instance, us",
         per_call,
         "<=",
-        10.0,
+        6.0,
     );
-    print_goal("node peak RSS, MiB", rss, "<=", 64.0);
+    print_goal("node peak RSS, MiB", rss, "<=", 32.0);
 
     ours.close().await;
     confirmed.close().await;
     direct.close().await;
+    if let Some(center) = baseline_center {
+        center.close().await;
+    }
     bare_server.kill().await;
     our_server.kill().await;
     confirmed_server.kill().await;
-    for queue in [&bare_queue, &our_queue, &confirmed_queue] {
+    if let Some(server) = &mut baseline_server {
+        server.kill().await;
+    }
+    for queue in [&bare_queue, &our_queue, &confirmed_queue, &baseline_queue] {
         testkit::delete_queue(queue).await;
     }
 }
@@ -235,6 +301,44 @@ fn print_header() {
         "broker CPU",
         "ours/bare"
     );
+}
+
+fn print_per_call_header() {
+    println!(
+        "  {:<28} {:>9} {:>9} {:>11} {:>9}",
+        "variant", "CPU us", "wakeups", "preempted", "migrated"
+    );
+}
+
+/// What a server spent on each call of a round.
+struct PerCall {
+    cpu_micros: f64,
+    wakeups: f64,
+    preemptions: f64,
+    migrations: f64,
+}
+
+impl PerCall {
+    fn print(&self, name: &str) {
+        println!(
+            "  {:<28} {:>9.1} {:>9.2} {:>11.2} {:>9.2}",
+            name, self.cpu_micros, self.wakeups, self.preemptions, self.migrations
+        );
+    }
+}
+
+/// The round with the median server CPU per call, of `calls` calls each.
+fn median_per_call(runs: &[Run], calls: usize) -> PerCall {
+    let mut runs = runs.to_vec();
+    runs.sort_by(|a, b| a.server_cpu.total_cmp(&b.server_cpu));
+    let run = &runs[runs.len() / 2];
+    let per_call = |count: u64| count as f64 / calls as f64;
+    PerCall {
+        cpu_micros: run.server_cpu * 1e6 / calls as f64,
+        wakeups: per_call(run.server_switches.wakeups),
+        preemptions: per_call(run.server_switches.preemptions),
+        migrations: per_call(run.server_switches.migrations),
+    }
 }
 
 /// `inputs` inputs in batches of `size`, `in_flight` batches at once,
@@ -358,6 +462,8 @@ struct Run {
     p50: Duration,
     p99: Duration,
     server_cpu: f64,
+    /// The server's context switches and migrations, all threads.
+    server_switches: ThreadSwitches,
     client_cpu: f64,
     /// 0 when the broker is not a process on this machine.
     broker_cpu: f64,
@@ -373,6 +479,7 @@ impl Run {
         run: impl FnOnce() -> F,
     ) -> Run {
         let server_cpu = server.cpu_seconds();
+        let server_switches = Switches::of(server.pid());
         let client_cpu = cpu_seconds("self");
         let broker_cpu = broker.map_or(0.0, cpu_seconds);
         let started = Instant::now();
@@ -384,6 +491,7 @@ impl Run {
             p50: latencies[latencies.len() / 2],
             p99: latencies[latencies.len() * 99 / 100],
             server_cpu: server.cpu_seconds() - server_cpu,
+            server_switches: Switches::of(server.pid()).since(&server_switches),
             client_cpu: cpu_seconds("self") - client_cpu,
             broker_cpu: broker.map_or(0.0, cpu_seconds) - broker_cpu,
         }
@@ -465,9 +573,7 @@ struct BareClient {
 
 impl BareClient {
     async fn connect(url: &str, queue: &str) -> Self {
-        let connection = Connection::connect(url, ConnectionProperties::default())
-            .await
-            .unwrap();
+        let connection = compute_host::shared::amqp::connect(url).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let exclusive = QueueDeclareOptions {
             exclusive: true,

@@ -1,5 +1,8 @@
-//! What the benches print beside their figures: a process's CPU time and
-//! peak RSS, the broker's process, and a figure against its goal.
+//! What the benches print beside their figures: a process's CPU time,
+//! scheduling and peak RSS, the broker's process, and a figure against
+//! its goal.
+
+use std::collections::HashMap;
 
 /// The peak RSS of process `pid` so far, in MiB (`VmHWM`); `None` once it
 /// is gone.
@@ -73,6 +76,72 @@ pub fn broker_pid(url: &str) -> Option<u32> {
                 })
                 .then_some(pid)
         })
+}
+
+/// How often a process's threads left the CPU so far, thread by thread,
+/// as `perf stat -e context-switches,cpu-migrations` counts them, read
+/// from `/proc/PID/task/*/{status,sched}`.
+#[derive(Clone, Debug, Default)]
+pub struct Switches(HashMap<String, ThreadSwitches>);
+
+/// One thread's counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ThreadSwitches {
+    /// Voluntary context switches: the thread waited for something, and
+    /// each such wait ended in a wakeup.
+    pub wakeups: u64,
+    /// Involuntary ones: the scheduler took the CPU from the thread.
+    pub preemptions: u64,
+    /// Moves to another CPU.
+    pub migrations: u64,
+}
+
+impl Switches {
+    /// The counts of `pid`'s threads now; empty once it is gone.
+    pub fn of(pid: impl std::fmt::Display) -> Switches {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Switches::default();
+        };
+        let threads = tasks
+            .flatten()
+            .filter_map(|task| {
+                let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+                let sched = std::fs::read_to_string(task.path().join("sched")).ok()?;
+                let field = |text: &str, name: &str| -> Option<u64> {
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(name))?
+                        .trim_start_matches([' ', '\t', ':'])
+                        .trim()
+                        .parse()
+                        .ok()
+                };
+                let counts = ThreadSwitches {
+                    wakeups: field(&status, "voluntary_ctxt_switches")?,
+                    preemptions: field(&status, "nonvoluntary_ctxt_switches")?,
+                    migrations: field(&sched, "se.nr_migrations").unwrap_or(0),
+                };
+                Some((task.file_name().to_string_lossy().into_owned(), counts))
+            })
+            .collect();
+        Switches(threads)
+    }
+
+    /// What the threads alive now did since `earlier`: a thread started
+    /// since counts from zero, one that ended since is lost (a node's
+    /// threads live as long as it does).
+    pub fn since(&self, earlier: &Switches) -> ThreadSwitches {
+        self.0
+            .iter()
+            .fold(ThreadSwitches::default(), |total, (thread, now)| {
+                let before = earlier.0.get(thread).copied().unwrap_or_default();
+                ThreadSwitches {
+                    wakeups: total.wakeups + now.wakeups.saturating_sub(before.wakeups),
+                    preemptions: total.preemptions
+                        + now.preemptions.saturating_sub(before.preemptions),
+                    migrations: total.migrations + now.migrations.saturating_sub(before.migrations),
+                }
+            })
+    }
 }
 
 /// The page faults this process has taken so far that needed no disk

@@ -39,7 +39,9 @@ pub use broker::{
     refuses_transient_queues, unique_queue,
 };
 pub use eventually::eventually;
-pub use figures::{broker_pid, cpu_seconds, minor_faults, peak_rss_mib, print_goal};
+pub use figures::{
+    Switches, ThreadSwitches, broker_pid, cpu_seconds, minor_faults, peak_rss_mib, print_goal,
+};
 pub use load::{Call, Calls, Load, Tally};
 pub use metrics::{get, requests_settled, scrape, wait_for_metric};
 pub use modules::{ModuleDir, built_module, increase_module, nosy_module};
