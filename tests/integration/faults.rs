@@ -395,6 +395,43 @@ async fn a_nosy_guest_is_denied_everything_and_its_output_is_logged() {
     testkit::delete_queue(&queue).await;
 }
 
+/// A warning about a request names it: the node's line about a request
+/// it rejects (no `reply_to`) carries the request's correlation id and
+/// function, though the request span is made only when something is
+/// logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warning_about_a_request_names_its_correlation_id() {
+    let queue = unique_queue("warning-names");
+    let mut node = ServerProcess::node(&queue, &increase_module(), &[]).await;
+    let mut client = RawClient::connect().await;
+    client
+        .publish(
+            &queue,
+            b"5",
+            BasicProperties::default().with_correlation_id("orphan-1".into()),
+        )
+        .await;
+    let reply = client.request(&queue, b"6", Some("fine-1")).await;
+    assert_eq!(reply.data, b"7");
+
+    node.terminate();
+    assert!(node.wait().await.success());
+    let log = node.log();
+    let warning = log
+        .lines()
+        .find(|line| line.contains("rejecting a request without requeue"))
+        .unwrap_or_else(|| panic!("no rejection in\n{log}"));
+    assert!(
+        warning.contains("correlation_id=orphan-1") && warning.contains(r#"function="increase""#),
+        "{warning}"
+    );
+    assert!(
+        !log.contains("fine-1"),
+        "a request answered logs nothing:\n{log}"
+    );
+    testkit::delete_queue(&queue).await;
+}
+
 /// A node serving [`hostile_or_echo`] under `limits`, and the directory
 /// its module lives in (removed when dropped).
 async fn hostile_node(test: &str, limits: Limits) -> (ModuleDir, RunningNode) {

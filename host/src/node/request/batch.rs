@@ -1,8 +1,9 @@
 //! A batch request: every input computed in its own fresh instance, in
 //! order, and the results framed into one reply (see [`wire::batch`]).
 
+use super::log::RequestLog;
 use crate::{
-    node::metrics::RequestMetrics,
+    node::metrics::FunctionMetrics,
     shared::{
         sandbox::ComputeModule,
         trace::{Span, attributes as attr},
@@ -16,13 +17,14 @@ use std::time::Instant;
 /// results would not fit in `max_body`, an error message of `kind`. The
 /// request's `span`, if any, counts the inputs and gets an event for each
 /// that failed: a span for each input would cost more than the batch
-/// saves.
+/// saves. What a guest prints is logged in the request's `log` span.
 pub(super) async fn compute(
     module: &ComputeModule,
     body: &[u8],
     max_body: usize,
-    metrics: &RequestMetrics,
+    metrics: &FunctionMetrics,
     mut span: Option<&mut Span>,
+    log: &RequestLog<'_>,
 ) -> Result<Vec<u8>, (ErrorKind, Vec<u8>)> {
     let bad_request =
         |message: String| Err((ErrorKind::BadRequest, wire::error_body(&message, max_body)));
@@ -37,7 +39,7 @@ pub(super) async fn compute(
     let mut results = batch::Results::with_capacity(body.len() + inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
         let started = Instant::now();
-        let outcome = module.compute(input).await;
+        let outcome = module.compute_in(input, || log.span().clone()).await;
         metrics.computed(module.name(), &outcome, started.elapsed());
         match outcome {
             Ok(output) => results.ok(&output),

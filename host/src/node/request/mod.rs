@@ -21,9 +21,10 @@
 //! results of all its inputs in one reply.
 
 mod batch;
+mod log;
 
 use crate::{
-    node::{ack_mode::AckMode, live::LiveModule, metrics::RequestMetrics, throttle::Throttle},
+    node::{ack_mode::AckMode, live::LiveModule, metrics::FunctionMetrics, throttle::Throttle},
     shared::{
         amqp::{self, PublishError, Routed},
         backoff::{self, Backoff},
@@ -39,11 +40,12 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
     types::ShortString,
 };
+use log::RequestLog;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
-use tracing::{Instrument as _, debug, info_span, warn};
+use tracing::{debug, warn};
 
 /// How many times a reply is published, with confirms, before its
 /// request is given up.
@@ -125,7 +127,7 @@ pub(crate) struct Handler {
     /// that a confirm and the matching ack travel on one channel.
     pub(crate) channel: Channel,
     /// Where each request's outcome and timings are counted.
-    pub(crate) metrics: Arc<RequestMetrics>,
+    pub(crate) metrics: FunctionMetrics,
     /// The largest reply body, error messages included.
     pub(crate) max_body: usize,
     /// Warnings that one client could repeat per request.
@@ -143,8 +145,7 @@ impl Handler {
     /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
     /// every outcome is logged here, in a span that names the request's
     /// correlation id (and so does anything the guest prints), and its
-    /// trace when it has one. The id is logged escaped: it comes from any
-    /// client, newlines included.
+    /// trace when it has one.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let correlation_id = delivery
             .properties
@@ -158,19 +159,18 @@ impl Handler {
         // W3C passes `tracestate` on only with the trace it belongs to.
         let state = parent.and_then(|_| wire::trace_state(&delivery.properties));
         let mut process = self.process_span(&delivery, correlation_id, parent.as_ref());
-        let trace = process.as_ref().map(Span::context);
-        let log_span = info_span!(
-            "request",
-            correlation_id = %Escaped(correlation_id),
-            function = current.name(),
-            trace_id = trace.map(|trace| tracing::field::display(trace.trace_id_hex())),
-            span_id = trace.map(|trace| tracing::field::display(trace.span_id_hex())),
-        );
+        let trace = process.as_ref().map(Span::context).copied();
+        let log = RequestLog::new(correlation_id, current.name(), trace);
         let _in_flight = self.metrics.start();
         let _counted = self.live.count_request();
-        self.answer(delivery, current, process.as_mut(), state.as_deref())
-            .instrument(log_span)
-            .await
+        self.answer(
+            &delivery,
+            current.clone(),
+            process.as_mut(),
+            state.as_deref(),
+            &log,
+        )
+        .await
     }
 
     /// The span of processing `delivery`: continuing the trace `parent`,
@@ -224,16 +224,17 @@ impl Handler {
 
     async fn answer(
         &self,
-        delivery: Delivery,
+        delivery: &Delivery,
         current: Arc<ComputeModule>,
         mut process: Option<&mut Span>,
         trace_state: Option<&str>,
+        log: &RequestLog<'_>,
     ) {
         let reply_to = match Rejection::check(&delivery.properties) {
-            Ok(reply_to) => reply_to.clone(),
+            Ok(reply_to) => reply_to,
             Err(rejection) => {
                 return self
-                    .reject(delivery, &current, rejection, None, process)
+                    .reject(delivery, &current, rejection, None, process, log)
                     .await;
             }
         };
@@ -273,10 +274,11 @@ impl Handler {
                         self.max_body,
                         &self.metrics,
                         process.as_deref_mut(),
+                        log,
                     )
                     .await
                 } else {
-                    self.compute_one(&module, &delivery.data).await
+                    self.compute_one(&module, &delivery.data, log).await
                 };
                 if let (Some(guest), Err((kind, _))) = (&mut guest, &outcome) {
                     guest.set(attr::ERROR_TYPE, kind.as_str());
@@ -290,15 +292,17 @@ impl Handler {
             }
         };
         let guest_time = started.elapsed();
-        debug!(
-            reply_to = %Escaped(reply_to.as_str()),
-            function = module.name(),
-            module = module.digest(),
-            error = error.map(|kind| kind.as_str()),
-            elapsed_us = guest_time.as_micros() as u64,
-            redelivered = delivery.redelivered,
-            "request"
-        );
+        log.debug(|| {
+            debug!(
+                reply_to = %Escaped(reply_to.as_str()),
+                function = module.name(),
+                module = module.digest(),
+                error = error.map(|kind| kind.as_str()),
+                elapsed_us = guest_time.as_micros() as u64,
+                redelivered = delivery.redelivered,
+                "request"
+            )
+        });
 
         let trace = process.as_deref().map(|span| wire::TraceHeaders {
             context: span.context(),
@@ -324,13 +328,13 @@ impl Handler {
                 span.fail(|| String::from_utf8_lossy(&body).into_owned());
             }
         }
-        match self.reply(&reply_to, &body, properties).await {
+        match self.reply(reply_to, &body, properties, log).await {
             Delivered::Settled(routed) => {
                 if let Routed::Returned(_) = routed {
-                    caller_gone(&self.warnings, reply_to.as_str(), None);
+                    log.in_span(|| caller_gone(&self.warnings, reply_to.as_str(), None));
                 }
                 let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-                log_ack_failure(acked);
+                log_ack_failure(acked, log);
                 let outcome = error.map_or("ok", |kind| kind.as_str());
                 self.metrics.settled(module.name(), outcome);
                 let traced = process
@@ -350,13 +354,14 @@ impl Handler {
                     Rejection::Undeliverable,
                     Some(&last_failure),
                     process,
+                    log,
                 )
                 .await;
             }
             Delivered::ChannelLost(cause) => {
                 // The node warns once about the lost connection; the
                 // broker redelivers the request.
-                debug!(%cause, "reply not delivered: the channel is gone");
+                log.debug(|| debug!(%cause, "reply not delivered: the channel is gone"));
                 let nacked = delivery
                     .acker
                     .nack(BasicNackOptions {
@@ -364,7 +369,7 @@ impl Handler {
                         multiple: false,
                     })
                     .await;
-                log_ack_failure(nacked);
+                log_ack_failure(nacked, log);
                 self.metrics.settled(module.name(), "requeued");
                 if let Some(span) = process {
                     span.set(attr::OUTCOME, "requeued");
@@ -378,9 +383,10 @@ impl Handler {
         &self,
         module: &ComputeModule,
         input: &[u8],
+        log: &RequestLog<'_>,
     ) -> Result<Vec<u8>, (ErrorKind, Vec<u8>)> {
         let started = Instant::now();
-        let outcome = module.compute(input).await;
+        let outcome = module.compute_in(input, || log.span().clone()).await;
         self.metrics
             .computed(module.name(), &outcome, started.elapsed());
         outcome.map_err(|err| {
@@ -396,30 +402,33 @@ impl Handler {
     /// why the reply's last attempt failed, for an undeliverable one.
     async fn reject(
         &self,
-        delivery: Delivery,
+        delivery: &Delivery,
         module: &ComputeModule,
         why: Rejection,
         last_failure: Option<&PublishError>,
         process: Option<&mut Span>,
+        log: &RequestLog<'_>,
     ) {
         if let Some(span) = process {
             span.set(attr::OUTCOME, why.outcome());
             span.fail(|| why.to_string());
         }
         if let Some(held_back) = self.warnings.admit(why.outcome()) {
-            warn!(
-                delivery_tag = delivery.delivery_tag,
-                cause = %why,
-                last_failure = last_failure.map(tracing::field::display),
-                held_back,
-                "rejecting a request without requeue"
-            );
+            log.in_span(|| {
+                warn!(
+                    delivery_tag = delivery.delivery_tag,
+                    cause = %why,
+                    last_failure = last_failure.map(tracing::field::display),
+                    held_back,
+                    "rejecting a request without requeue"
+                )
+            });
         }
         let rejected = delivery
             .acker
             .reject(BasicRejectOptions { requeue: false })
             .await;
-        log_ack_failure(rejected);
+        log_ack_failure(rejected, log);
         self.metrics.settled(module.name(), why.outcome());
     }
 
@@ -433,6 +442,7 @@ impl Handler {
         reply_to: &ShortString,
         body: &[u8],
         mut properties: BasicProperties,
+        log: &RequestLog<'_>,
     ) -> Delivered {
         let mut backoff = Backoff::up_to(backoff::REPLY_MAX_WAIT);
         let attempts = if self.ack_mode.confirms() {
@@ -462,7 +472,9 @@ impl Handler {
             if attempt == attempts {
                 return Delivered::GaveUp(failure);
             }
-            debug!(attempt, cause = %failure, "reply not delivered; publishing it again");
+            log.debug(
+                || debug!(attempt, cause = %failure, "reply not delivered; publishing it again"),
+            );
             tokio::time::sleep(backoff.next_wait()).await;
             attempt += 1;
         }
@@ -499,8 +511,10 @@ pub(crate) fn caller_gone(warnings: &Throttle, reply_to: &str, correlation_id: O
 /// An ack, nack or reject that fails means the channel is gone; the broker
 /// will redeliver the request. The node warns once when it loses the
 /// connection, so each request only notes it at debug level.
-fn log_ack_failure(result: lapin::Result<bool>) {
+fn log_ack_failure(result: lapin::Result<bool>, log: &RequestLog<'_>) {
     if let Err(err) = result {
-        debug!(cause = %err, "could not settle the request; the broker will redeliver it");
+        log.debug(
+            || debug!(cause = %err, "could not settle the request; the broker will redeliver it"),
+        );
     }
 }

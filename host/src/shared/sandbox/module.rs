@@ -192,8 +192,21 @@ impl ComputeModule {
     }
 
     /// Runs one request in a fresh instance. A request over the size limit
-    /// is refused without running the guest.
+    /// is refused without running the guest. What the guest printed is
+    /// logged in the current span.
     pub async fn compute(&self, request: &[u8]) -> Result<Vec<u8>, ComputeError> {
+        self.compute_in(request, tracing::Span::current).await
+    }
+
+    /// [`compute`](Self::compute), logging what the guest printed, if
+    /// anything, in the span that `span` makes. A node's request makes its
+    /// span only when there is something to log: making one costs more
+    /// than a whole guest call's bookkeeping.
+    pub async fn compute_in(
+        &self,
+        request: &[u8],
+        span: impl FnOnce() -> tracing::Span,
+    ) -> Result<Vec<u8>, ComputeError> {
         let limits = self.limits;
         let too_large = |body, size| ComputeError::TooLarge {
             body,
@@ -248,7 +261,7 @@ impl ComputeModule {
         };
         let state = store.into_data();
         if let Some(output) = &state.output {
-            output.log(self.name());
+            output.log(self.name(), span);
         }
         let Ok(outcome) = outcome else {
             return Err(ComputeError::Stalled(limits.wall_timeout));

@@ -66,19 +66,21 @@ impl GuestOutput {
         (!text.is_empty()).then(|| Escaped(text).to_string())
     }
 
-    /// Logs what the guest printed, if anything.
-    pub(super) fn log(&self, function: &str) {
+    /// Logs what the guest printed, if anything, in the span `span` makes.
+    pub(super) fn log(&self, function: &str, span: impl FnOnce() -> tracing::Span) {
         let captured = lock(&self.captured);
         if captured.kept.is_empty() {
             return;
         }
         let text = String::from_utf8_lossy(&captured.kept);
-        info!(
-            function,
-            dropped_bytes = captured.dropped,
-            "guest output: {}",
-            Escaped(text.trim_end())
-        );
+        span().in_scope(|| {
+            info!(
+                function,
+                dropped_bytes = captured.dropped,
+                "guest output: {}",
+                Escaped(text.trim_end())
+            )
+        });
     }
 }
 
