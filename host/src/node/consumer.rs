@@ -18,7 +18,7 @@ use crate::{
     node::{
         ack_mode::AckMode,
         functions::Function,
-        metrics::RequestMetrics,
+        metrics::{FunctionMetrics, RequestMetrics},
         request::{self, Handler},
         throttle::Throttle,
     },
@@ -177,7 +177,7 @@ async fn serve(
         let handler = Arc::new(Handler {
             live: function.live().clone(),
             channel: session.channel.clone(),
-            metrics: shared.metrics.clone(),
+            metrics: FunctionMetrics::new(shared.metrics.clone(), function.name()),
             max_body: shared.max_body,
             warnings: shared.warnings.clone(),
             ack_mode: shared.ack_mode,
@@ -306,9 +306,13 @@ impl Session {
         let mut returns = tokio::time::interval(RETURNS_POLL);
         returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let collect_returns = !handler.ack_mode.confirms();
+        // Made once, not once a delivery: each one made takes the token's
+        // lock to wait on it, and again when it is dropped.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return Ended::Stopped,
+                _ = &mut stopped => return Ended::Stopped,
                 _ = returns.tick(), if collect_returns => {
                     for reply in &amqp::take_returned(&self.channel).await {
                             let correlation_id = reply.delivery.properties.correlation_id().as_ref();
