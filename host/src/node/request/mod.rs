@@ -19,6 +19,9 @@
 //!
 //! A batch request (`batch`) is answered the same way, once, with the
 //! results of all its inputs in one reply.
+//!
+//! A request's span in the node's log (`log`) is made only when
+//! something is logged about it: most requests log nothing.
 
 mod batch;
 mod log;
