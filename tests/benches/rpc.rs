@@ -38,6 +38,7 @@ use lapin::{
 };
 use std::{
     collections::HashMap,
+    path::Path,
     process::Stdio,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -104,12 +105,11 @@ async fn main() {
     let baseline_queue = unique_queue("bench-baseline");
     let mut baseline_server = match std::env::var_os("RPC_BASELINE_NODE") {
         Some(binary) => Some(
-            ServerProcess::compute(
-                Command::new(binary)
-                    .kill_on_drop(true)
-                    .args(["--queue", &baseline_queue, "--amqp-url", &url])
-                    .arg("--module")
-                    .arg(increase_module()),
+            ServerProcess::node_built_at(
+                Path::new(&binary),
+                &baseline_queue,
+                &increase_module(),
+                &[],
             )
             .await,
         ),
@@ -176,8 +176,12 @@ async fn main() {
         }
         println!("per call, each server:");
         print_per_call_header();
-        for ((name, _, _), runs) in variants.iter().zip(&runs) {
-            median_per_call(runs, calls).print(name);
+        let per_call: Vec<PerCall> = runs
+            .iter()
+            .map(|runs| median_per_call(runs, calls))
+            .collect();
+        for ((name, _, _), per_call) in variants.iter().zip(&per_call) {
+            per_call.print(name);
         }
         let ours = median_run(&runs[1]);
         ratios_summary.push((
@@ -185,11 +189,7 @@ async fn main() {
             ours.rate / baseline.rate,
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
-        cpu_summary.push((
-            in_flight,
-            median_per_call(&runs[1], calls).cpu_micros,
-            median_per_call(&runs[0], calls).cpu_micros,
-        ));
+        cpu_summary.push((in_flight, per_call[1].cpu_micros, per_call[0].cpu_micros));
     }
 
     let (size, batches_in_flight, inputs) = BATCH;

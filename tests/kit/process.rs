@@ -86,7 +86,24 @@ impl ServerProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut command = compute_command();
+        Self::node_from(compute_command(), queue, module, args, env).await
+    }
+
+    /// As [`node`](Self::node), with the `compute` binary at `binary`:
+    /// another build, to measure this one against.
+    pub async fn node_built_at(binary: &Path, queue: &str, module: &Path, args: &[&str]) -> Self {
+        let mut command = Command::new(binary);
+        command.kill_on_drop(true);
+        Self::node_from(command, queue, module, args, &[]).await
+    }
+
+    async fn node_from(
+        mut command: Command,
+        queue: &str,
+        module: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         command
             .envs(env.iter().copied())
             .args(["--queue", queue, "--amqp-url", &amqp_url()])
