@@ -241,6 +241,45 @@ async fn guests_asleep_in_host_calls_are_stopped_by_the_wall_clock_limit() {
     target.assert_unharmed(b"look", None).await;
 }
 
+/// A guest asleep holds back no other request: with `--prefetch 2`, the
+/// broker hands the node a third request only once one is acked, and the
+/// node acks each request answered past the sleeper's at once, not when
+/// the sleeper ends, so twenty requests are answered while it sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleeping_request_holds_back_no_other_requests_ack() {
+    let nosy = testkit::nosy_module();
+    let mut target = Target::start(
+        "ack-past-sleeper",
+        &nosy,
+        &["--guest-wall-timeout", "20", "--prefetch", "2"],
+    )
+    .await;
+    let center = center(&target.queue, Duration::from_secs(60)).await;
+
+    let sleeper = tokio::spawn({
+        let center = center.clone();
+        async move { center.call("sleep").await }
+    });
+    wait_for_metric(target.metrics, "compute_in_flight_requests 1").await;
+    for _ in 0..20 {
+        let reply = center
+            .call("look")
+            .await
+            .expect("a request past the sleeper");
+        assert!(!reply.body.is_empty());
+    }
+    assert!(
+        !sleeper.is_finished(),
+        "the requests past the sleeper waited for it: their acks were held back"
+    );
+    match sleeper.await.expect("the sleeper's task") {
+        Err(CallError::Remote { kind, .. }) => assert_eq!(kind, "timeout"),
+        other => panic!("the sleeper got {other:?}"),
+    }
+    center.close().await;
+    target.assert_unharmed(b"look", None).await;
+}
+
 /// Fifty requests whose callers are gone make one warning, not fifty; a
 /// correlation id with a newline in it is logged escaped, so it cannot
 /// forge a log line, and still comes back exactly in its reply.

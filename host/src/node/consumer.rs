@@ -19,7 +19,7 @@ use crate::{
         ack_mode::AckMode,
         functions::Function,
         metrics::{FunctionMetrics, RequestMetrics},
-        request::{self, Handler},
+        request::{self, Handler, Settlements},
         throttle::Throttle,
     },
     shared::{
@@ -177,6 +177,7 @@ async fn serve(
         let handler = Arc::new(Handler {
             live: function.live().clone(),
             channel: session.channel.clone(),
+            settlements: Settlements::new(session.channel.clone()),
             metrics: FunctionMetrics::new(shared.metrics.clone(), function.name()),
             max_body: shared.max_body,
             warnings: shared.warnings.clone(),
@@ -190,7 +191,10 @@ async fn serve(
                 // (under an alarm it reads nothing) must not add its wait
                 // to the drain's. Deliveries that arrive meanwhile are
                 // never started; closing requeues them.
-                tokio::join!(session.stop_consuming(), session.drain(shared.drain_limit));
+                tokio::join!(
+                    session.stop_consuming(),
+                    session.drain(&handler.settlements, shared.drain_limit)
+                );
                 return Some(session.channel);
             }
             Ended::Lost(cause) => {
@@ -310,9 +314,18 @@ impl Session {
         // lock to wait on it, and again when it is dropped.
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        let settlements = &handler.settlements;
+        let answered = settlements.answered_any();
+        tokio::pin!(answered);
         loop {
             tokio::select! {
                 _ = &mut stopped => return Ended::Stopped,
+                _ = &mut answered => {
+                    answered.set(settlements.answered_any());
+                    if let Err(err) = settlements.ack_answered() {
+                        return Ended::Lost(err.to_string());
+                    }
+                }
                 _ = returns.tick(), if collect_returns => {
                     for reply in &amqp::take_returned(&self.channel).await {
                             let correlation_id = reply.delivery.properties.correlation_id().as_ref();
@@ -325,6 +338,7 @@ impl Session {
                 }
                 next = self.consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        settlements.delivered(delivery.delivery_tag);
                         let handler = handler.clone();
                         let abandon = self.abandon.clone();
                         self.in_flight.spawn(async move {
@@ -360,10 +374,11 @@ impl Session {
         }
     }
 
-    /// Waits for the requests in flight to be answered and acked, for at
-    /// most `limit`: if the connection fails meanwhile, their confirms may
-    /// never come, and the broker redelivers them anyway.
-    async fn drain(&self, limit: Duration) {
+    /// Waits for the requests in flight to be answered, for at most
+    /// `limit` (if the connection fails meanwhile, their confirms may
+    /// never come, and the broker redelivers them anyway), then acks those
+    /// answered, before the channel closes.
+    async fn drain(&self, settlements: &Settlements, limit: Duration) {
         self.in_flight.close();
         if tokio::time::timeout(limit, self.in_flight.wait())
             .await
@@ -374,6 +389,17 @@ impl Session {
                 "gave up waiting for the requests in flight; the broker will redeliver them"
             );
             self.abandon.cancel();
+        }
+        let acked = settlements.ack_answered_written();
+        match tokio::time::timeout(amqp::ANSWER_TIMEOUT, acked).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                debug!(cause = %err, "could not ack the requests answered; the broker will redeliver them")
+            }
+            Err(_) => warn!(
+                "the last acks were not written within {:?}; the broker may redeliver their requests",
+                amqp::ANSWER_TIMEOUT
+            ),
         }
     }
 }

@@ -21,10 +21,15 @@
 //! results of all its inputs in one reply.
 //!
 //! A request's span in the node's log (`log`) is made only when
-//! something is logged about it: most requests log nothing.
+//! something is logged about it: most requests log nothing. A request
+//! answered is acked by its consumer, with others answered about the same
+//! time (`settle`).
 
 mod batch;
 mod log;
+mod settle;
+
+pub(crate) use settle::Settlements;
 
 use crate::{
     node::{ack_mode::AckMode, live::LiveModule, metrics::FunctionMetrics, throttle::Throttle},
@@ -37,13 +42,9 @@ use crate::{
         wire::{self, ErrorKind},
     },
 };
-use lapin::{
-    BasicProperties, Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
-    types::ShortString,
-};
+use lapin::{BasicProperties, Channel, message::Delivery, types::ShortString};
 use log::RequestLog;
+use settle::Unanswered;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -129,6 +130,9 @@ pub(crate) struct Handler {
     /// The channel the requests arrive on; replies go out on it too, so
     /// that a confirm and the matching ack travel on one channel.
     pub(crate) channel: Channel,
+    /// How the requests delivered on `channel` are acked, rejected or
+    /// requeued.
+    pub(crate) settlements: Settlements,
     /// Where each request's outcome and timings are counted.
     pub(crate) metrics: FunctionMetrics,
     /// The largest reply body, error messages included.
@@ -145,7 +149,8 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    /// Answers `delivery`, then acks, nacks or rejects it. Never fails:
+    /// Answers `delivery`, then leaves it to its consumer to ack, or nacks
+    /// or rejects it. Never fails:
     /// every outcome is logged here, in a span that names the request's
     /// correlation id (and so does anything the guest prints), and its
     /// trace when it has one.
@@ -336,8 +341,7 @@ impl Handler {
                 if let Routed::Returned(_) = routed {
                     log.in_span(|| caller_gone(&self.warnings, reply_to.as_str(), None));
                 }
-                let acked = delivery.acker.ack(BasicAckOptions::default()).await;
-                log_ack_failure(acked, log);
+                self.settlements.answered(delivery.delivery_tag);
                 let outcome = error.map_or("ok", |kind| kind.as_str());
                 self.metrics.settled(module.name(), outcome);
                 let traced = process
@@ -365,14 +369,11 @@ impl Handler {
                 // The node warns once about the lost connection; the
                 // broker redelivers the request.
                 log.debug(|| debug!(%cause, "reply not delivered: the channel is gone"));
-                let nacked = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
+                let nacked = self
+                    .settlements
+                    .settle_unanswered(delivery, Unanswered::Requeue)
                     .await;
-                log_ack_failure(nacked, log);
+                log_settle_failure(nacked, log);
                 self.metrics.settled(module.name(), "requeued");
                 if let Some(span) = process {
                     span.set(attr::OUTCOME, "requeued");
@@ -427,11 +428,11 @@ impl Handler {
                 )
             });
         }
-        let rejected = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
+        let rejected = self
+            .settlements
+            .settle_unanswered(delivery, Unanswered::Reject)
             .await;
-        log_ack_failure(rejected, log);
+        log_settle_failure(rejected, log);
         self.metrics.settled(module.name(), why.outcome());
     }
 
@@ -511,10 +512,10 @@ pub(crate) fn caller_gone(warnings: &Throttle, reply_to: &str, correlation_id: O
     }
 }
 
-/// An ack, nack or reject that fails means the channel is gone; the broker
+/// A nack or reject that fails means the channel is gone; the broker
 /// will redeliver the request. The node warns once when it loses the
 /// connection, so each request only notes it at debug level.
-fn log_ack_failure(result: lapin::Result<bool>, log: &RequestLog<'_>) {
+fn log_settle_failure(result: lapin::Result<bool>, log: &RequestLog<'_>) {
     if let Err(err) = result {
         log.debug(
             || debug!(cause = %err, "could not settle the request; the broker will redeliver it"),
