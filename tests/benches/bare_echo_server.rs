@@ -3,9 +3,12 @@
 //! replies n + 1 to each request, a task per delivery, prefetch 256, and
 //! acks right after publishing, without waiting for a publisher confirm.
 //!
-//! `bare-echo-server QUEUE [AMQP_URL]`; prints `ready` to stderr once
-//! consuming.
+//! `bare-echo-server QUEUE [AMQP_URL] [--our-wire]`; prints `ready` to
+//! stderr once consuming. With `--our-wire` its replies carry what our
+//! node's do, `x-function` and `x-module-digest`, published `mandatory`:
+//! what those cost the broker and the client, apart from our code.
 
+use compute_host::shared::wire;
 use futures_util::StreamExt as _;
 use lapin::{
     BasicProperties,
@@ -25,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
     let url = args
         .next()
         .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
+    let our_wire = args.next().as_deref() == Some("--our-wire");
+    // The length of a real module digest, `sha256:` and 64 hex digits.
+    let digest = compute_host::shared::sandbox::digest(b"");
 
     // Through the node's own connect, so that an `amqps://` URL uses the
     // same TLS stack and the CA its query names.
@@ -53,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     while let Some(delivery) = requests.next().await {
         let delivery = delivery?;
         let channel = channel.clone();
+        let digest = digest.clone();
         tokio::spawn(async move {
             let n: i64 = std::str::from_utf8(&delivery.data)
                 .ok()
@@ -64,12 +71,24 @@ async fn main() -> anyhow::Result<()> {
             ) else {
                 return;
             };
-            let properties = BasicProperties::default().with_correlation_id(correlation_id.clone());
+            let (properties, options) = if our_wire {
+                let properties =
+                    wire::reply_properties(&delivery.properties, "increase", &digest, None, None);
+                let mandatory = BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                };
+                (properties, mandatory)
+            } else {
+                let properties =
+                    BasicProperties::default().with_correlation_id(correlation_id.clone());
+                (properties, BasicPublishOptions::default())
+            };
             let _ = channel
                 .basic_publish(
                     "".into(),
                     reply_to.clone(),
-                    BasicPublishOptions::default(),
+                    options,
                     (n + 1).to_string().as_bytes(),
                     properties,
                 )

@@ -6,7 +6,10 @@
 //! our `Center`: with the default modes (the node acks on publish, the
 //! center publishes without confirms), with confirms on both sides (the
 //! node `--ack-mode on-confirm`, the center `confirms`), and with direct
-//! reply-to. The servers run as processes of their own, so each one's CPU
+//! reply-to; and the bare pair again, its requests and replies carrying
+//! what ours carry (`Wire::Ours`), so that what those properties cost the
+//! broker and the client shows apart from our code. The servers run as
+//! processes of their own, so each one's CPU
 //! time is its own. For K = 1, 16 and 128 calls in flight, the variants
 //! alternate (A B C D A B C D ...) for several rounds, and the table gives
 //! the median round of each: calls/s, p50 and p99 latency, CPU seconds of
@@ -29,7 +32,7 @@
 //! `amqps://` `AMQP_URL` whose query names the CA (`cacertfile=`): every
 //! server and client here connects through it.
 
-use compute_host::{Center, CenterOptions, Limits, ReplyMode, Sandbox};
+use compute_host::{Center, CenterOptions, Limits, ReplyMode, Sandbox, shared::wire};
 use futures_util::{StreamExt as _, stream};
 use lapin::{
     BasicProperties, Channel, Connection,
@@ -53,6 +56,8 @@ use tokio::{
     sync::oneshot,
 };
 
+/// The bare pair whose requests and replies carry what ours do.
+const BARE_OUR_WIRE: &str = "bare, our wire's properties";
 /// Rounds of each load, unless `RPC_ROUNDS` says otherwise.
 const ROUNDS: usize = 3;
 /// (calls in flight, calls per round)
@@ -70,10 +75,20 @@ async fn main() {
     }
     let url = amqp_url();
     let bare_queue = unique_queue("bench-bare");
+    let bare_wire_queue = unique_queue("bench-bare-wire");
     let our_queue = unique_queue("bench-ours");
     let confirmed_queue = unique_queue("bench-confirmed");
     let mut bare_server = ServerProcess::start(
         Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([&bare_queue, &url]),
+        "ready",
+    )
+    .await;
+    let mut bare_wire_server = ServerProcess::start(
+        Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([
+            &bare_wire_queue,
+            &url,
+            "--our-wire",
+        ]),
         "ready",
     )
     .await;
@@ -85,7 +100,8 @@ async fn main() {
     )
     .await;
 
-    let bare = BareClient::connect(&url, &bare_queue).await;
+    let bare = BareClient::connect(&url, &bare_queue, Wire::Plain).await;
+    let bare_wire = BareClient::connect(&url, &bare_wire_queue, Wire::Ours).await;
     let center = |queue: &str, reply_mode, confirms| {
         let options = CenterOptions {
             queue: queue.to_owned(),
@@ -137,6 +153,7 @@ async fn main() {
             Client::Ours(&confirmed),
         ),
         ("ours, direct reply-to", &our_server, Client::Ours(&direct)),
+        (BARE_OUR_WIRE, &bare_wire_server, Client::Bare(&bare_wire)),
     ];
     if let (Some(server), Some(center)) = (&baseline_server, &baseline_center) {
         variants.push(("RPC_BASELINE_NODE", server, Client::Ours(center)));
@@ -156,6 +173,7 @@ async fn main() {
     );
     let mut ratios_summary = Vec::new();
     let mut cpu_summary = Vec::new();
+    let mut wire_summary = Vec::new();
     for (in_flight, calls) in LOADS {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); variants.len()];
         for _ in 0..rounds {
@@ -190,6 +208,14 @@ async fn main() {
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
         cpu_summary.push((in_flight, per_call[1].cpu_micros, per_call[0].cpu_micros));
+        let wire_index = variants
+            .iter()
+            .position(|(name, _, _)| *name == BARE_OUR_WIRE)
+            .expect("the bare variant with our wire");
+        wire_summary.push((
+            in_flight,
+            median_run(&runs[wire_index]).rate / baseline.rate,
+        ));
     }
 
     let (size, batches_in_flight, inputs) = BATCH;
@@ -271,6 +297,12 @@ async fn main() {
         6.0,
     );
     print_goal("node peak RSS, MiB", rss, "<=", 32.0);
+    println!(
+        "what our wire's properties cost the bare pair, not a goal (throughput, bare with them / bare):"
+    );
+    for (in_flight, ratio) in wire_summary {
+        println!("  K={in_flight:<4} {ratio:.2}");
+    }
 
     ours.close().await;
     confirmed.close().await;
@@ -279,12 +311,19 @@ async fn main() {
         center.close().await;
     }
     bare_server.kill().await;
+    bare_wire_server.kill().await;
     our_server.kill().await;
     confirmed_server.kill().await;
     if let Some(server) = &mut baseline_server {
         server.kill().await;
     }
-    for queue in [&bare_queue, &our_queue, &confirmed_queue, &baseline_queue] {
+    for queue in [
+        &bare_queue,
+        &bare_wire_queue,
+        &our_queue,
+        &confirmed_queue,
+        &baseline_queue,
+    ] {
         testkit::delete_queue(queue).await;
     }
 }
@@ -569,10 +608,22 @@ struct BareClient {
     queue: ShortString,
     reply_queue: ShortString,
     pending: Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>,
+    wire: Wire,
+}
+
+/// What a bare client's requests, and its server's replies, carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// `reply_to` and `correlation_id` only.
+    Plain,
+    /// Also what our center's and node's carry: a request's `expiration`
+    /// and `timestamp`, a reply's `x-function` and `x-module-digest`, both
+    /// published `mandatory`.
+    Ours,
 }
 
 impl BareClient {
-    async fn connect(url: &str, queue: &str) -> Self {
+    async fn connect(url: &str, queue: &str, wire: Wire) -> Self {
         let connection = compute_host::shared::amqp::connect(url).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
         let exclusive = QueueDeclareOptions {
@@ -620,6 +671,7 @@ impl BareClient {
             queue: queue.into(),
             reply_queue,
             pending,
+            wire,
         }
     }
 
@@ -633,11 +685,21 @@ impl BareClient {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
+        let (properties, options) = match self.wire {
+            Wire::Plain => (properties, BasicPublishOptions::default()),
+            Wire::Ours => (
+                wire::with_expiry(properties, CenterOptions::default().timeout),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+            ),
+        };
         self.channel
             .basic_publish(
                 "".into(),
                 self.queue.clone(),
-                BasicPublishOptions::default(),
+                options,
                 input.as_bytes(),
                 properties,
             )
