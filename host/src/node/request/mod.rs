@@ -1,7 +1,7 @@
 //! What happens to one request: compute, reply, then ack.
 //!
 //! When the ack goes out depends on the node's [`AckMode`]: after the
-//! broker confirmed the reply, or as soon as the reply is written (the
+//! broker confirmed the reply, or once the reply is written (the
 //! broker processes a channel's methods in order, so it routes the reply
 //! before it sees the ack). A request that cannot be answered at all is
 //! rejected without requeue, so a dead-letter exchange on the queue
