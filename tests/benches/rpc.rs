@@ -9,10 +9,10 @@
 //! reply-to; and the bare pair again, its requests and replies carrying
 //! what ours carry (`Wire::Ours`), so that what those properties cost the
 //! broker and the client shows apart from our code. The servers run as
-//! processes of their own, so each one's CPU
-//! time is its own. For K = 1, 16 and 128 calls in flight, the variants
-//! alternate (A B C D A B C D ...) for several rounds, and the table gives
-//! the median round of each: calls/s, p50 and p99 latency, CPU seconds of
+//! processes of their own, so each one's CPU time is its own. For K = 1,
+//! 16 and 128 calls in flight, the variants alternate (A B C D A B C D
+//! ...) for several rounds, and the table gives the median round of
+//! each: calls/s, p50 and p99 latency, CPU seconds of
 //! the server, the client and the broker, and ours/bare; then, per call,
 //! each server's CPU time, wakeups (voluntary context switches), times
 //! preempted and moves to another CPU, which `perf stat -e
