@@ -1,21 +1,21 @@
 //! Settling a channel's requests with the broker: acks, one for many, and
 //! rejects and requeues, one by one.
 //!
-//! A request answered is not acked by its own task: it is marked done
-//! here, and the consumer's loop, woken, acks every request done since
-//! its last look with one `basic.ack` that has `multiple` set, up to the
-//! first request still in flight. Each ack costs the node a method frame
-//! and its write, and the broker a method to process.
+//! A request answered is not acked by its own task: it is marked
+//! answered here, and the consumer's loop, woken, acks every request
+//! answered since its last look with one `basic.ack` that has `multiple`
+//! set, up to the first request still in flight. Each ack costs the node
+//! a method frame and its write, and the broker a method to process.
 //!
 //! RabbitMQ's `multiple` settles every unacked delivery of the channel up
 //! to its tag, so it never reaches past a request in flight: that one's
-//! reply may not be written yet, or it may yet be rejected. A request done
-//! past one in flight is acked on its own, at the same time, so a slow
-//! request holds back no other's ack: unacked requests count against the
-//! prefetch, and holding them would stall the function. A request rejected
-//! or requeued is settled by its own task, which queues its method before
-//! it is marked so here, so no multiple ack queued after can reach it
-//! first.
+//! reply may not be written yet, or it may yet be rejected. A request
+//! answered past one in flight is acked on its own, at the same time, so
+//! a slow request holds back no other's ack: unacked requests count
+//! against the prefetch, and holding them would stall the function. A
+//! request rejected or requeued is settled by its own task, which queues
+//! its method before it is marked so here, so no multiple ack queued
+//! after can reach it first.
 //!
 //! Every method goes straight out on the channel, not through the
 //! delivery's [`Acker`](lapin::Acker): lapin sends an acker's method
