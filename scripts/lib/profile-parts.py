@@ -18,7 +18,10 @@ import sys
 PARTS = [
     ("guest call (wasmtime)", ["ComputeModule::compute", "wasmtime", "[JIT]"]),
     ("reply publish (lapin)", ["Channel::basic_publish"]),
-    ("ack (lapin)", ["Acker::", "InternalRPCHandle::send", "Channel::basic_ack"]),
+    (
+        "ack (lapin)",
+        ["Acker::", "InternalRPCHandle::send", "Channel::basic_ack", "Channel::basic_nack", "Channel::basic_reject"],
+    ),
     ("request bookkeeping", ["node::request::"]),
     ("consumer loop", ["node::consumer::", "Instrumented<"]),
     ("lapin I/O thread", ["IoLoop"]),

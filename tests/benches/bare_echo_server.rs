@@ -21,14 +21,17 @@ use lapin::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let (flags, args): (Vec<String>, Vec<String>) = std::env::args()
+        .skip(1)
+        .partition(|arg| arg.starts_with("--"));
+    let our_wire = flags.iter().any(|flag| flag == "--our-wire");
+    let mut args = args.into_iter();
     let queue = args
         .next()
-        .expect("usage: bare-echo-server QUEUE [AMQP_URL]");
+        .expect("usage: bare-echo-server QUEUE [AMQP_URL] [--our-wire]");
     let url = args
         .next()
         .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
-    let our_wire = args.next().as_deref() == Some("--our-wire");
     // The length of a real module digest, `sha256:` and 64 hex digits.
     let digest = compute_host::shared::sandbox::digest(b"");
 

@@ -10,10 +10,10 @@
 //! what ours carry (`Wire::Ours`), so that what those properties cost the
 //! broker and the client shows apart from our code. The servers run as
 //! processes of their own, so each one's CPU time is its own. For K = 1,
-//! 16 and 128 calls in flight, the variants alternate (A B C D A B C D
-//! ...) for several rounds, and the table gives the median round of
-//! each: calls/s, p50 and p99 latency, CPU seconds of
-//! the server, the client and the broker, and ours/bare; then, per call,
+//! 16 and 128 calls in flight, the variants alternate (A B C … A B C …)
+//! for several rounds, and the table gives the median round of each:
+//! calls/s, p50 and p99 latency, CPU seconds of the server, the client
+//! and the broker, and ours/bare; then, per call,
 //! each server's CPU time, wakeups (voluntary context switches), times
 //! preempted and moves to another CPU, which `perf stat -e
 //! context-switches,cpu-migrations -p PID` counts the same way.
@@ -155,6 +155,7 @@ async fn main() {
         ("ours, direct reply-to", &our_server, Client::Ours(&direct)),
         (BARE_OUR_WIRE, &bare_wire_server, Client::Bare(&bare_wire)),
     ];
+    let wire_index = variants.len() - 1;
     if let (Some(server), Some(center)) = (&baseline_server, &baseline_center) {
         variants.push(("RPC_BASELINE_NODE", server, Client::Ours(center)));
     }
@@ -208,10 +209,6 @@ async fn main() {
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
         cpu_summary.push((in_flight, per_call[1].cpu_micros, per_call[0].cpu_micros));
-        let wire_index = variants
-            .iter()
-            .position(|(name, _, _)| *name == BARE_OUR_WIRE)
-            .expect("the bare variant with our wire");
         wire_summary.push((
             in_flight,
             median_run(&runs[wire_index]).rate / baseline.rate,

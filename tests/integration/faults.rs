@@ -164,8 +164,8 @@ async fn stopped_mid_batch(ack_mode: &str) {
         .requests_when_stopped()
         .unwrap_or_else(|| panic!("the node says what it settled when it stops:\n{log}"));
     tally.assert_all_answered();
-    // The survivor counts a request once it is acked, a moment after the
-    // reply that ended its call.
+    // The survivor counts a request once its reply is out, a moment after
+    // the reply ended its call.
     let metrics = survivor.metrics_addr();
     let computed = eventually(
         "the two nodes have settled the whole batch",

@@ -1,6 +1,7 @@
 //! One function's consumer: a channel of the node's connection, the
 //! function's queue declared and consumed on it, each delivery handed to
-//! its own task.
+//! its own task. The consumer acks the requests its tasks answered, one
+//! ack for those answered in a row.
 //!
 //! Concurrency is bounded by the channel's prefetch: the broker never has
 //! more than `prefetch` unacked requests of this function out to the node.
@@ -303,9 +304,10 @@ impl Session {
     }
 
     /// Hands each delivery to its own task until `stop` or the session is
-    /// lost. Without confirms, it also takes the replies the broker
-    /// returned (their callers are gone) from the client library, which
-    /// keeps them until asked.
+    /// lost, and acks the requests those tasks have answered, several at a
+    /// time where it can (`request::Settlements`). Without confirms, it
+    /// also takes the replies the broker returned (their callers are gone)
+    /// from the client library, which keeps them until asked.
     async fn serve(&mut self, handler: &Arc<Handler>, stop: &CancellationToken) -> Ended {
         let mut returns = tokio::time::interval(RETURNS_POLL);
         returns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -349,7 +351,12 @@ impl Session {
                         });
                     }
                     Some(Err(err)) => return Ended::Lost(err.to_string()),
-                    None => return Ended::Lost("the broker cancelled the consumer (was the queue deleted?)".into()),
+                    None => {
+                        // The channel may still be open: what is answered
+                        // is acked, not delivered again.
+                        let _ = settlements.ack_answered();
+                        return Ended::Lost("the broker cancelled the consumer (was the queue deleted?)".into());
+                    }
                 }
             }
         }
@@ -380,16 +387,32 @@ impl Session {
     /// answered, before the channel closes.
     async fn drain(&self, settlements: &Settlements, limit: Duration) {
         self.in_flight.close();
-        if tokio::time::timeout(limit, self.in_flight.wait())
-            .await
-            .is_err()
-        {
+        // Acked as they are answered, as while serving: a connection lost
+        // meanwhile then has only the requests still in flight delivered
+        // again.
+        let answered_all = async {
+            let all_ended = self.in_flight.wait();
+            tokio::pin!(all_ended);
+            loop {
+                tokio::select! {
+                    () = &mut all_ended => return,
+                    () = settlements.answered_any() => {
+                        if let Err(err) = settlements.ack_answered() {
+                            debug!(cause = %err, "could not ack the requests answered; the broker will redeliver them");
+                        }
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(limit, answered_all).await.is_err() {
             warn!(
                 unacked = self.in_flight.len(),
                 "gave up waiting for the requests in flight; the broker will redeliver them"
             );
             self.abandon.cancel();
         }
+        // A request abandoned just as it was answered may miss this last
+        // ack: the broker redelivers it, as it does every abandoned one.
         let acked = settlements.ack_answered_written();
         match tokio::time::timeout(amqp::ANSWER_TIMEOUT, acked).await {
             Ok(Ok(())) => {}

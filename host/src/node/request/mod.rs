@@ -1,9 +1,10 @@
-//! What happens to one request: compute, reply, then ack.
+//! What happens to one request: compute, reply, then its consumer acks it.
 //!
 //! When the ack goes out depends on the node's [`AckMode`]: after the
 //! broker confirmed the reply, or once the reply is written (the
 //! broker processes a channel's methods in order, so it routes the reply
-//! before it sees the ack). A request that cannot be answered at all is
+//! before it sees the ack). The consumer acks the requests answered in a
+//! row with one ack (`settle`). A request that cannot be answered at all is
 //! rejected without requeue, so a dead-letter exchange on the queue
 //! catches it: redelivering it could never help, and in the article this
 //! project grew from such a request crashed the node at every
@@ -21,9 +22,7 @@
 //! results of all its inputs in one reply.
 //!
 //! A request's span in the node's log (`log`) is made only when
-//! something is logged about it: most requests log nothing. A request
-//! answered is acked by its consumer, with others answered about the same
-//! time (`settle`).
+//! something is logged about it: most requests log nothing.
 
 mod batch;
 mod log;
@@ -131,7 +130,7 @@ pub(crate) struct Handler {
     /// that a confirm and the matching ack travel on one channel.
     pub(crate) channel: Channel,
     /// How the requests delivered on `channel` are acked, rejected or
-    /// requeued.
+    /// requeued; it holds the same channel, to settle them on.
     pub(crate) settlements: Settlements,
     /// Where each request's outcome and timings are counted.
     pub(crate) metrics: FunctionMetrics,
@@ -150,10 +149,9 @@ pub(crate) struct Handler {
 
 impl Handler {
     /// Answers `delivery`, then leaves it to its consumer to ack, or nacks
-    /// or rejects it. Never fails:
-    /// every outcome is logged here, in a span that names the request's
-    /// correlation id (and so does anything the guest prints), and its
-    /// trace when it has one.
+    /// or rejects it. Never fails: every outcome is logged here, in a span
+    /// that names the request's correlation id (and so does anything the
+    /// guest prints), and its trace when it has one.
     pub(crate) async fn handle(&self, delivery: Delivery) {
         let correlation_id = delivery
             .properties

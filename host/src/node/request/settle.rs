@@ -13,9 +13,10 @@
 //! answered past one in flight is acked on its own, at the same time, so
 //! a slow request holds back no other's ack: unacked requests count
 //! against the prefetch, and holding them would stall the function. A
-//! request rejected or requeued is settled by its own task, which queues
-//! its method before it is marked so here, so no multiple ack queued
-//! after can reach it first.
+//! request rejected or requeued is settled by its own task, which writes
+//! its method before it leaves the requests here, so no multiple ack
+//! queued after can reach it first; one that reaches it later passes it,
+//! since the broker no longer holds it unacked.
 //!
 //! Every method goes straight out on the channel, not through the
 //! delivery's [`Acker`](lapin::Acker): lapin sends an acker's method
@@ -41,7 +42,8 @@ use tokio::sync::Notify;
 /// settled.
 pub(crate) struct Settlements {
     channel: Channel,
-    /// Requests delivered and not yet acked, in the order of their tags.
+    /// Requests delivered and not yet settled, in the order of their
+    /// tags, and whether each is answered.
     requests: Mutex<VecDeque<(DeliveryTag, State)>>,
     /// Woken when a request is answered.
     answered: Notify,
@@ -53,8 +55,6 @@ enum State {
     InFlight,
     /// Answered: to be acked.
     Answered,
-    /// Rejected or requeued by its own task: a multiple ack may pass it.
-    SettledAlready,
 }
 
 /// The acks due: one with `multiple` up to a tag, and single ones.
@@ -93,14 +93,17 @@ impl Settlements {
 
     /// The request's reply is out: the consumer's loop acks it.
     pub(super) fn answered(&self, tag: DeliveryTag) {
-        self.set(tag, State::Answered);
+        let mut requests = lock(&self.requests);
+        if let Some(at) = position(&requests, tag) {
+            requests[at].1 = State::Answered;
+        }
+        drop(requests);
         self.answered.notify_one();
     }
 
     /// Rejects or requeues `delivery`, once its method is written.
     /// `Ok(false)` when it could not be settled any more (lapin poisoned
-    /// its acker, or dropped it with its consumer): the broker will
-    /// redeliver it.
+    /// its acker: its channel failed): the broker will redeliver it.
     pub(super) async fn settle_unanswered(
         &self,
         delivery: &Delivery,
@@ -123,15 +126,11 @@ impl Settlements {
                 self.channel.basic_reject(tag, options).await
             }
         };
-        self.set(tag, State::SettledAlready);
-        settled.map(|()| true)
-    }
-
-    fn set(&self, tag: DeliveryTag, state: State) {
         let mut requests = lock(&self.requests);
-        if let Ok(at) = requests.binary_search_by_key(&tag, |(tag, _)| *tag) {
-            requests[at].1 = state;
+        if let Some(at) = position(&requests, tag) {
+            requests.remove(at);
         }
+        settled.map(|()| true)
     }
 
     /// Resolves when a request is answered, unless one already was since
@@ -156,9 +155,9 @@ impl Settlements {
     /// Sends the acks due now and waits until they are written: what a
     /// stopping consumer does before its channel closes.
     pub(crate) async fn ack_answered_written(&self) -> lapin::Result<()> {
-        for ack in self.acks_due() {
-            ack.await?;
-        }
+        // Each is queued in its first poll, all in order, before any is
+        // waited for.
+        futures_util::future::try_join_all(self.acks_due()).await?;
         Ok(())
     }
 
@@ -173,21 +172,20 @@ impl Settlements {
     }
 }
 
+/// Where request `tag` is in `requests`, if it is still there.
+fn position(requests: &VecDeque<(DeliveryTag, State)>, tag: DeliveryTag) -> Option<usize> {
+    requests.binary_search_by_key(&tag, |(tag, _)| *tag).ok()
+}
+
 /// Takes the acks due now out of `requests`: a multiple ack up to the last
 /// request answered before the first in flight, and each request
 /// answered past that one.
 fn due(requests: &mut VecDeque<(DeliveryTag, State)>) -> Due {
     let mut due = Due::default();
-    while let Some(&(tag, state)) = requests.front() {
-        match state {
-            State::InFlight => break,
-            State::Answered => due.up_to = Some(tag),
-            State::SettledAlready => {}
-        }
+    while let Some(&(tag, State::Answered)) = requests.front() {
+        due.up_to = Some(tag);
         requests.pop_front();
     }
-    // Past the first in flight, one settled already stays until the front
-    // reaches it: it must not be taken for a request in flight.
     requests.retain(|&(tag, state)| {
         let answered = state == State::Answered;
         if answered {
@@ -203,14 +201,16 @@ mod tests {
     use super::{Due, State, due};
     use std::collections::VecDeque;
 
-    fn requests(states: &[State]) -> VecDeque<(u64, State)> {
-        (1..).zip(states.iter().copied()).collect()
+    /// Requests with the tags and states given.
+    fn requests(requests: &[(u64, State)]) -> VecDeque<(u64, State)> {
+        requests.iter().copied().collect()
     }
 
     /// Requests answered in order are acked with one multiple ack.
     #[test]
     fn requests_answered_in_order_take_one_ack() {
-        let mut requests = requests(&[State::Answered, State::Answered, State::Answered]);
+        use State::*;
+        let mut requests = requests(&[(1, Answered), (2, Answered), (3, Answered)]);
         let due = due(&mut requests);
         assert_eq!(
             due,
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn no_ack_reaches_a_request_in_flight() {
         use State::*;
-        let mut requests = requests(&[Answered, InFlight, Answered, SettledAlready, Answered]);
+        let mut requests = requests(&[(1, Answered), (2, InFlight), (3, Answered), (5, Answered)]);
         let due = due(&mut requests);
         assert_eq!(
             due,
@@ -236,18 +236,15 @@ mod tests {
                 each: vec![3, 5]
             }
         );
-        assert_eq!(
-            Vec::from(requests),
-            vec![(2, InFlight), (4, SettledAlready)]
-        );
+        assert_eq!(Vec::from(requests), vec![(2, InFlight)]);
     }
 
-    /// A request rejected by its task is passed by the multiple ack of
-    /// those answered around it, and is not acked itself.
+    /// A request rejected by its task (tag 2, gone from the requests) is
+    /// passed by the multiple ack of those answered around it.
     #[test]
     fn a_rejected_request_is_passed_not_acked() {
         use State::*;
-        let mut requests = requests(&[InFlight, SettledAlready, Answered]);
+        let mut requests = requests(&[(1, InFlight), (3, Answered)]);
         let first = due(&mut requests);
         assert_eq!(
             first,
@@ -257,11 +254,12 @@ mod tests {
             }
         );
         requests[0].1 = Answered;
+        requests.push_back((4, Answered));
         let then = due(&mut requests);
         assert_eq!(
             then,
             Due {
-                up_to: Some(1),
+                up_to: Some(4),
                 each: vec![]
             }
         );
@@ -271,7 +269,7 @@ mod tests {
     /// With nothing answered, nothing is acked.
     #[test]
     fn nothing_answered_nothing_acked() {
-        let mut requests = requests(&[State::InFlight, State::SettledAlready]);
+        let mut requests = requests(&[(1, State::InFlight), (2, State::InFlight)]);
         assert_eq!(due(&mut requests), Due::default());
         assert_eq!(requests.len(), 2);
     }
