@@ -160,6 +160,11 @@ async fn stopped_mid_batch(ack_mode: &str) {
         log.contains("shutting down: finishing the requests in flight"),
         "{log}"
     );
+    // A close that fails ends the process with the last acks unwritten.
+    assert!(
+        !log.contains("could not close the connection cleanly"),
+        "{log}"
+    );
     let stopped_settled = stopping
         .requests_when_stopped()
         .unwrap_or_else(|| panic!("the node says what it settled when it stops:\n{log}"));
@@ -180,7 +185,12 @@ async fn stopped_mid_batch(ack_mode: &str) {
         "the stopped node settled {stopped_settled}, the survivor the rest: {computed} in all"
     );
     assert!(stopped_settled > 0, "the stopped node settled nothing");
-    assert_eq!(computed, BATCH as u64, "each request computed exactly once");
+    assert_eq!(
+        computed,
+        BATCH as u64,
+        "each request computed exactly once; the stopped node's log:\n{log}\nthe survivor's:\n{}",
+        survivor.log()
+    );
     center.close().await;
 }
 

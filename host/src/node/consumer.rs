@@ -105,7 +105,9 @@ impl Running {
     /// Stops consuming and answers the requests in flight, leaving the
     /// channel to whoever closes the connection: a broker that does not
     /// answer (under an alarm it reads nothing) then costs one wait, not
-    /// one per function.
+    /// one per function. The channel is to be dropped only once the
+    /// connection is closed: lapin closes a channel whose last handle is
+    /// dropped, and that close fails the connection's own.
     pub(super) async fn finish(self) -> Option<Channel> {
         self.stop.cancel();
         self.task.await.unwrap_or_else(|err| {

@@ -153,7 +153,17 @@ impl Link {
             && connection.status().connected()
         {
             let close = connection.close(200, "OK".into());
-            let _ = tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await;
+            match tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => warn!(
+                    cause = %err,
+                    "could not close the connection cleanly; the broker redelivers what it was not told is done"
+                ),
+                Err(_) => warn!(
+                    "RabbitMQ did not answer the connection's close within {:?}; the broker redelivers what it was not told is done",
+                    amqp::ANSWER_TIMEOUT
+                ),
+            }
         }
     }
 

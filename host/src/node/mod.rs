@@ -69,6 +69,7 @@ use crate::{
     },
 };
 use consumer::{Running, Shared};
+use futures_util::future::join_all;
 use std::{
     collections::BTreeMap,
     fmt,
@@ -532,17 +533,20 @@ impl ComputeNode {
             in_flight = self.metrics.requests.in_flight(),
             "shutting down: finishing the requests in flight"
         );
-        let finishing = TaskTracker::new();
-        for (_, (_, running)) in std::mem::take(&mut self.consumers) {
-            finishing.spawn(running.finish());
-        }
-        finishing.close();
+        let finishing = std::mem::take(&mut self.consumers)
+            .into_values()
+            .map(|(_, running)| running.finish());
         self.retiring.close();
-        tokio::join!(finishing.wait(), self.retiring.wait());
+        let (channels, ()) = tokio::join!(join_all(finishing), self.retiring.wait());
         // No reconnecting from here on: the connection's close ends every
-        // channel.
+        // channel, once the broker has taken the acks written before it.
         drop(self._link_keeper);
         self.link.close().await;
+        // Not before: lapin closes a channel whose last handle is dropped
+        // on its own, and that close, failing on a connection that is
+        // closing, fails the connection's close too, so the process would
+        // end with the last acks still unwritten.
+        drop(channels);
         if let Some((link, keeper)) = self.registry_link {
             drop(self._source);
             drop(keeper);
