@@ -1,20 +1,36 @@
 //! The thread that advances the engine's epoch: what stops a guest at its
 //! deadline and makes a long-running guest yield its thread.
+//!
+//! The epoch matters only to a guest that is running: a tick that comes
+//! while none runs is read by no one. So the ticker ticks every
+//! [`EPOCH_TICK`] only while some guest call is being polled, and
+//! otherwise only looks, every [`IDLE_LOOK`], whether one is. Ticking
+//! every millisecond whatever happens woke the thread a thousand times a
+//! second: measured, 26 ms of CPU a second on an idle node (5 now), and
+//! 1.7 to 2 µs a call at 16 calls in flight (0 to 0.3 now), though most
+//! calls finish within a few microseconds, well before any tick.
 
 use std::{
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     thread,
     time::Duration,
 };
 use wasmtime::Engine;
 
-/// How often the engine's epoch advances; the granularity of the deadline,
-/// and how long a guest runs before it lets other requests on its thread
-/// run.
+/// How often the engine's epoch advances while a guest runs; the
+/// granularity of the deadline, and how long a guest runs before it lets
+/// other requests on its thread run.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How often the ticker looks for a running guest while it found none:
+/// the longest a guest that starts then runs before its first tick.
+const IDLE_LOOK: Duration = Duration::from_millis(10);
 
 /// Epoch ticks that make up a deadline of `timeout`: at least one.
 pub(super) fn ticks_in(timeout: Duration) -> u64 {
@@ -22,29 +38,51 @@ pub(super) fn ticks_in(timeout: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] so that guests past
-/// their deadline trap. Stops when dropped.
+/// Advances the engine's epoch while guests run, so that guests past
+/// their deadline trap and long ones yield. Stops when dropped.
 pub(super) struct EpochTicker {
+    /// Guest calls being polled right now, on any thread.
+    running: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
     pub(super) fn start(engine: Engine) -> std::io::Result<Self> {
+        let running = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = thread::Builder::new().name("epoch-ticker".into()).spawn({
+            let running = running.clone();
             let stop = stop.clone();
             move || {
                 while !stop.load(Ordering::Relaxed) {
-                    thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    // A guest found running may have started a moment
+                    // ago: ticking at once only makes it yield early, and
+                    // a deadline is a tick coarse anyway.
+                    let next_look = if running.load(Ordering::Relaxed) > 0 {
+                        engine.increment_epoch();
+                        EPOCH_TICK
+                    } else {
+                        IDLE_LOOK
+                    };
+                    thread::sleep(next_look);
                 }
             }
         })?;
         Ok(EpochTicker {
+            running,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// `call`, counted as a running guest while it is polled: a guest call
+    /// that the ticker does not see is never interrupted.
+    pub(super) fn ticked<'a, F: Future>(&'a self, call: Pin<&'a mut F>) -> Ticked<'a, F> {
+        Ticked {
+            running: &self.running,
+            call,
+        }
     }
 }
 
@@ -54,5 +92,37 @@ impl Drop for EpochTicker {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// A guest call that the ticker sees while it is polled.
+pub(super) struct Ticked<'a, F> {
+    running: &'a AtomicUsize,
+    call: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for Ticked<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let ticked = &mut *self;
+        let _running = Running::new(ticked.running);
+        ticked.call.as_mut().poll(cx)
+    }
+}
+
+/// One guest being polled, until dropped, even by a panic.
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn new(running: &'a AtomicUsize) -> Self {
+        running.fetch_add(1, Ordering::Relaxed);
+        Running(running)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -119,7 +119,8 @@ pub struct Sandbox {
     instances: FairPool,
     /// Where compiled code is kept between runs, if anywhere.
     cache: Option<CompileCache>,
-    _epoch: Arc<EpochTicker>,
+    /// Ticks while guests run.
+    epoch: Arc<EpochTicker>,
 }
 
 impl Sandbox {
@@ -152,9 +153,7 @@ impl Sandbox {
         )
         .map_err(SandboxError::Engine)?;
         Ok(Sandbox {
-            _epoch: Arc::new(
-                EpochTicker::start(engine.clone()).map_err(SandboxError::EpochTicker)?,
-            ),
+            epoch: Arc::new(EpochTicker::start(engine.clone()).map_err(SandboxError::EpochTicker)?),
             engine,
             linker: Arc::new(linker),
             limits,
