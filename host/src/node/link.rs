@@ -153,16 +153,19 @@ impl Link {
             && connection.status().connected()
         {
             let close = connection.close(200, "OK".into());
-            match tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => warn!(
-                    cause = %err,
-                    "could not close the connection cleanly; the broker redelivers what it was not told is done"
+            let cause = match tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {:?}", amqp::ANSWER_TIMEOUT),
+            };
+            match self.purpose {
+                LinkFor::Requests { .. } => warn!(
+                    %cause,
+                    "could not close the connection cleanly; the broker redelivers the requests whose acks it did not get"
                 ),
-                Err(_) => warn!(
-                    "RabbitMQ did not answer the connection's close within {:?}; the broker redelivers what it was not told is done",
-                    amqp::ANSWER_TIMEOUT
-                ),
+                LinkFor::Registry => {
+                    debug!(%cause, "could not close the registry's connection cleanly")
+                }
             }
         }
     }

@@ -548,9 +548,10 @@ impl ComputeNode {
         // end with the last acks still unwritten.
         drop(channels);
         if let Some((link, keeper)) = self.registry_link {
-            drop(self._source);
             drop(keeper);
             link.close().await;
+            // After, for the same reason: it holds the registry's channels.
+            drop(self._source);
         }
         self.shared.tracer.flush().await;
         info!(requests = self.metrics.requests.settled_total(), "stopped");
