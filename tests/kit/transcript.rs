@@ -429,19 +429,33 @@ fn with_vhost(url: &str, vhost: &str) -> String {
     }
 }
 
-/// Runs `rabbitmqctl ARGS` against the tests' broker.
+/// Runs `rabbitmqctl ARGS` against the tests' broker. Tried again when
+/// the tool could not reach the broker's node at all (exit status 69,
+/// `EX_UNAVAILABLE`): with many tests running it at once, RabbitMQ 4.3's
+/// tool now and then fails to contact a node that is up.
 async fn rabbitmqctl(args: &[&str]) {
-    let output = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .await
-        .expect("rabbitmqctl runs (the book's commands run in a vhost of their own)");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    const UNAVAILABLE: i32 = 69;
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        let output = Command::new("rabbitmqctl")
+            .arg("-q")
+            .args(args)
+            .output()
+            .await
+            .expect("rabbitmqctl runs (the book's commands run in a vhost of their own)");
+        if output.status.code() == Some(UNAVAILABLE) && attempt < ATTEMPTS {
+            attempt += 1;
+            continue;
+        }
+        assert!(
+            output.status.success(),
+            "rabbitmqctl {args:?} ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        return;
+    }
 }
 
 #[cfg(test)]
