@@ -5,11 +5,11 @@
 //! while none runs is read by no one. So the ticker ticks every
 //! [`EPOCH_TICK`] only while some guest call has started and not
 //! finished, and otherwise only looks, every [`IDLE_LOOK`], whether one
-//! has. Ticking
-//! every millisecond whatever happens woke the thread a thousand times a
-//! second: measured, 26 ms of CPU a second on an idle node (5 now), and
-//! 1.7 to 2 µs a call at 16 calls in flight (0 to 0.3 now), though most
-//! calls finish within a few microseconds, well before any tick.
+//! has. Ticking every millisecond whatever happens woke the thread a
+//! thousand times a second: measured, 26 ms of CPU a second on an idle
+//! node (5 now), and 1.7 to 2 µs a call at 16 calls in flight (0 to 0.3
+//! now), though most calls finish within a few microseconds, well
+//! before any tick.
 
 use std::{
     future::Future,
