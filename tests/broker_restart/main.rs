@@ -15,7 +15,11 @@ use testkit::{
     unique_queue, wait_for_metric,
 };
 
-const BATCH: usize = 5000;
+/// Calls that end before the broker stops, and again after it is back.
+/// The load is steady, not a batch of a fixed size: a batch could end
+/// before `rabbitmqctl stop_app` takes effect (seconds), and then the
+/// restart would strike no call at all.
+const CALLS_EACH_SIDE: usize = 1000;
 const IN_FLIGHT: usize = 128;
 
 /// In either ack mode, the node reconnects, declares its queue again and
@@ -31,7 +35,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
         let mut node =
             ServerProcess::node(&queue, &increase_module(), &["--ack-mode", ack_mode]).await;
 
-        let retried = batch_across_a_restart(&queue, 3, &node).await;
+        let retried = calls_across_a_restart(&queue, 3, &node).await;
         println!(
             "broker restart, --ack-mode {ack_mode}, --retries 3: {retried:?}, lost {}",
             retried.lost()
@@ -43,12 +47,12 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
                 retried.errors.len(),
                 retried.lost()
             ),
-            (BATCH, 0, 0, 0),
+            (retried.sent, 0, 0, 0),
             "{:?}",
             retried.errors.first()
         );
 
-        let unretried = batch_across_a_restart(&queue, 0, &node).await;
+        let unretried = calls_across_a_restart(&queue, 0, &node).await;
         println!(
             "broker restart, --ack-mode {ack_mode}, --retries 0: {} sent, {} replies, {} wrong, {} errors, lost {}",
             unretried.sent,
@@ -80,9 +84,10 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     }
 }
 
-/// Runs a batch through a new center with `retries`, restarting the broker
-/// once a fifth of it is done.
-async fn batch_across_a_restart(queue: &str, retries: u32, node: &ServerProcess) -> Tally {
+/// Runs a steady load through a new center with `retries`, restarts the
+/// broker once some calls have ended, and stops the load once as many
+/// more have ended after the broker is back.
+async fn calls_across_a_restart(queue: &str, retries: u32, node: &ServerProcess) -> Tally {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout: Duration::from_secs(60),
@@ -92,18 +97,20 @@ async fn batch_across_a_restart(queue: &str, retries: u32, node: &ServerProcess)
     let center = Center::connect_with(&amqp_url(), options)
         .await
         .expect("center connects");
-    let batch = Load::batch(&center, BATCH, IN_FLIGHT);
-    batch.until_done(BATCH / 5).await;
+    let load = Load::steady(&center, IN_FLIGHT);
+    load.until_done(CALLS_EACH_SIDE).await;
     {
         let _restart = BrokerRestart::stop();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let started = Instant::now();
-    let Some(calls) = batch.finish(Duration::from_secs(90)).await else {
+    let ended_when_back = load.so_far().calls.len();
+    load.until_done(ended_when_back + CALLS_EACH_SIDE).await;
+    let Some(calls) = load.finish(Duration::from_secs(90)).await else {
         panic!("the batch hangs; the node's log:\n{}", node.log());
     };
     println!(
-        "the batch ended {:?} after the broker was back",
+        "{CALLS_EACH_SIDE} more calls ended {:?} after the broker was back",
         started.elapsed()
     );
     center.close().await;
