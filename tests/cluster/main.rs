@@ -1,6 +1,6 @@
 //! Failover on a RabbitMQ cluster: the local three-node cluster of
-//! `scripts/cluster.sh`, quorum queues, and broker nodes stopped while a
-//! batch runs. `#[ignore]`d, since they need that cluster and stop its
+//! `scripts/cluster.sh`, quorum queues, and broker nodes stopped while
+//! calls run. `#[ignore]`d, since they need that cluster and stop its
 //! nodes; `scripts/test.sh` starts the cluster and runs them on their own:
 //! `cargo test -p integration --test cluster -- --ignored --test-threads 1`.
 
@@ -11,7 +11,10 @@ use std::{
 };
 use testkit::{Load, ServerProcess, Tally, compute_command, increase_module};
 
-const BATCH: usize = 5000;
+/// Calls that end before the strike, and again after it. The load is
+/// steady, not a batch of a fixed size: a batch could end before
+/// `rabbitmqctl stop_app` takes effect, and the strike would meet no call.
+const CALLS_EACH_SIDE: usize = 1000;
 const IN_FLIGHT: usize = 128;
 
 /// The cluster's nodes, as `scripts/cluster.sh status` lists them: name
@@ -88,9 +91,10 @@ async fn node(queue: &str, urls: &[&str]) -> ServerProcess {
     ServerProcess::compute(&mut command).await
 }
 
-/// A batch through a center on `url`, with `strike` done once a fifth of
-/// it has been answered; how every call ended.
-async fn batch_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBroker) -> Tally {
+/// A steady load through a center on `url`, with `strike` done once some
+/// calls have ended, and stopped once as many more have ended after it;
+/// how every call ended.
+async fn load_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBroker) -> Tally {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout: Duration::from_secs(60),
@@ -99,16 +103,18 @@ async fn batch_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBrok
     };
     let center = Center::connect_with(url, options).await.unwrap();
     let started = Instant::now();
-    let batch = Load::batch(&center, BATCH, IN_FLIGHT);
-    batch.until_done(BATCH / 5).await;
+    let load = Load::steady(&center, IN_FLIGHT);
+    load.until_done(CALLS_EACH_SIDE).await;
     let stopped = strike();
     let struck = Instant::now();
-    let calls = batch
+    let ended_when_struck = load.so_far().calls.len();
+    load.until_done(ended_when_struck + CALLS_EACH_SIDE).await;
+    let calls = load
         .finish(Duration::from_secs(120))
         .await
-        .expect("the batch ends");
+        .expect("the calls end");
     println!(
-        "the batch took {:.1} s, {:.1} s of it after the broker node stopped",
+        "the load ran {:.1} s, {:.1} s of it after the broker node stopped",
         started.elapsed().as_secs_f64(),
         struck.elapsed().as_secs_f64()
     );
@@ -128,7 +134,7 @@ async fn losing_the_queue_leader_loses_no_call() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let _on_b = node(&queue, &[&b.1]).await;
     let _on_c = node(&queue, &[&c.1]).await;
-    let tally = batch_with(&a.1, &queue, || {
+    let tally = load_with(&a.1, &queue, || {
         let leader = leader(&a.0, &queue);
         println!("stopping the queue's leader, {leader}");
         StoppedBroker::stop(&leader)
@@ -163,7 +169,7 @@ async fn a_node_whose_broker_stops_fails_over() {
             .expect("the node says which broker it connected to")
     };
     let first = connected_to(&node);
-    let tally = batch_with(&a.1, &queue, || {
+    let tally = load_with(&a.1, &queue, || {
         println!("stopping the node's broker, {first}");
         StoppedBroker::stop(&first)
     })
