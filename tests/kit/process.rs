@@ -237,12 +237,27 @@ impl ServerProcess {
         }
     }
 
-    /// How many requests a node that stopped cleanly says it settled
-    /// (its `stopped requests=N` line), or `None` if it has not said so.
+    /// How many requests a node that stopped says it settled (the
+    /// `requests` of its `stopped` line), or `None` if it has not said so.
     pub fn requests_when_stopped(&self) -> Option<u64> {
+        self.stopped_field("requests")?.parse().ok()
+    }
+
+    /// How a node that stopped closed its connection (the
+    /// `connection_closed` of its `stopped` line: `cleanly`, `uncleanly`
+    /// or `not-open`), or `None` if it has not said so.
+    pub fn connection_closed_when_stopped(&self) -> Option<String> {
+        self.stopped_field("connection_closed")
+    }
+
+    /// Field `name` of the node's `stopped` line, `name=value`.
+    fn stopped_field(&self, name: &str) -> Option<String> {
         let log = self.log();
-        let (_, after) = log.rsplit_once(" stopped requests=")?;
-        after.lines().next()?.trim().parse().ok()
+        let (_, after) = log.rsplit_once(" stopped ")?;
+        let line = after.lines().next()?;
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_owned)
     }
 
     /// The process id.

@@ -17,7 +17,7 @@ use crate::{
 };
 use futures_util::StreamExt as _;
 use lapin::{Connection, Event};
-use std::{sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 use tokio::{
     sync::{Notify, watch},
     time::Instant,
@@ -43,6 +43,30 @@ pub(crate) struct Link {
     purpose: LinkFor,
     current: watch::Sender<Option<Arc<Connection>>>,
     lost: Notify,
+}
+
+/// How a link's connection ended when the node closed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Closed {
+    /// The broker answered the close: it has every frame written before.
+    Cleanly,
+    /// The close failed or was not answered in time: the last frames
+    /// written (acks, say) may never have reached the broker.
+    Uncleanly,
+    /// There was no open connection to close (it was lost, and not yet
+    /// opened again).
+    NotOpen,
+}
+
+/// How the node's `stopped` line names it.
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Closed::Cleanly => "cleanly",
+            Closed::Uncleanly => "uncleanly",
+            Closed::NotOpen => "not-open",
+        })
+    }
 }
 
 /// What a link's connection is for, which decides what it shows and
@@ -145,29 +169,31 @@ impl Link {
         self.lost.notify_one();
     }
 
-    /// Closes the connection, if it is open. Bounded: a close on a
-    /// connection that is half gone may never be answered.
-    pub(super) async fn close(&self) {
+    /// Closes the connection, if it is open, and says how that went.
+    /// Bounded: a close on a connection that is half gone may never be
+    /// answered.
+    pub(super) async fn close(&self) -> Closed {
         let connection = self.current.send_replace(None);
-        if let Some(connection) = connection
-            && connection.status().connected()
-        {
-            let close = connection.close(200, "OK".into());
-            let cause = match tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await {
-                Ok(Ok(())) => return,
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => format!("no answer within {:?}", amqp::ANSWER_TIMEOUT),
-            };
-            match self.purpose {
-                LinkFor::Requests { .. } => warn!(
-                    %cause,
-                    "could not close the connection cleanly; the broker redelivers the requests whose acks it did not get"
-                ),
-                LinkFor::Registry => {
-                    debug!(%cause, "could not close the registry's connection cleanly")
-                }
+        let Some(connection) = connection.filter(|connection| connection.status().connected())
+        else {
+            return Closed::NotOpen;
+        };
+        let close = connection.close(200, "OK".into());
+        let cause = match tokio::time::timeout(amqp::ANSWER_TIMEOUT, close).await {
+            Ok(Ok(())) => return Closed::Cleanly,
+            Ok(Err(err)) => err.to_string(),
+            Err(_) => format!("no answer within {:?}", amqp::ANSWER_TIMEOUT),
+        };
+        match self.purpose {
+            LinkFor::Requests { .. } => warn!(
+                %cause,
+                "could not close the connection cleanly; the broker redelivers the requests whose acks it did not get"
+            ),
+            LinkFor::Registry => {
+                debug!(%cause, "could not close the registry's connection cleanly")
             }
         }
+        Closed::Uncleanly
     }
 
     /// Watches the connection and opens a new one whenever it is lost.

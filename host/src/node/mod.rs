@@ -541,7 +541,7 @@ impl ComputeNode {
         // No reconnecting from here on: the connection's close ends every
         // channel, once the broker has taken the acks written before it.
         drop(self._link_keeper);
-        self.link.close().await;
+        let closed = self.link.close().await;
         // Not before: lapin closes a channel whose last handle is dropped
         // on its own, and that close, failing on a connection that is
         // closing, fails the connection's close too, so the process would
@@ -554,7 +554,11 @@ impl ComputeNode {
             drop(self._source);
         }
         self.shared.tracer.flush().await;
-        info!(requests = self.metrics.requests.settled_total(), "stopped");
+        info!(
+            requests = self.metrics.requests.settled_total(),
+            connection_closed = %closed,
+            "stopped"
+        );
     }
 }
 
