@@ -3,10 +3,14 @@
 //! replies n + 1 to each request, a task per delivery, prefetch 256, and
 //! acks right after publishing, without waiting for a publisher confirm.
 //!
-//! `bare-echo-server QUEUE [AMQP_URL] [--our-wire]`; prints `ready` to
-//! stderr once consuming. With `--our-wire` its replies carry what our
-//! node's do, `x-function` and `x-module-digest`, published `mandatory`:
-//! what those cost the broker and the client, apart from our code.
+//! `bare-echo-server QUEUE [AMQP_URL] [--reply-headers] [--mandatory]
+//! [--work-us=N]`; prints `ready` to stderr once consuming. With
+//! `--reply-headers` its replies carry our node's `x-function` and
+//! `x-module-digest`; with `--mandatory` they are published `mandatory`,
+//! as our node's are: what each costs the broker and the client, apart
+//! from our code. With `--work-us=N` it spins N µs on each request before
+//! it replies, to ask how the broker's own cost per call moves with a
+//! server's cost per call (not used by the bench; run by hand).
 
 use compute_host::shared::wire;
 use futures_util::StreamExt as _;
@@ -24,11 +28,17 @@ async fn main() -> anyhow::Result<()> {
     let (flags, args): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
         .partition(|arg| arg.starts_with("--"));
-    let our_wire = flags.iter().any(|flag| flag == "--our-wire");
+    let reply_headers = flags.iter().any(|flag| flag == "--reply-headers");
+    let mandatory = flags.iter().any(|flag| flag == "--mandatory");
+    let work = flags
+        .iter()
+        .find_map(|flag| flag.strip_prefix("--work-us="))
+        .map(|micros| micros.parse().expect("--work-us=N takes whole µs"))
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_micros);
     let mut args = args.into_iter();
-    let queue = args
-        .next()
-        .expect("usage: bare-echo-server QUEUE [AMQP_URL] [--our-wire]");
+    let queue = args.next().expect(
+        "usage: bare-echo-server QUEUE [AMQP_URL] [--reply-headers] [--mandatory] [--work-us=N]",
+    );
     let url = args
         .next()
         .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
@@ -64,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
         let channel = channel.clone();
         let digest = digest.clone();
         tokio::spawn(async move {
+            let spinning = std::time::Instant::now();
+            while spinning.elapsed() < work {
+                std::hint::spin_loop();
+            }
             let n: i64 = std::str::from_utf8(&delivery.data)
                 .ok()
                 .and_then(|text| text.trim().parse().ok())
@@ -74,18 +88,14 @@ async fn main() -> anyhow::Result<()> {
             ) else {
                 return;
             };
-            let (properties, options) = if our_wire {
-                let properties =
-                    wire::reply_properties(&delivery.properties, "increase", &digest, None, None);
-                let mandatory = BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                };
-                (properties, mandatory)
+            let properties = if reply_headers {
+                wire::reply_properties(&delivery.properties, "increase", &digest, None, None)
             } else {
-                let properties =
-                    BasicProperties::default().with_correlation_id(correlation_id.clone());
-                (properties, BasicPublishOptions::default())
+                BasicProperties::default().with_correlation_id(correlation_id.clone())
+            };
+            let options = BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
             };
             let _ = channel
                 .basic_publish(

@@ -7,7 +7,7 @@
 //! center publishes without confirms), with confirms on both sides (the
 //! node `--ack-mode on-confirm`, the center `confirms`), and with direct
 //! reply-to; and the bare pair again, its requests and replies carrying
-//! what ours carry (`Wire::Ours`), so that what those properties cost the
+//! what ours carry (`Wire::OURS`), so that what those properties cost the
 //! broker and the client shows apart from our code. The servers run as
 //! processes of their own, so each one's CPU time is its own. For K = 1,
 //! 16 and 128 calls in flight, the variants alternate (A B C … A B C …)
@@ -28,9 +28,10 @@
 //!
 //! Run with `cargo bench -p integration --bench rpc` (needs the broker);
 //! `cargo bench -p integration --bench rpc -- guest` runs only the guest
-//! call. `RPC_ROUNDS` sets the rounds (3 by default). Over TLS, give an
-//! `amqps://` `AMQP_URL` whose query names the CA (`cacertfile=`): every
-//! server and client here connects through it.
+//! call. `RPC_ROUNDS` sets the rounds (3 by default); `RPC_WIRE_PARTS=1`
+//! adds a bare pair for each part of our wire alone (`Wire::PARTS`). Over
+//! TLS, give an `amqps://` `AMQP_URL` whose query names the CA
+//! (`cacertfile=`): every server and client here connects through it.
 
 use compute_host::{Center, CenterOptions, Limits, ReplyMode, Sandbox, shared::wire};
 use futures_util::{StreamExt as _, stream};
@@ -74,24 +75,18 @@ async fn main() {
         return;
     }
     let url = amqp_url();
-    let bare_queue = unique_queue("bench-bare");
-    let bare_wire_queue = unique_queue("bench-bare-wire");
     let our_queue = unique_queue("bench-ours");
     let confirmed_queue = unique_queue("bench-confirmed");
-    let mut bare_server = ServerProcess::start(
-        Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([&bare_queue, &url]),
-        "ready",
-    )
-    .await;
-    let mut bare_wire_server = ServerProcess::start(
-        Command::new(env!("CARGO_BIN_EXE_bare-echo-server")).args([
-            &bare_wire_queue,
-            &url,
-            "--our-wire",
-        ]),
-        "ready",
-    )
-    .await;
+    let bare = BarePair::start(&url, Wire::PLAIN).await;
+    let bare_wire = BarePair::start(&url, Wire::OURS).await;
+    // Each part of our wire alone, to say what each costs.
+    let mut wire_parts = Vec::new();
+    if std::env::var_os("RPC_WIRE_PARTS").is_some() {
+        for (part, wire) in Wire::PARTS {
+            let name = format!("bare, {part} only");
+            wire_parts.push((part, name, BarePair::start(&url, wire).await));
+        }
+    }
     let mut our_server = ServerProcess::node(&our_queue, &increase_module(), &[]).await;
     let mut confirmed_server = ServerProcess::node(
         &confirmed_queue,
@@ -100,8 +95,6 @@ async fn main() {
     )
     .await;
 
-    let bare = BareClient::connect(&url, &bare_queue, Wire::Plain).await;
-    let bare_wire = BareClient::connect(&url, &bare_wire_queue, Wire::Ours).await;
     let center = |queue: &str, reply_mode, confirms| {
         let options = CenterOptions {
             queue: queue.to_owned(),
@@ -141,7 +134,7 @@ async fn main() {
     };
 
     let mut variants: Vec<(&str, &ServerProcess, Client)> = vec![
-        ("bare lapin echo", &bare_server, Client::Bare(&bare)),
+        ("bare lapin echo", &bare.server, Client::Bare(&bare.client)),
         (
             "ours, on-publish (default)",
             &our_server,
@@ -153,9 +146,17 @@ async fn main() {
             Client::Ours(&confirmed),
         ),
         ("ours, direct reply-to", &our_server, Client::Ours(&direct)),
-        (BARE_OUR_WIRE, &bare_wire_server, Client::Bare(&bare_wire)),
+        (
+            BARE_OUR_WIRE,
+            &bare_wire.server,
+            Client::Bare(&bare_wire.client),
+        ),
     ];
     let wire_index = variants.len() - 1;
+    let parts_from = variants.len();
+    for (_, name, pair) in &wire_parts {
+        variants.push((name, &pair.server, Client::Bare(&pair.client)));
+    }
     if let (Some(server), Some(center)) = (&baseline_server, &baseline_center) {
         variants.push(("RPC_BASELINE_NODE", server, Client::Ours(center)));
     }
@@ -209,19 +210,20 @@ async fn main() {
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
         cpu_summary.push((in_flight, per_call[1].cpu_micros, per_call[0].cpu_micros));
-        wire_summary.push((
-            in_flight,
-            median_run(&runs[wire_index]).rate / baseline.rate,
-        ));
+        let cost = |index: usize| median_run(&runs[index]).rate / baseline.rate;
+        let parts: Vec<f64> = (parts_from..parts_from + wire_parts.len())
+            .map(cost)
+            .collect();
+        wire_summary.push((in_flight, cost(wire_index), parts));
     }
 
     let (size, batches_in_flight, inputs) = BATCH;
     let mut bare_runs = Vec::new();
     let mut batch_runs = Vec::new();
     for _ in 0..rounds {
-        let bare_client = Client::Bare(&bare);
+        let bare_client = Client::Bare(&bare.client);
         bare_runs.push(
-            Run::measure(&bare_server, broker.as_deref(), 20_000, || {
+            Run::measure(&bare.server, broker.as_deref(), 20_000, || {
                 bare_client.run(128, 20_000)
             })
             .await,
@@ -297,8 +299,20 @@ async fn main() {
     println!(
         "what our wire's properties cost the bare pair, not a goal (throughput, bare with them / bare):"
     );
-    for (in_flight, ratio) in wire_summary {
-        println!("  K={in_flight:<4} {ratio:.2}");
+    for (in_flight, all, parts) in wire_summary {
+        let each: Vec<String> = wire_parts
+            .iter()
+            .zip(parts)
+            .map(|((part, _, _), ratio)| format!("{part} {ratio:.2}"))
+            .collect();
+        if each.is_empty() {
+            println!("  K={in_flight:<4} {all:.2}");
+        } else {
+            println!(
+                "  K={in_flight:<4} {all:.2}; each alone: {}",
+                each.join(", ")
+            );
+        }
     }
 
     ours.close().await;
@@ -307,20 +321,17 @@ async fn main() {
     if let Some(center) = baseline_center {
         center.close().await;
     }
-    bare_server.kill().await;
-    bare_wire_server.kill().await;
+    bare.stop().await;
+    bare_wire.stop().await;
+    for (_, _, pair) in wire_parts {
+        pair.stop().await;
+    }
     our_server.kill().await;
     confirmed_server.kill().await;
     if let Some(server) = &mut baseline_server {
         server.kill().await;
     }
-    for queue in [
-        &bare_queue,
-        &bare_wire_queue,
-        &our_queue,
-        &confirmed_queue,
-        &baseline_queue,
-    ] {
+    for queue in [&our_queue, &confirmed_queue, &baseline_queue] {
         testkit::delete_queue(queue).await;
     }
 }
@@ -608,15 +619,92 @@ struct BareClient {
     wire: Wire,
 }
 
-/// What a bare client's requests, and its server's replies, carry.
+/// What a bare client's requests, and its server's replies, carry
+/// besides `reply_to` and `correlation_id`: each part of what our center's
+/// and node's carry, or none.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wire {
-    /// `reply_to` and `correlation_id` only.
-    Plain,
-    /// Also what our center's and node's carry: a request's `expiration`
-    /// and `timestamp`, a reply's `x-function` and `x-module-digest`, both
-    /// published `mandatory`.
-    Ours,
+struct Wire {
+    /// A request's `expiration` and `timestamp`.
+    expiry: bool,
+    /// A reply's `x-function` and `x-module-digest`.
+    reply_headers: bool,
+    /// Requests and replies published `mandatory`.
+    mandatory: bool,
+}
+
+impl Wire {
+    const PLAIN: Wire = Wire {
+        expiry: false,
+        reply_headers: false,
+        mandatory: false,
+    };
+    const OURS: Wire = Wire {
+        expiry: true,
+        reply_headers: true,
+        mandatory: true,
+    };
+    /// Each part alone, as `RPC_WIRE_PARTS` measures them.
+    const PARTS: [(&str, Wire); 3] = [
+        (
+            "request expiry",
+            Wire {
+                expiry: true,
+                ..Wire::PLAIN
+            },
+        ),
+        (
+            "reply headers",
+            Wire {
+                reply_headers: true,
+                ..Wire::PLAIN
+            },
+        ),
+        (
+            "mandatory",
+            Wire {
+                mandatory: true,
+                ..Wire::PLAIN
+            },
+        ),
+    ];
+
+    /// The bare echo server's flags for its side of this wire.
+    fn server_flags(self) -> impl Iterator<Item = &'static str> {
+        let headers = self.reply_headers.then_some("--reply-headers");
+        let mandatory = self.mandatory.then_some("--mandatory");
+        headers.into_iter().chain(mandatory)
+    }
+}
+
+/// A bare echo server, as a process of its own, and its client.
+struct BarePair {
+    server: ServerProcess,
+    client: BareClient,
+    queue: String,
+}
+
+impl BarePair {
+    async fn start(url: &str, wire: Wire) -> Self {
+        let queue = unique_queue("bench-bare");
+        let server = ServerProcess::start(
+            Command::new(env!("CARGO_BIN_EXE_bare-echo-server"))
+                .args([&queue, url])
+                .args(wire.server_flags()),
+            "ready",
+        )
+        .await;
+        let client = BareClient::connect(url, &queue, wire).await;
+        BarePair {
+            server,
+            client,
+            queue,
+        }
+    }
+
+    async fn stop(mut self) {
+        self.server.kill().await;
+        testkit::delete_queue(&self.queue).await;
+    }
 }
 
 impl BareClient {
@@ -682,15 +770,14 @@ impl BareClient {
         let properties = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(correlation_id.into());
-        let (properties, options) = match self.wire {
-            Wire::Plain => (properties, BasicPublishOptions::default()),
-            Wire::Ours => (
-                wire::with_expiry(properties, CenterOptions::default().timeout),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-            ),
+        let properties = if self.wire.expiry {
+            wire::with_expiry(properties, CenterOptions::default().timeout)
+        } else {
+            properties
+        };
+        let options = BasicPublishOptions {
+            mandatory: self.wire.mandatory,
+            ..BasicPublishOptions::default()
         };
         self.channel
             .basic_publish(
