@@ -1,6 +1,6 @@
 //! Faults of the broker itself, which would break any other test running
 //! at the time: the broker restarts (`rabbitmqctl stop_app`, then
-//! `start_app`) while a node and a center run a batch, and a memory alarm
+//! `start_app`) while a node and a center run calls, and a memory alarm
 //! blocks every publisher. These tests are `#[ignore]`d and
 //! `scripts/test.sh` runs them on their own, one at a time:
 //! `cargo test -p integration --test broker_restart -- --ignored --test-threads 1`.
@@ -15,10 +15,8 @@ use testkit::{
     unique_queue, wait_for_metric,
 };
 
-/// Calls that end before the broker stops, and again after it is back.
-/// The load is steady, not a batch of a fixed size: a batch could end
-/// before `rabbitmqctl stop_app` takes effect (seconds), and then the
-/// restart would strike no call at all.
+/// Calls that end before the broker stops, and again after it is back
+/// (`Load::steady_across`).
 const CALLS_EACH_SIDE: usize = 1000;
 const IN_FLIGHT: usize = 128;
 
@@ -29,16 +27,20 @@ const IN_FLIGHT: usize = 128;
 /// still none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "restarts the broker; scripts/test.sh runs it alone"]
-async fn a_broker_restart_mid_batch_loses_nothing() {
+async fn a_broker_restart_under_load_loses_nothing() {
     for ack_mode in ["on-publish", "on-confirm"] {
         let queue = unique_queue("broker-restart");
         let mut node =
             ServerProcess::node(&queue, &increase_module(), &["--ack-mode", ack_mode]).await;
 
-        let retried = calls_across_a_restart(&queue, 3, &node).await;
+        let (retried, lived_through) = calls_across_a_restart(&queue, 3, &node).await;
         println!(
-            "broker restart, --ack-mode {ack_mode}, --retries 3: {retried:?}, lost {}",
+            "broker restart, --ack-mode {ack_mode}, --retries 3: {retried:?}, lost {}; {lived_through} answered after living through the restart",
             retried.lost()
+        );
+        assert!(
+            lived_through > 0,
+            "no call was in flight across the restart"
         );
         assert_eq!(
             (
@@ -52,7 +54,7 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
             retried.errors.first()
         );
 
-        let unretried = calls_across_a_restart(&queue, 0, &node).await;
+        let (unretried, _) = calls_across_a_restart(&queue, 0, &node).await;
         println!(
             "broker restart, --ack-mode {ack_mode}, --retries 0: {} sent, {} replies, {} wrong, {} errors, lost {}",
             unretried.sent,
@@ -84,10 +86,10 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     }
 }
 
-/// Runs a steady load through a new center with `retries`, restarts the
-/// broker once some calls have ended, and stops the load once as many
-/// more have ended after the broker is back.
-async fn calls_across_a_restart(queue: &str, retries: u32, node: &ServerProcess) -> Tally {
+/// Runs calls through a new center with `retries` across a broker
+/// restart: how they went, and how many were answered after being in
+/// flight from before the broker was down until it was back.
+async fn calls_across_a_restart(queue: &str, retries: u32, node: &ServerProcess) -> (Tally, usize) {
     let options = CenterOptions {
         queue: queue.to_owned(),
         timeout: Duration::from_secs(60),
@@ -97,24 +99,29 @@ async fn calls_across_a_restart(queue: &str, retries: u32, node: &ServerProcess)
     let center = Center::connect_with(&amqp_url(), options)
         .await
         .expect("center connects");
-    let load = Load::steady(&center, IN_FLIGHT);
-    load.until_done(CALLS_EACH_SIDE).await;
-    {
-        let _restart = BrokerRestart::stop();
+    let restart = async {
+        let stopped = BrokerRestart::stop();
+        // Tokio's clock, as the calls' times are.
+        let down = tokio::time::Instant::now();
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let started = Instant::now();
-    let ended_when_back = load.so_far().calls.len();
-    load.until_done(ended_when_back + CALLS_EACH_SIDE).await;
-    let Some(calls) = load.finish(Duration::from_secs(90)).await else {
-        panic!("the batch hangs; the node's log:\n{}", node.log());
+        drop(stopped);
+        (down, tokio::time::Instant::now())
+    };
+    let limit = Duration::from_secs(90);
+    let ((down, back), calls) =
+        Load::steady_across(&center, IN_FLIGHT, CALLS_EACH_SIDE, restart, limit).await;
+    let Some(calls) = calls else {
+        panic!(
+            "the calls stall after the restart; the node's log:\n{}",
+            node.log()
+        );
     };
     println!(
         "{CALLS_EACH_SIDE} more calls ended {:?} after the broker was back",
-        started.elapsed()
+        back.elapsed()
     );
     center.close().await;
-    calls.increase_tally()
+    (calls.increase_tally(), calls.answered_across(down, back))
 }
 
 /// The broker's application stopped; started again on drop, even when the
@@ -184,6 +191,13 @@ async fn a_node_under_a_broker_alarm_says_so_and_still_stops() {
         println!("under a memory alarm, SIGTERM to exit: {took:?} (bound: {wall} s + 40 s)");
         assert!(status.success(), "{status}; log:\n{}", node.log());
         assert!(took < Duration::from_secs(wall + 42), "{took:?}");
+        // The blocked broker reads nothing more, its close included.
+        assert_eq!(
+            node.connection_closed_when_stopped().as_deref(),
+            Some("uncleanly"),
+            "{}",
+            node.log()
+        );
     }
     testkit::delete_queue(&queue).await;
 }

@@ -11,9 +11,8 @@ use std::{
 };
 use testkit::{Load, ServerProcess, Tally, compute_command, increase_module};
 
-/// Calls that end before the strike, and again after it. The load is
-/// steady, not a batch of a fixed size: a batch could end before
-/// `rabbitmqctl stop_app` takes effect, and the strike would meet no call.
+/// Calls that end before the strike, and again after it
+/// (`Load::steady_across`).
 const CALLS_EACH_SIDE: usize = 1000;
 const IN_FLIGHT: usize = 128;
 
@@ -91,9 +90,8 @@ async fn node(queue: &str, urls: &[&str]) -> ServerProcess {
     ServerProcess::compute(&mut command).await
 }
 
-/// A steady load through a center on `url`, with `strike` done once some
-/// calls have ended, and stopped once as many more have ended after it;
-/// how every call ended.
+/// Calls through a center on `url`, with `strike` done mid-way; how
+/// every call ended.
 async fn load_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBroker) -> Tally {
     let options = CenterOptions {
         queue: queue.to_owned(),
@@ -103,16 +101,11 @@ async fn load_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBroke
     };
     let center = Center::connect_with(url, options).await.unwrap();
     let started = Instant::now();
-    let load = Load::steady(&center, IN_FLIGHT);
-    load.until_done(CALLS_EACH_SIDE).await;
-    let stopped = strike();
-    let struck = Instant::now();
-    let ended_when_struck = load.so_far().calls.len();
-    load.until_done(ended_when_struck + CALLS_EACH_SIDE).await;
-    let calls = load
-        .finish(Duration::from_secs(120))
-        .await
-        .expect("the calls end");
+    let strike = async { (strike(), Instant::now()) };
+    let limit = Duration::from_secs(120);
+    let ((stopped, struck), calls) =
+        Load::steady_across(&center, IN_FLIGHT, CALLS_EACH_SIDE, strike, limit).await;
+    let calls = calls.expect("the calls end");
     println!(
         "the load ran {:.1} s, {:.1} s of it after the broker node stopped",
         started.elapsed().as_secs_f64(),
@@ -124,7 +117,7 @@ async fn load_with(url: &str, queue: &str, strike: impl FnOnce() -> StoppedBroke
 }
 
 /// A center on broker A, nodes on brokers B and C, a quorum queue: the
-/// broker node that leads the queue is stopped mid-batch. Every call is
+/// broker node that leads the queue is stopped under load. Every call is
 /// answered once with its right value; none is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs scripts/cluster.sh start; scripts/test.sh runs it"]
@@ -140,12 +133,12 @@ async fn losing_the_queue_leader_loses_no_call() {
         StoppedBroker::stop(&leader)
     })
     .await;
-    println!("leader stopped mid-batch: {tally}");
+    println!("leader stopped under load: {tally}");
     tally.assert_all_answered();
     rabbitmqctl(&a.0, &["delete_queue", &queue]);
 }
 
-/// The broker a node is connected to is stopped mid-batch: the node
+/// The broker a node is connected to is stopped under load: the node
 /// reconnects to another of its addresses and goes on; every call is
 /// answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +167,7 @@ async fn a_node_whose_broker_stops_fails_over() {
         StoppedBroker::stop(&first)
     })
     .await;
-    println!("node's broker stopped mid-batch: {tally}");
+    println!("node's broker stopped under load: {tally}");
     tally.assert_all_answered();
     let log = node.log();
     assert!(

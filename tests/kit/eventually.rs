@@ -2,9 +2,24 @@
 
 use std::{future::Future, time::Duration};
 
+/// How often a condition is looked at again.
+const RETRY: Duration = Duration::from_millis(20);
+
 /// Waits until `check` gives `Some`, trying again every 20 ms, and fails
 /// the test, saying `what` did not happen, after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(limit, check)
+        .await
+        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
+}
+
+/// Waits until `check` gives `Some`, trying again every 20 ms: `None`
+/// after `limit`, for a caller with more to say than [`eventually`].
+pub async fn within<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -12,12 +27,11 @@ where
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(RETRY).await;
     }
 }

@@ -4,6 +4,7 @@
 
 use compute_host::{Center, Reply};
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, Ordering},
@@ -12,13 +13,14 @@ use std::{
 };
 use tokio::{task::JoinHandle, time::Instant};
 
-use crate::eventually::eventually;
+use crate::eventually::{eventually, within};
 
-/// One call: its input n, when it started, and how it ended.
+/// One call: its input n, when it started and ended, and how it ended.
 #[derive(Clone, Debug)]
 pub struct Call {
     pub n: i64,
     pub started: Instant,
+    pub ended: Instant,
     /// The reply, or the error's text.
     pub outcome: Result<Reply, String>,
 }
@@ -66,6 +68,7 @@ impl Load {
                         calls.lock().unwrap().push(Call {
                             n,
                             started,
+                            ended: Instant::now(),
                             outcome,
                         });
                     }
@@ -89,9 +92,39 @@ impl Load {
     pub async fn until_done(&self, count: usize) {
         let what = format!("{count} calls ended");
         eventually(&what, Duration::from_secs(60), || async {
-            (self.calls.lock().unwrap().len() >= count).then_some(())
+            (self.ended() >= count).then_some(())
         })
         .await;
+    }
+
+    /// How many calls have ended so far.
+    pub fn ended(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    /// A steady load through `center` that meets `strike` mid-way, however
+    /// fast its calls go: `strike` starts once `each_side` calls have
+    /// ended, and the load stops once `each_side` more have ended after
+    /// `strike` is over. (A batch of a fixed size could end before a
+    /// strike that takes seconds, `rabbitmqctl stop_app` say, takes
+    /// effect, and then test nothing.) What `strike` returned, and the
+    /// calls, or `None` if they hang past `limit` after the strike.
+    pub async fn steady_across<T>(
+        center: &Center,
+        in_flight: usize,
+        each_side: usize,
+        strike: impl Future<Output = T>,
+        limit: Duration,
+    ) -> (T, Option<Calls>) {
+        let load = Load::steady(center, in_flight);
+        load.until_done(each_side).await;
+        let struck = strike.await;
+        let more = load.ended() + each_side;
+        let after = within(limit, || async { (load.ended() >= more).then_some(()) });
+        if after.await.is_none() {
+            return (struck, None);
+        }
+        (struck, load.finish(limit).await)
     }
 
     /// The calls that have ended so far.
@@ -164,6 +197,16 @@ impl Calls {
             .collect()
     }
 
+    /// How many calls were in flight from before `from` until after
+    /// `to`, and then answered: calls that lived through what happened
+    /// in between.
+    pub fn answered_across(&self, from: Instant, to: Instant) -> usize {
+        self.calls
+            .iter()
+            .filter(|call| call.started < from && call.ended > to && call.outcome.is_ok())
+            .count()
+    }
+
     /// How many calls version `digest` answered.
     pub fn answered_by(&self, digest: &str) -> usize {
         self.calls
@@ -219,7 +262,9 @@ impl std::fmt::Display for Tally {
 }
 
 impl Tally {
-    /// Calls that never ended one way or another: must be 0.
+    /// Calls that never ended one way or another: must be 0. For the
+    /// calls of a [`Load`] it is 0 by construction: a call that never
+    /// ends makes [`Load::finish`] give up instead.
     pub fn lost(&self) -> usize {
         self.sent - self.replies - self.wrong - self.errors.len()
     }

@@ -250,12 +250,15 @@ impl ServerProcess {
         self.stopped_field("connection_closed")
     }
 
-    /// Field `name` of the node's `stopped` line, `name=value`.
+    /// Field `name` of the node's last `stopped` line, `name=value`.
     fn stopped_field(&self, name: &str) -> Option<String> {
         let log = self.log();
-        let (_, after) = log.rsplit_once(" stopped ")?;
-        let line = after.lines().next()?;
-        line.split_whitespace()
+        let (_, fields) = log
+            .lines()
+            .rev()
+            .find_map(|line| line.split_once(": stopped requests="))?;
+        format!("requests={fields}")
+            .split_whitespace()
             .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_owned)
     }

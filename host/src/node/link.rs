@@ -46,6 +46,7 @@ pub(crate) struct Link {
 }
 
 /// How a link's connection ended when the node closed it.
+#[must_use]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Closed {
     /// The broker answered the close: it has every frame written before.
