@@ -9,8 +9,9 @@
 //! `x-module-digest`; with `--mandatory` they are published `mandatory`,
 //! as our node's are: what each costs the broker and the client, apart
 //! from our code. With `--work-us=N` it spins N µs on each request before
-//! it replies, to ask how the broker's own cost per call moves with a
-//! server's cost per call (not used by the bench; run by hand).
+//! it replies, on the runtime's worker, where our node runs its guest, to
+//! ask how the broker's own cost per call moves with a server's cost per
+//! call (not used by the bench; run by hand).
 
 use compute_host::shared::wire;
 use futures_util::StreamExt as _;
@@ -25,9 +26,17 @@ use lapin::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    const USAGE: &str =
+        "usage: bare-echo-server QUEUE [AMQP_URL] [--reply-headers] [--mandatory] [--work-us=N]";
     let (flags, args): (Vec<String>, Vec<String>) = std::env::args()
         .skip(1)
         .partition(|arg| arg.starts_with("--"));
+    if let Some(unknown) = flags.iter().find(|flag| {
+        !matches!(flag.as_str(), "--reply-headers" | "--mandatory")
+            && !flag.starts_with("--work-us=")
+    }) {
+        anyhow::bail!("unknown flag {unknown}; {USAGE}");
+    }
     let reply_headers = flags.iter().any(|flag| flag == "--reply-headers");
     let mandatory = flags.iter().any(|flag| flag == "--mandatory");
     let work = flags
@@ -36,9 +45,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|micros| micros.parse().expect("--work-us=N takes whole µs"))
         .map_or(std::time::Duration::ZERO, std::time::Duration::from_micros);
     let mut args = args.into_iter();
-    let queue = args.next().expect(
-        "usage: bare-echo-server QUEUE [AMQP_URL] [--reply-headers] [--mandatory] [--work-us=N]",
-    );
+    let queue = args.next().expect(USAGE);
     let url = args
         .next()
         .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());

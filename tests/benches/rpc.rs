@@ -81,7 +81,7 @@ async fn main() {
     let bare_wire = BarePair::start(&url, Wire::OURS).await;
     // Each part of our wire alone, to say what each costs.
     let mut wire_parts = Vec::new();
-    if std::env::var_os("RPC_WIRE_PARTS").is_some() {
+    if std::env::var("RPC_WIRE_PARTS").is_ok_and(|parts| parts == "1") {
         for (part, wire) in Wire::PARTS {
             let name = format!("bare, {part} only");
             wire_parts.push((part, name, BarePair::start(&url, wire).await));
@@ -210,11 +210,11 @@ async fn main() {
             ours.p50.as_secs_f64() / baseline.p50.as_secs_f64(),
         ));
         cpu_summary.push((in_flight, per_call[1].cpu_micros, per_call[0].cpu_micros));
-        let cost = |index: usize| median_run(&runs[index]).rate / baseline.rate;
+        let over_bare = |index: usize| median_run(&runs[index]).rate / baseline.rate;
         let parts: Vec<f64> = (parts_from..parts_from + wire_parts.len())
-            .map(cost)
+            .map(over_bare)
             .collect();
-        wire_summary.push((in_flight, cost(wire_index), parts));
+        wire_summary.push((in_flight, over_bare(wire_index), parts));
     }
 
     let (size, batches_in_flight, inputs) = BATCH;
@@ -622,7 +622,7 @@ struct BareClient {
 /// What a bare client's requests, and its server's replies, carry
 /// besides `reply_to` and `correlation_id`: each part of what our center's
 /// and node's carry, or none.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 struct Wire {
     /// A request's `expiration` and `timestamp`.
     expiry: bool,
