@@ -253,11 +253,12 @@ impl ServerProcess {
     /// Field `name` of the node's last `stopped` line, `name=value`.
     fn stopped_field(&self, name: &str) -> Option<String> {
         let log = self.log();
-        let (_, fields) = log
+        let line = log
             .lines()
             .rev()
-            .find_map(|line| line.split_once(": stopped requests="))?;
-        format!("requests={fields}")
+            .find(|line| line.contains(": stopped requests="))?;
+        let (_, fields) = line.split_once(": stopped ")?;
+        fields
             .split_whitespace()
             .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))
             .map(str::to_owned)
